@@ -1,0 +1,47 @@
+"""nlpkit: fine-tune one shared transformer backbone on many NLP tasks through a task registry.
+
+Heavy libraries (torch, transformers) are imported only when a function that needs them is called,
+so ``nlpkit --help`` and ``nlpkit tasks`` start fast.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+from .errors import ConfigError, DataError, NlpkitError, UnknownTaskError
+from .registry import get_task_class, list_tasks, register_task
+from .task import Task, TaskOptions
+
+if TYPE_CHECKING:
+    from .predict import Pipeline
+    from .trainer import TrainResult
+
+
+def train(config: Any) -> "TrainResult":
+    """Train from a RunConfig or a plain dict with the same keys as a recipe file."""
+    from .trainer import train as _train
+
+    return _train(config)
+
+
+def load(path: Any, device: str | None = None, tasks: Any = None) -> "Pipeline":
+    from .predict import load as _load
+
+    return _load(path, device=device, tasks=tasks)
+
+
+__all__ = [
+    "Task",
+    "TaskOptions",
+    "register_task",
+    "get_task_class",
+    "list_tasks",
+    "train",
+    "load",
+    "NlpkitError",
+    "DataError",
+    "ConfigError",
+    "UnknownTaskError",
+    "__version__",
+]

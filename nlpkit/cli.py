@@ -1,0 +1,253 @@
+"""The command line: a thin layer over the Python API (nlpkit.train, nlpkit.load)."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any, Sequence
+
+from .errors import ConfigError, NlpkitError
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="nlpkit", description="Fine-tune one shared transformer on many NLP tasks.")
+    p.add_argument("--version", action="version", version=f"nlpkit {__import__('nlpkit').__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train one or more tasks on one backbone")
+    t.add_argument("--task", action="append", default=[], metavar="TYPE[:NAME]",
+                   help="task type to train (repeat for multi-task); TYPE:NAME names the instance")
+    t.add_argument("--recipe", help="YAML recipe file (CLI flags override it)")
+    t.add_argument("--data", action="append", default=[], metavar="[TASK:]SPLIT=PATH",
+                   help="data file for a split (train, dev); prefix TASK: when several tasks are trained")
+    t.add_argument("--data-dir", help="folder that recipe data paths are relative to")
+    t.add_argument("--backbone", help="preset (tiny, mini, small), alias (minilm), local folder or hub id")
+    t.add_argument("--output-dir", help="run folder (default runs/<tasks>-<time>)")
+    t.add_argument("--epochs", type=float)
+    t.add_argument("--max-steps", type=int)
+    t.add_argument("--batch-size", type=int)
+    t.add_argument("--lr", type=float)
+    t.add_argument("--seed", type=int)
+    t.add_argument("--option", action="append", default=[], metavar="[TASK:]KEY=VALUE", help="task option")
+    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any config key, e.g. trainer.lr=3e-5")
+    t.add_argument("--plugin", action="append", default=[], metavar="MODULE", help="import a module that registers tasks")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
+
+    e = sub.add_parser("evaluate", help="score a checkpoint on labelled data")
+    e.add_argument("checkpoint")
+    e.add_argument("--data", action="append", default=[], metavar="[TASK:]SPLIT=PATH", required=True)
+    e.add_argument("--task", help="task of the checkpoint to evaluate (default: the only one)")
+    e.add_argument("--batch-size", type=int, default=64)
+    e.add_argument("--json", action="store_true", help="print JSON")
+    e.add_argument("--plugin", action="append", default=[], metavar="MODULE")
+
+    r = sub.add_parser("predict", help="predict for texts given as arguments or one per line on stdin")
+    r.add_argument("checkpoint")
+    r.add_argument("texts", nargs="*", help="input texts (default: read stdin, plain lines or JSON objects)")
+    r.add_argument("--task", help="task of the checkpoint (default: the only one)")
+    r.add_argument("--json", action="store_true", help="print one JSON object per input")
+    r.add_argument("--batch-size", type=int, default=64)
+    r.add_argument("--num-beams", type=int, help="beam size for generation tasks")
+    r.add_argument("--plugin", action="append", default=[], metavar="MODULE")
+
+    ls = sub.add_parser("tasks", help="list registered tasks and where they come from")
+    ls.add_argument("--plugin", action="append", default=[], metavar="MODULE")
+    return p
+
+
+# ---- train -----------------------------------------------------------------------------------------
+def _split_prefixed(value: str, names: Sequence[str], flag: str) -> tuple[str | None, str, str]:
+    """'[TASK:]KEY=VALUE' -> (task or None, key, value)."""
+    if "=" not in value:
+        raise ConfigError(f"{flag} {value!r}: expected [TASK:]KEY=VALUE")
+    left, right = value.split("=", 1)
+    task = None
+    if ":" in left:
+        task, left = left.split(":", 1)
+        if task not in names:
+            raise ConfigError(f"{flag} {value!r}: no task named {task!r} in this run ({', '.join(names)})")
+    elif len(names) > 1:
+        raise ConfigError(f"{flag} {value!r}: several tasks are trained; write TASK:{left}=... ({', '.join(names)})")
+    return task, left, right
+
+
+def build_config(args: argparse.Namespace) -> "Any":
+    from .config import RunConfig, apply_override, load_recipe
+
+    data: dict[str, Any] = load_recipe(args.recipe) if args.recipe else {}
+    source = args.recipe
+    if args.task:
+        entries = []
+        for spec in args.task:
+            type_, _, name = spec.partition(":")
+            entries.append({"type": type_, "name": name or type_})
+        data["tasks"] = entries
+    if not data.get("tasks"):
+        raise ConfigError("no task given: use --task TYPE (see `nlpkit tasks`) or --recipe FILE")
+    tasks = data["tasks"]
+    if not isinstance(tasks, list) or not all(isinstance(t, dict) for t in tasks):
+        raise ConfigError(f"{source or 'config'}: 'tasks' must be a list of mappings with a 'type'")
+    names = [t.get("name") or t.get("type") for t in tasks]
+    by_name = {n: t for n, t in zip(names, tasks)}
+    for value in args.data:
+        task, split, path = _split_prefixed(value, names, "--data")
+        by_name[task or names[0]].setdefault("data", {})[split] = path
+    for value in args.option:
+        task, key, raw = _split_prefixed(value, names, "--option")
+        import yaml
+
+        by_name[task or names[0]].setdefault("options", {})[key] = yaml.safe_load(raw)
+    if args.data_dir:
+        for t in tasks:
+            t["data"] = {s: p if os.path.isabs(p) else os.path.join(args.data_dir, p) for s, p in (t.get("data") or {}).items()}
+    trainer = data.setdefault("trainer", {})
+    for flag, key in [("epochs", "epochs"), ("max_steps", "max_steps"), ("batch_size", "batch_size"), ("lr", "lr"), ("seed", "seed")]:
+        if getattr(args, flag) is not None:
+            trainer[key] = getattr(args, flag)
+    if args.no_progress or os.environ.get("CI") == "true" and not sys.stderr.isatty():
+        trainer.setdefault("progress", False) if not args.no_progress else trainer.__setitem__("progress", False)
+    if args.backbone:
+        data.setdefault("backbone", {})["spec"] = args.backbone
+    if args.output_dir:
+        data["output_dir"] = args.output_dir
+    data["plugins"] = list(data.get("plugins") or []) + args.plugin
+    for assignment in args.set:
+        apply_override(data, assignment)
+    return RunConfig.from_dict(data, source)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .registry import import_plugin_module
+
+    for module in args.plugin:
+        import_plugin_module(module)
+    config = build_config(args)
+    from .trainer import train
+
+    train(config)
+    return 0
+
+
+# ---- evaluate --------------------------------------------------------------------------------------
+def _print_metrics(name: str, metrics: dict[str, Any]) -> None:
+    print(f"== {name}")
+    scalars = {k: v for k, v in metrics.items() if not isinstance(v, dict)}
+    for k, v in scalars.items():
+        print(f"  {k:<24} {v:.4f}" if isinstance(v, float) else f"  {k:<24} {v}")
+    for k, v in metrics.items():
+        if isinstance(v, dict) and v and all(isinstance(x, dict) for x in v.values()):
+            cols = list(next(iter(v.values())).keys())
+            print(f"  {k}:")
+            print("    " + f"{'':<28}" + "".join(f"{c:>11}" for c in cols))
+            for row, vals in v.items():
+                print("    " + f"{row:<28}" + "".join(f"{vals.get(c, float('nan')):>11.4f}" if isinstance(vals.get(c), float)
+                                                   else f"{str(vals.get(c, '')):>11}" for c in cols))
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .predict import load
+    from .registry import import_plugin_module
+
+    for module in args.plugin:
+        import_plugin_module(module)
+    pipe = load(args.checkpoint)
+    results = {}
+    for value in args.data:
+        task, split, path = _split_prefixed(value, pipe.task_names if not args.task else [args.task], "--data")
+        name = task or args.task or pipe.task().name
+        results[f"{name}/{split}"] = pipe.evaluate(path, task=name, batch_size=args.batch_size, progress=sys.stderr.isatty())
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        for key, metrics in results.items():
+            _print_metrics(key, metrics)
+    return 0
+
+
+# ---- predict ---------------------------------------------------------------------------------------
+def cmd_predict(args: argparse.Namespace, extra: list[str]) -> int:
+    from .predict import load
+    from .registry import import_plugin_module
+
+    for module in args.plugin:
+        import_plugin_module(module)
+    fields = _parse_fields(extra)
+    pipe = load(args.checkpoint)
+    items: list[str | dict] = list(args.texts)
+    if fields:
+        items.append(fields)
+    if not items:
+        if sys.stdin.isatty():
+            print("reading one input per line from stdin (Ctrl-D to end)", file=sys.stderr)
+        for line in sys.stdin:
+            line = line.rstrip("\n")
+            if not line.strip():
+                continue
+            if line.lstrip().startswith("{"):
+                try:
+                    items.append(json.loads(line))
+                    continue
+                except json.JSONDecodeError:
+                    pass
+            items.append(line)
+    if not items:
+        raise ConfigError("nothing to predict: give texts as arguments or on stdin")
+    opts = {"num_beams": args.num_beams} if args.num_beams else {}
+    preds = pipe.predict(items, task=args.task, batch_size=args.batch_size, **opts)
+    for item, pred in zip(items, preds):
+        if args.json:
+            print(json.dumps({"input": item, "prediction": pred}, ensure_ascii=False))
+        else:
+            print(pipe.format(pred, args.task))
+    return 0
+
+
+def _parse_fields(extra: list[str]) -> dict[str, str]:
+    """``--question Q --context C`` style fields for tasks whose input is a record."""
+    fields, i = {}, 0
+    while i < len(extra):
+        key = extra[i]
+        if not key.startswith("--") or i + 1 >= len(extra):
+            raise ConfigError(f"unexpected argument {key!r} (fields are given as --NAME VALUE)")
+        fields[key[2:].replace("-", "_")] = extra[i + 1]
+        i += 2
+    return fields
+
+
+# ---- tasks -----------------------------------------------------------------------------------------
+def cmd_tasks(args: argparse.Namespace) -> int:
+    from .registry import import_plugin_module, list_tasks
+
+    for module in args.plugin:
+        import_plugin_module(module)
+    infos = list_tasks(load=False)
+    width = max([len(i.name) for i in infos] + [4])
+    print(f"{'task':<{width}}  source")
+    for info in infos:
+        target = info.entry_point.value if info.entry_point else f"{info.cls.__module__}.{info.cls.__qualname__}"
+        print(f"{info.name:<{width}}  {info.source} ({target})")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command != "predict":
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    try:
+        if args.command == "train":
+            return cmd_train(args)
+        if args.command == "evaluate":
+            return cmd_evaluate(args)
+        if args.command == "predict":
+            return cmd_predict(args, extra)
+        if args.command == "tasks":
+            return cmd_tasks(args)
+    except NlpkitError as exc:
+        print(f"nlpkit: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("nlpkit: interrupted", file=sys.stderr)
+        return 130
+    return 0

@@ -1,0 +1,181 @@
+"""The run configuration: one typed, validated object built from a recipe file and CLI flags.
+
+Every mistake (unknown key, wrong type, value out of range) fails at start-up and names the key, and
+the file when the value came from a recipe.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+from . import options
+from .errors import ConfigError
+from .options import require
+
+
+@dataclass
+class BackboneConfig:
+    #: a preset (tiny, mini, small), an alias (minilm), a local model folder or a hub id
+    spec: str = "tiny"
+    #: vocabulary size of the tokenizer trained for a from-scratch preset (default: the preset's)
+    vocab_size: Optional[int] = None
+
+    def validate(self, key: str) -> None:
+        require(self.vocab_size is None or self.vocab_size >= 300, f"{key}.vocab_size", "must be at least 300")
+
+
+@dataclass
+class TaskEntry:
+    #: the registered task type (ner, classification, ...)
+    type: str
+    #: the instance name (its head's name); defaults to the type. Two entries of one type need names.
+    name: Optional[str] = None
+    #: split -> file (train, dev, test); empty means the task's embedded default data
+    data: dict[str, str] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)
+    #: loss weight in multi-task training
+    weight: float = 1.0
+
+    def validate(self, key: str) -> None:
+        self.name = self.name or self.type
+        require(self.weight > 0, f"{key}.weight", "must be positive")
+
+
+@dataclass
+class TrainerConfig:
+    epochs: float = 3.0
+    #: stop after this many optimizer steps (overrides epochs)
+    max_steps: Optional[int] = None
+    batch_size: int = 32
+    eval_batch_size: Optional[int] = None
+    #: learning rate; default 1e-3 for from-scratch presets and 1e-4 for pretrained backbones
+    lr: Optional[float] = None
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.06
+    scheduler: Literal["linear", "cosine", "constant"] = "linear"
+    grad_accum: int = 1
+    max_grad_norm: Optional[float] = 1.0
+    seed: int = 42
+    #: "auto" picks bf16 on GPUs that support it, fp16 on other GPUs, fp32 on CPU
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    #: evaluate every N optimizer steps (default: at the end of each epoch)
+    eval_every: Optional[int] = None
+    #: stop after this many evaluations without improvement of the selection score
+    patience: Optional[int] = None
+    #: multi-task batch sampling
+    sampler: Literal["proportional", "temperature", "round-robin"] = "proportional"
+    temperature: float = 2.0
+    #: group similar lengths into batches (less padding)
+    group_by_length: bool = True
+    log_every: int = 10
+    #: consecutive non-finite losses tolerated before training stops
+    max_bad_steps: int = 5
+    #: keep this many step checkpoints for resume (besides the best model)
+    keep_last: int = 1
+    #: write a resumable checkpoint every N steps (default: at each evaluation)
+    save_every: Optional[int] = None
+    progress: bool = True
+    cpu: bool = False
+    compile: bool = False
+
+    def validate(self, key: str) -> None:
+        require(self.epochs > 0, f"{key}.epochs", "must be positive")
+        require(self.max_steps is None or self.max_steps > 0, f"{key}.max_steps", "must be positive")
+        require(self.batch_size > 0, f"{key}.batch_size", "must be positive")
+        require(self.eval_batch_size is None or self.eval_batch_size > 0, f"{key}.eval_batch_size", "must be positive")
+        require(self.lr is None or 0 < self.lr < 1, f"{key}.lr", "must be between 0 and 1")
+        require(self.weight_decay >= 0, f"{key}.weight_decay", "must be >= 0")
+        require(0 <= self.warmup_ratio < 1, f"{key}.warmup_ratio", "must be in [0, 1)")
+        require(self.grad_accum >= 1, f"{key}.grad_accum", "must be >= 1")
+        require(self.max_grad_norm is None or self.max_grad_norm > 0, f"{key}.max_grad_norm", "must be positive")
+        require(self.eval_every is None or self.eval_every > 0, f"{key}.eval_every", "must be positive")
+        require(self.patience is None or self.patience > 0, f"{key}.patience", "must be positive")
+        require(self.temperature > 0, f"{key}.temperature", "must be positive")
+        require(self.log_every > 0, f"{key}.log_every", "must be positive")
+        require(self.max_bad_steps >= 1, f"{key}.max_bad_steps", "must be >= 1")
+        require(self.keep_last >= 1, f"{key}.keep_last", "must be >= 1")
+
+
+@dataclass
+class RunConfig:
+    tasks: list[TaskEntry]
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    #: run folder; default runs/<task names>-<time>
+    output_dir: Optional[str] = None
+    #: how the selection score combines the tasks' main scores
+    selection: Literal["mean"] = "mean"
+    #: modules to import before looking tasks up (user plugins)
+    plugins: list[str] = field(default_factory=list)
+
+    def validate(self, key: str) -> None:
+        require(len(self.tasks) > 0, f"{key}tasks", "at least one task is needed")
+        names = [t.name for t in self.tasks]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        require(not dupes, f"{key}tasks", f"task names must be unique; give entries of one type a 'name' ({dupes})")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str | None = None) -> "RunConfig":
+        try:
+            return options.build(cls, data)
+        except ConfigError as exc:
+            if source:
+                raise ConfigError(f"{source}: {exc}") from exc
+            raise
+
+    def to_dict(self) -> dict[str, Any]:
+        return options.to_dict(self)
+
+
+def load_recipe(path: str | Path) -> dict[str, Any]:
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"recipe {str(path)!r} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a recipe must be a mapping at the top level")
+    return data
+
+
+def apply_override(data: dict[str, Any], assignment: str) -> None:
+    """``trainer.lr=3e-5`` or ``tasks.0.options.max_length=128``; values are parsed as YAML scalars."""
+    import yaml
+
+    if "=" not in assignment:
+        raise ConfigError(f"--set {assignment!r}: expected KEY=VALUE, e.g. trainer.lr=3e-5")
+    key, raw = assignment.split("=", 1)
+    value = yaml.safe_load(raw) if raw else ""
+    parts = key.split(".")
+    node: Any = data
+    for i, part in enumerate(parts[:-1]):
+        if isinstance(node, list):
+            node = _list_item(node, part, key)
+        else:
+            node = node.setdefault(part, [] if part == "tasks" else {})
+    last = parts[-1]
+    if isinstance(node, list):
+        idx = _index(node, last, key)
+        node[idx] = value
+    else:
+        node[last] = value
+
+
+def _index(node: list, part: str, key: str) -> int:
+    if not part.isdigit() or int(part) >= len(node):
+        raise ConfigError(f"--set {key}: {part!r} is not an index into a list of {len(node)}")
+    return int(part)
+
+
+def _list_item(node: list, part: str, key: str) -> Any:
+    if part.isdigit():
+        return node[_index(node, part, key)]
+    for item in node:  # tasks.ner.options... addresses a task entry by name
+        if isinstance(item, dict) and (item.get("name") or item.get("type")) == part:
+            return item
+    raise ConfigError(f"--set {key}: no list entry named {part!r}")

@@ -1,0 +1,107 @@
+"""Pieces that several plugins share: opening (gzipped) files, padding, length-grouped batching."""
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import random
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import torch
+
+from .errors import DataError
+
+
+def open_text(path: str | Path, encoding: str = "utf-8") -> io.TextIOBase:
+    """Open a text file, transparently un-gzipping ``.gz``; a missing file is a DataError."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError("file not found" if not path.exists() else "not a file", str(path))
+    if path.suffix == ".gz":
+        return io.TextIOWrapper(gzip.open(path, "rb"), encoding=encoding, errors="strict", newline="")
+    return open(path, encoding=encoding, newline="")
+
+
+def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
+    """Yield (line number, record) for every non-blank line; bad JSON names the line."""
+    with open_text(path) as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"invalid JSON: {exc.msg} (column {exc.colno})", str(path), lineno) from None
+            if not isinstance(record, dict):
+                raise DataError("expected a JSON object per line", str(path), lineno)
+            yield lineno, record
+
+
+def require_examples(examples: Sequence[Any], path: str | Path) -> None:
+    if not examples:
+        raise DataError("no examples found (the file is empty or holds only blank lines)", str(path))
+
+
+def pad(sequences: Sequence[Sequence[int]], value: int, dtype: torch.dtype = torch.long) -> torch.Tensor:
+    """Right-pad to the longest sequence of this batch (dynamic padding)."""
+    longest = max(len(s) for s in sequences)
+    out = torch.full((len(sequences), longest), value, dtype=dtype)
+    for i, s in enumerate(sequences):
+        out[i, : len(s)] = torch.as_tensor(s, dtype=dtype)
+    return out
+
+
+def pad_encodings(features: Sequence[dict], pad_id: int, keys: Sequence[str] = ("input_ids",)) -> dict[str, torch.Tensor]:
+    """input_ids (+ token_type_ids) padded, with the matching attention mask."""
+    batch = {}
+    for key in keys:
+        if key in features[0]:
+            batch[key] = pad([f[key] for f in features], pad_id if key == "input_ids" else 0)
+    lengths = torch.tensor([len(f["input_ids"]) for f in features])
+    batch["attention_mask"] = (torch.arange(batch["input_ids"].size(1))[None, :] < lengths[:, None]).long()
+    return batch
+
+
+class LengthGroupedBatches(torch.utils.data.Sampler):
+    """Batches of indices with similar lengths, in random order: less padding, same randomness.
+
+    Shuffled megabatches of ``batch_size * 50`` items are sorted by length and cut into batches,
+    and the batches are shuffled. Each pass uses ``seed + epoch`` so every process (and a resumed
+    run) sees the same order; ``epoch`` advances on each iteration.
+    """
+
+    def __init__(self, lengths: Sequence[int], batch_size: int, seed: int, shuffle: bool = True, group: bool = True):
+        self.lengths = list(lengths)
+        self.batch_size = batch_size
+        self.seed = seed
+        self.shuffle = shuffle
+        self.group = group
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return (len(self.lengths) + self.batch_size - 1) // self.batch_size
+
+    def batches(self, epoch: int) -> list[list[int]]:
+        idx = list(range(len(self.lengths)))
+        rng = random.Random(self.seed + epoch)
+        if self.shuffle:
+            rng.shuffle(idx)
+        if self.group:
+            mega = self.batch_size * 50
+            idx = [i for k in range(0, len(idx), mega) for i in sorted(idx[k : k + mega], key=lambda j: -self.lengths[j])]
+        batches = [idx[k : k + self.batch_size] for k in range(0, len(idx), self.batch_size)]
+        if self.shuffle and self.group:
+            rng.shuffle(batches)
+        return batches
+
+    def __iter__(self) -> Iterator[list[int]]:
+        batches = self.batches(self.epoch)
+        self.epoch += 1
+        return iter(batches)
+
+
+def sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Evaluation batches: longest first, so padding is minimal and memory peaks early."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    return [order[k : k + batch_size] for k in range(0, len(order), batch_size)]

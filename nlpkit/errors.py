@@ -1,0 +1,37 @@
+"""Errors a user can act on. The CLI prints them without a traceback and exits non-zero."""
+from __future__ import annotations
+
+
+class NlpkitError(Exception):
+    """Base class: the message alone must tell the user what to fix."""
+
+
+class DataError(NlpkitError):
+    """Bad input data. Carries the file and line (or record) so the user can open it at the fault."""
+
+    def __init__(self, message: str, path: str | None = None, line: int | None = None):
+        self.path, self.line = path, line
+        where = ""
+        if path is not None:
+            where = f"{path}:{line}: " if line is not None else f"{path}: "
+        super().__init__(where + message)
+
+
+class ConfigError(NlpkitError):
+    """A configuration key that is unknown, mistyped or out of range; the message names the key."""
+
+
+class UnknownTaskError(NlpkitError):
+    pass
+
+
+class BackboneError(NlpkitError):
+    pass
+
+
+class CheckpointError(NlpkitError):
+    pass
+
+
+class TrainingError(NlpkitError):
+    """Training cannot go on (e.g. repeated non-finite losses)."""

@@ -1,0 +1,70 @@
+"""Run a task's head over examples and score the predictions; shared by training, `evaluate` and `predict`.
+
+In a distributed run each process takes every N-th batch and the raw outputs are gathered and put
+back in feature order before decoding, so every example is scored exactly once.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+
+from .data import sorted_batches
+
+
+def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def predict_features(task: Any, model: Any, features: Sequence[dict], batch_size: int, accelerator: Any = None,
+                     progress: bool = False, desc: str = "") -> list[Any]:
+    """One raw output per feature, in feature order."""
+    device = accelerator.device if accelerator is not None else next(model.parameters()).device
+    rank = accelerator.process_index if accelerator is not None else 0
+    world = accelerator.num_processes if accelerator is not None else 1
+    batches = sorted_batches([task.feature_length(f) for f in features], batch_size)
+    mine = batches[rank::world]
+    head, backbone = model.heads[task.name], model.backbone
+    results: list[tuple[int, Any]] = []
+    was_training = model.training
+    model.eval()
+    iterator = mine
+    if progress:
+        from tqdm.auto import tqdm
+
+        iterator = tqdm(mine, desc=desc or f"predict {task.name}", leave=False, unit="batch")
+    autocast = accelerator.autocast() if accelerator is not None else _null()
+    with torch.inference_mode(), autocast:
+        for idx in iterator:
+            batch = to_device(task.collate([features[i] for i in idx]), device)
+            outputs = task.predict_batch(head, backbone, batch)
+            if len(outputs) != len(idx):
+                raise RuntimeError(f"task {task.name!r}: predict_batch returned {len(outputs)} outputs for {len(idx)} features")
+            results.extend(zip(idx, outputs))
+    if was_training:
+        model.train()
+    if world > 1:
+        from accelerate.utils import gather_object
+
+        results = gather_object(results)
+    results.sort(key=lambda pair: pair[0])
+    if [i for i, _ in results] != list(range(len(features))):
+        raise RuntimeError(f"task {task.name!r}: evaluation lost or duplicated features")
+    return [out for _, out in results]
+
+
+def evaluate(task: Any, model: Any, examples: Sequence[dict], batch_size: int, accelerator: Any = None,
+             features: Sequence[dict] | None = None, progress: bool = False) -> tuple[list[Any], dict[str, Any]]:
+    """(predictions, metrics) for one task on labelled examples."""
+    features = task.encode(examples) if features is None else features
+    outputs = predict_features(task, model, features, batch_size, accelerator, progress, f"eval {task.name}")
+    predictions = task.decode(examples, features, outputs)
+    return predictions, task.score(predictions, examples)
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False

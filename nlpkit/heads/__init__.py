@@ -1,0 +1,8 @@
+"""Heads that several tasks share. A head is an ``nn.Module`` called as ``head(backbone, batch)``
+and returns a dict with at least the outputs its task decodes, plus "loss" when the batch is labelled.
+Plugins pick one of these or bring their own module with the same call signature.
+"""
+from .classification import SequenceClassificationHead
+from .token_classification import TokenClassificationHead
+
+__all__ = ["SequenceClassificationHead", "TokenClassificationHead"]

@@ -1,0 +1,45 @@
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import nn
+
+
+def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, how: str) -> torch.Tensor:
+    """First-token ([CLS]) or mask-aware mean pooling of (batch, length, hidden) states."""
+    if how == "cls":
+        return hidden[:, 0]
+    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+
+
+class SequenceClassificationHead(nn.Module):
+    """One label per sequence (softmax + cross-entropy) or several (sigmoid + binary cross-entropy)."""
+
+    def __init__(
+        self,
+        hidden_size: int,
+        num_labels: int,
+        dropout: float = 0.1,
+        pooling: Literal["cls", "mean"] = "cls",
+        multi_label: bool = False,
+    ):
+        super().__init__()
+        self.pooling = pooling
+        self.multi_label = multi_label
+        self.dropout = nn.Dropout(dropout)
+        self.dense = nn.Linear(hidden_size, hidden_size)
+        self.classifier = nn.Linear(hidden_size, num_labels)
+
+    def forward(self, backbone: nn.Module, batch: dict) -> dict:
+        hidden = backbone.encode(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
+        pooled = pool(hidden, batch["attention_mask"], self.pooling)
+        logits = self.classifier(self.dropout(torch.tanh(self.dense(self.dropout(pooled)))))
+        out = {"logits": logits}
+        if "labels" in batch:
+            if self.multi_label:
+                out["loss"] = nn.functional.binary_cross_entropy_with_logits(logits.float(), batch["labels"].float())
+            else:
+                out["loss"] = nn.functional.cross_entropy(logits.float(), batch["labels"])
+        return out

@@ -1,0 +1,81 @@
+"""Use a trained checkpoint from Python: ``nlpkit.load(DIR).predict([...])`` and ``.evaluate(...)``."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from . import checkpoint
+from .errors import NlpkitError, UnknownTaskError
+from .evaluation import evaluate as _evaluate
+from .evaluation import predict_features
+
+
+class Pipeline:
+    """A loaded checkpoint: the model, its tasks (with their label maps) and the saved metadata."""
+
+    def __init__(self, model: Any, tasks: Sequence[Any], meta: dict[str, Any], path: Path, device: torch.device):
+        self.model, self.tasks, self.meta, self.path, self.device = model, list(tasks), meta, path, device
+
+    @property
+    def task_names(self) -> list[str]:
+        return [t.name for t in self.tasks]
+
+    def task(self, name: str | None = None) -> Any:
+        if name is None:
+            if len(self.tasks) == 1:
+                return self.tasks[0]
+            raise NlpkitError(f"this checkpoint has several tasks ({', '.join(self.task_names)}); choose one with task=...")
+        for t in self.tasks:
+            if t.name == name:
+                return t
+        raise UnknownTaskError(f"this checkpoint has no task {name!r}; it has: {', '.join(self.task_names)}")
+
+    def predict(self, inputs: Sequence[str | dict] | str | dict, task: str | None = None, batch_size: int = 64,
+                **options: Any) -> list[Any]:
+        """Predictions for raw inputs (texts, or records with the task's fields), one per input.
+
+        Extra keyword options (e.g. ``num_beams``) are set on the task's options for this call.
+        """
+        single = isinstance(inputs, (str, dict))
+        items = [inputs] if single else list(inputs)
+        t = self.task(task)
+        saved = t.options
+        if options:
+            import dataclasses
+
+            t.options = dataclasses.replace(t.options, **options)
+        try:
+            examples = [t.parse_input(item) for item in items]
+            if not examples:
+                return []
+            features = t.encode(examples)
+            outputs = predict_features(t, self.model, features, batch_size)
+            predictions = t.decode(examples, features, outputs)
+        finally:
+            t.options = saved
+        return predictions[0] if single else predictions
+
+    def evaluate(self, path: str, task: str | None = None, batch_size: int = 64, progress: bool = False) -> dict[str, Any]:
+        """Metrics of one task on a labelled file in any format the task reads."""
+        t = self.task(task)
+        examples = t.read(path)
+        from .data import require_examples
+
+        require_examples(examples, path)
+        t.check(examples, path)
+        _, metrics = _evaluate(t, self.model, examples, batch_size, progress=progress)
+        return metrics
+
+    def format(self, prediction: Any, task: str | None = None) -> str:
+        return self.task(task).format_prediction(prediction)
+
+
+def load(path: str | Path, device: str | None = None, tasks: Sequence[str] | None = None) -> Pipeline:
+    """Load a checkpoint folder (or a run folder, whose best model is used). Never touches the network."""
+    folder = checkpoint.resolve(path)
+    model, task_objs, meta = checkpoint.load(folder, only=tasks)
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model.to(dev)
+    return Pipeline(model, task_objs, meta, folder, dev)

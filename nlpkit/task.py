@@ -1,0 +1,150 @@
+"""The task plugin API.
+
+A task TYPE is a ``Task`` subclass registered under a name (``ner``). A task INSTANCE is one entry of a
+run: it has its own name, options, data and label space, so two entries of the same type (two sentiment
+datasets with different labels) live side by side, each with its own head.
+
+The core calls the hooks below in this order and never looks inside examples, features or predictions:
+
+    read(path) -> examples              raw records (dicts) from a file; errors carry file:line
+    fit(train_examples)                 learn the label space (saved in the checkpoint via state_dict)
+    check(examples, path)               reject what training never saw (e.g. unknown labels)
+    texts(examples)                     text for training a from-scratch tokenizer
+    special_tokens()                    extra tokens the tokenizer must know (entity markers)
+    setup(backbone)                     keep the tokenizer; called before encode/build_head
+    encode(examples) -> features        one or more features per example, each with "example_index"
+    collate(features) -> batch          padded tensors for one batch (dynamic padding)
+    build_head(backbone) -> nn.Module   ``head(backbone, batch)`` returns a dict with "loss" when labelled
+    predict_batch(head, backbone, batch) -> one raw output per feature (plain Python / CPU tensors)
+    decode(examples, features, outputs) -> one prediction per example (JSON-serialisable)
+    score(predictions, examples) -> {metric: value}; ``main_score`` names the one used for selection
+    parse_input(text_or_record) -> example; format_prediction(prediction) -> str   (for `nlpkit predict`)
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, ClassVar, Iterable, Sequence
+
+from . import options as _options
+from .errors import DataError
+
+
+@dataclass
+class TaskOptions:
+    """Options every task has; subclasses add their own fields (and may override the defaults)."""
+
+    max_length: int = 256
+
+    def validate(self, key: str) -> None:
+        _options.require(8 <= self.max_length <= 100_000, f"{key}.max_length", "must be between 8 and 100000")
+
+
+Example = dict  # a raw record; by convention "line" (or "record") says where it came from
+Feature = dict  # an encoded record; must hold "example_index"
+
+
+class Task:
+    #: set by @register_task
+    type_name: ClassVar[str] = ""
+    #: bump when a change makes old checkpoints of this task load differently
+    version: ClassVar[int] = 1
+    description: ClassVar[str] = ""
+    Options: ClassVar[type] = TaskOptions
+    #: the metric used for model selection and early stopping
+    main_score: ClassVar[str] = "score"
+    #: True for tasks that generate text (they need a decoder from the backbone)
+    generative: ClassVar[bool] = False
+
+    def __init__(self, name: str | None = None, options: Any = None):
+        self.name = name or self.type_name
+        self.options = _options.build(self.Options, options, f"tasks.{self.name}.options")
+        self.tokenizer: Any = None
+
+    # ---- data -------------------------------------------------------------------------------------
+    def default_data(self) -> dict[str, str]:
+        """Embedded data for ``nlpkit train --task NAME`` with no --data: split -> path."""
+        return {}
+
+    def read(self, path: str) -> list[Example]:
+        raise NotImplementedError
+
+    def fit(self, train_examples: Sequence[Example]) -> None:
+        """Learn what the data defines (labels). Must be deterministic: every process calls it."""
+
+    def check(self, examples: Sequence[Example], path: str) -> None:
+        """Reject evaluation data the model cannot score (a label never seen in training)."""
+
+    def texts(self, examples: Sequence[Example]) -> Iterable[str]:
+        """Text used to train a tokenizer for a from-scratch backbone."""
+        raise NotImplementedError(f"task {self.name!r} cannot train a tokenizer: texts() is not implemented")
+
+    def state_dict(self) -> dict[str, Any]:
+        """JSON-serialisable state saved in nlpkit.json (label maps)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+    # ---- model ------------------------------------------------------------------------------------
+    def special_tokens(self) -> list[str]:
+        return []
+
+    def setup(self, backbone: Any) -> None:
+        self.tokenizer = backbone.tokenizer
+        self.backbone_kind = backbone.kind
+
+    def encode(self, examples: Sequence[Example]) -> list[Feature]:
+        raise NotImplementedError
+
+    def collate(self, features: Sequence[Feature]) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def feature_length(self, feature: Feature) -> int:
+        """Length used for length-grouped batching and token counts."""
+        return len(feature["input_ids"])
+
+    def build_head(self, backbone: Any) -> Any:
+        raise NotImplementedError
+
+    def predict_batch(self, head: Any, backbone: Any, batch: dict[str, Any]) -> list[Any]:
+        raise NotImplementedError
+
+    def decode(self, examples: Sequence[Example], features: Sequence[Feature], outputs: Sequence[Any]) -> list[Any]:
+        raise NotImplementedError
+
+    def score(self, predictions: Sequence[Any], examples: Sequence[Example]) -> dict[str, Any]:
+        raise NotImplementedError
+
+    # ---- prediction from the command line / Python ------------------------------------------------
+    def parse_input(self, item: str | dict) -> Example:
+        raise NotImplementedError
+
+    def format_prediction(self, prediction: Any) -> str:
+        import json
+
+        return json.dumps(prediction, ensure_ascii=False)
+
+    # ---- helpers for subclasses -------------------------------------------------------------------
+    def options_dict(self) -> dict[str, Any]:
+        return _options.to_dict(self.options)
+
+    @staticmethod
+    def check_labels(
+        examples: Sequence[Example], known: Iterable[str], field: str, path: str, what: str = "label"
+    ) -> None:
+        """Raise DataError at the first example whose ``field`` (a label or list of labels) is unknown."""
+        known = set(known)
+        for ex in examples:
+            values = ex[field]
+            for value in values if isinstance(values, (list, tuple)) else [values]:
+                if value not in known:
+                    raise DataError(
+                        f"{what} {value!r} never occurred in the training data (known: {', '.join(sorted(known))})",
+                        path,
+                        ex.get("line"),
+                    )
+
+
+def replace_options(task: Task, **changes: Any) -> None:
+    task.options = dataclasses.replace(task.options, **changes)

@@ -1,0 +1,242 @@
+"""Named-entity recognition: CoNLL files in, entity spans with character offsets out.
+
+Scores are computed on words (first sub-token of each word), never on sub-tokens, with seqeval's
+default conlleval-compatible mode (``strict: true`` switches to seqeval's strict IOB2 mode).
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Literal, Sequence
+
+from nlpkit import DataError, Task, TaskOptions, register_task
+from nlpkit.data import open_text, pad_encodings
+
+from . import DATA_DIR
+
+TAG_RE = re.compile(r"^(?:O|[BIESLU]-.+)$")
+WORD_RE = re.compile(r"\w+(?:[-'’.]\w+)*|[^\w\s]")
+
+
+@dataclass
+class NerOptions(TaskOptions):
+    #: tagging scheme of the input files; "auto" detects IOB1 / IOB2 / BIOES (BILOU) per file
+    scheme: Literal["auto", "iob1", "iob2", "bioes"] = "auto"
+    #: seqeval strict IOB2 mode instead of the conlleval-compatible default
+    strict: bool = False
+    dropout: float = 0.1
+
+
+# ---- reading ---------------------------------------------------------------------------------------
+def read_conll(path: str) -> list[dict]:
+    """Sentences of a CoNLL file: any number of columns, the word first and the tag last."""
+    sentences, tokens, tags, start = [], [], [], None
+    with open_text(path) as f:
+        for lineno, raw in enumerate(f, 1):
+            line = raw.rstrip("\r\n")
+            if not line.strip() or line.startswith("-DOCSTART-"):
+                if tokens:
+                    sentences.append({"tokens": tokens, "tags": tags, "line": start})
+                tokens, tags, start = [], [], None
+                continue
+            cols = line.split()
+            if len(cols) < 2:
+                raise DataError(f"expected at least 2 columns (WORD ... TAG), got {line!r}", path, lineno)
+            tag = cols[-1]
+            if not TAG_RE.match(tag):
+                raise DataError(f"expected a tag like O, B-PER or I-LOC in the last column, got {tag!r}", path, lineno)
+            if start is None:
+                start = lineno
+            tokens.append(cols[0])
+            tags.append(tag)
+    if tokens:
+        sentences.append({"tokens": tokens, "tags": tags, "line": start})
+    return sentences
+
+
+def detect_scheme(sentences: Sequence[dict]) -> str:
+    prefixes = {t[0] for s in sentences for t in s["tags"]}
+    if prefixes & {"E", "S", "L", "U"}:
+        return "bioes"
+    for s in sentences:
+        prev = "O"
+        for tag in s["tags"]:
+            if tag.startswith("I-") and (prev == "O" or prev[2:] != tag[2:]):
+                return "iob1"
+            prev = tag
+    return "iob2"
+
+
+def to_iob2(tags: Sequence[str], scheme: str) -> list[str]:
+    out, prev = [], "O"
+    for tag in tags:
+        if tag == "O":
+            new = "O"
+        else:
+            prefix, kind = tag[0], tag[2:]
+            if scheme == "bioes":
+                new = ("B-" if prefix in "BSU" else "I-") + kind
+            elif scheme == "iob1":
+                starts = prefix == "B" or prev == "O" or prev[2:] != kind
+                new = ("B-" if starts else "I-") + kind
+            else:
+                new = tag
+        out.append(new)
+        prev = new
+    return out
+
+
+def spans(tags: Sequence[str]) -> list[tuple[str, int, int]]:
+    """(type, first word, last word + 1) for IOB2 tags; a stray I- starts an entity as conlleval does."""
+    found, kind, begin = [], None, 0
+    for i, tag in enumerate(list(tags) + ["O"]):
+        if kind is not None and (tag == "O" or tag.startswith("B-") or tag[2:] != kind):
+            found.append((kind, begin, i))
+            kind = None
+        if tag != "O" and kind is None:
+            kind, begin = tag[2:], i
+    return found
+
+
+def word_offsets(tokens: Sequence[str]) -> list[tuple[int, int]]:
+    offsets, pos = [], 0
+    for tok in tokens:
+        offsets.append((pos, pos + len(tok)))
+        pos += len(tok) + 1
+    return offsets
+
+
+# ---- the plugin ------------------------------------------------------------------------------------
+@register_task("ner")
+class NerTask(Task):
+    description = "named-entity recognition (CoNLL files, seqeval entity F1)"
+    Options = NerOptions
+    main_score = "f1"
+
+    def __init__(self, name=None, options=None):
+        super().__init__(name, options)
+        self.labels: list[str] = []
+
+    def default_data(self) -> dict[str, str]:
+        return {"train": str(DATA_DIR / "ner" / "train.conll"), "dev": str(DATA_DIR / "ner" / "dev.conll")}
+
+    def read(self, path: str) -> list[dict]:
+        sentences = read_conll(path)
+        scheme = self.options.scheme if self.options.scheme != "auto" else detect_scheme(sentences)
+        for s in sentences:
+            s["tags"] = to_iob2(s["tags"], scheme)
+        return sentences
+
+    def fit(self, train_examples: Sequence[dict]) -> None:
+        found = {t for s in train_examples for t in s["tags"]}
+        self.labels = ["O"] + sorted(found - {"O"}, key=lambda t: (t[2:], t[0]))
+
+    def check(self, examples: Sequence[dict], path: str) -> None:
+        known = set(self.labels)
+        for s in examples:
+            for i, tag in enumerate(s["tags"]):
+                if tag not in known:
+                    raise DataError(
+                        f"tag {tag!r} (word {s['tokens'][i]!r}) never occurred in the training data; "
+                        f"known tags: {', '.join(self.labels)}", path, s["line"] + i if s.get("line") else None)
+
+    def texts(self, examples: Sequence[dict]):
+        return (" ".join(s["tokens"]) for s in examples)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"labels": self.labels}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.labels = list(state["labels"])
+
+    # ---- encoding ------------------------------------------------------------------------------------
+    def encode(self, examples: Sequence[dict]) -> list[dict]:
+        label_id = {t: i for i, t in enumerate(self.labels)}
+        enc = self.tokenizer([s["tokens"] for s in examples], is_split_into_words=True, truncation=True,
+                             max_length=self.options.max_length)
+        features = []
+        for i, s in enumerate(examples):
+            word_ids = enc.word_ids(i)
+            feature = {"example_index": i, "input_ids": enc["input_ids"][i], "word_ids": word_ids}
+            if "tags" in s:
+                labels, prev = [], None
+                for w in word_ids:
+                    labels.append(label_id[s["tags"][w]] if w is not None and w != prev else -100)
+                    prev = w
+                feature["labels"] = labels
+            features.append(feature)
+        return features
+
+    def collate(self, features: Sequence[dict]) -> dict:
+        batch = pad_encodings(features, self.tokenizer.pad_token_id)
+        if "labels" in features[0]:
+            from nlpkit.data import pad
+
+            batch["labels"] = pad([f["labels"] for f in features], -100)
+        return batch
+
+    def build_head(self, backbone):
+        from nlpkit.heads import TokenClassificationHead
+
+        return TokenClassificationHead(backbone.hidden_size, len(self.labels), self.options.dropout)
+
+    def predict_batch(self, head, backbone, batch) -> list:
+        logits = head(backbone, batch)["logits"].float()
+        probs, ids = logits.softmax(-1).max(-1)
+        lengths = batch["attention_mask"].sum(1).tolist()
+        ids, probs = ids.cpu().tolist(), probs.cpu().tolist()
+        return [(ids[i][:n], probs[i][:n]) for i, n in enumerate(lengths)]
+
+    # ---- decoding and scoring ------------------------------------------------------------------------
+    def decode(self, examples, features, outputs) -> list[dict]:
+        preds = []
+        for ex, feat, (ids, probs) in zip(examples, features, outputs):
+            n = len(ex["tokens"])
+            tags, scores, prev = ["O"] * n, [1.0] * n, None
+            for pos, w in enumerate(feat["word_ids"]):
+                if w is not None and w != prev:  # words cut by truncation stay "O"
+                    tags[w], scores[w] = self.labels[ids[pos]], probs[pos]
+                prev = w
+            text = ex.get("text", " ".join(ex["tokens"]))
+            offsets = ex.get("offsets") or word_offsets(ex["tokens"])
+            entities = []
+            for kind, a, b in spans(tags):
+                start, end = offsets[a][0], offsets[b - 1][1]
+                entities.append({"type": kind, "text": text[start:end], "start": start, "end": end,
+                                 "score": round(sum(scores[a:b]) / (b - a), 4)})
+            preds.append({"tags": tags, "entities": entities})
+        return preds
+
+    def score(self, predictions, examples) -> dict[str, Any]:
+        from seqeval.metrics import accuracy_score, classification_report
+        from seqeval.scheme import IOB2
+
+        y_true = [ex["tags"] for ex in examples]
+        y_pred = [p["tags"] for p in predictions]
+        kwargs = {"mode": "strict", "scheme": IOB2} if self.options.strict else {}
+        report = classification_report(y_true, y_pred, output_dict=True, zero_division=0, **kwargs)
+        micro = report["micro avg"]
+        per_type = {k: {"precision": 100 * v["precision"], "recall": 100 * v["recall"], "f1": 100 * v["f1-score"],
+                        "support": int(v["support"])}
+                    for k, v in report.items() if not k.endswith(" avg")}
+        return {"precision": 100 * micro["precision"], "recall": 100 * micro["recall"], "f1": 100 * micro["f1-score"],
+                "accuracy": 100 * accuracy_score(y_true, y_pred),
+                "mode": "seqeval strict IOB2" if self.options.strict else "seqeval default (conlleval)",
+                "per_type": per_type}
+
+    # ---- raw input -----------------------------------------------------------------------------------
+    def parse_input(self, item) -> dict:
+        if isinstance(item, dict):
+            if "tokens" in item:
+                return {"tokens": list(item["tokens"])}
+            item = item.get("text", "")
+        if not isinstance(item, str) or not item.strip():
+            raise DataError("empty input text")
+        matches = list(WORD_RE.finditer(item))
+        return {"tokens": [m.group() for m in matches], "offsets": [m.span() for m in matches], "text": item}
+
+    def format_prediction(self, prediction: dict) -> str:
+        if not prediction["entities"]:
+            return "(no entities)"
+        return "\n".join(f"{e['start']:>5}-{e['end']:<5} {e['type']:<6} {e['text']}  ({e['score']:.2f})"
+                         for e in prediction["entities"])
