@@ -380,6 +380,9 @@ class Trainer:
                     bar.set_postfix(loss=f"{_mean_all(running):.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}",
                                     sps=f"{n_samples / max(train_time, 1e-9):.1f}")
             if step % tc.log_every == 0 or step == total_steps:
+                if bar is None:
+                    log.info(f"step {step}/{total_steps}  loss {_mean_all(running):.4f}  "
+                             f"lr {scheduler.get_last_lr()[0]:.2e}  {n_samples / max(train_time, 1e-9):.1f} samples/s")
                 log.event({"step": step, "epoch": step / steps_per_epoch, "lr": scheduler.get_last_lr()[0],
                            **{f"loss/{n}": sum(v) / len(v) for n, v in running.items() if v},
                            "samples_per_s": n_samples / max(train_time, 1e-9)})
