@@ -212,7 +212,9 @@ class Trainer:
         elif precision == "fp32":
             precision = "no"
         handlers = [DistributedDataParallelKwargs(find_unused_parameters=len(self.config.tasks) > 1)]
-        return Accelerator(mixed_precision=precision, cpu=self.tc.cpu, kwargs_handlers=handlers)
+        # On a machine without GPUs, cpu=True is what lets Accelerate start gloo under torchrun.
+        cpu = self.tc.cpu or not torch.cuda.is_available()
+        return Accelerator(mixed_precision=precision, cpu=cpu, kwargs_handlers=handlers)
 
     def _output_dir(self) -> Path:
         if self.config.output_dir:
