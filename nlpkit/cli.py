@@ -105,8 +105,8 @@ def build_config(args: argparse.Namespace) -> "Any":
     for flag, key in [("epochs", "epochs"), ("max_steps", "max_steps"), ("batch_size", "batch_size"), ("lr", "lr"), ("seed", "seed")]:
         if getattr(args, flag) is not None:
             trainer[key] = getattr(args, flag)
-    if args.no_progress or os.environ.get("CI") == "true" and not sys.stderr.isatty():
-        trainer.setdefault("progress", False) if not args.no_progress else trainer.__setitem__("progress", False)
+    if args.no_progress or not sys.stderr.isatty():  # a bar in a log file is noise: print log lines
+        trainer["progress"] = False
     if args.backbone:
         data.setdefault("backbone", {})["spec"] = args.backbone
     if args.output_dir:
