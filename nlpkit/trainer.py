@@ -47,12 +47,21 @@ def read_splits(task: Task, entry: TaskEntry, splits: Sequence[str] = ("train", 
     data = {}
     for split in splits:
         if split in files:
-            examples = task.read(files[split])
+            examples = read_any(task, files[split])
             require_examples(examples, files[split])
             data[split] = examples
     if "train" in splits and "train" not in data:
         raise ConfigError(f"task {entry.name!r}: no training data (use --data train=PATH)")
     return data
+
+
+def read_any(task: Task, path: str) -> list[dict]:
+    """A local file in the task's formats, or ``hub:DATASET:SPLIT`` through the task's read_hub."""
+    from .data import is_hub, load_hub_split
+
+    if is_hub(path):
+        return task.read_hub(load_hub_split(path), path)
+    return task.read(path)
 
 
 def default_lr(spec: str) -> float:

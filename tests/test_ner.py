@@ -149,3 +149,24 @@ def test_reads_the_conll2003_benchmark_as_it_is():
     assert len(sents) == 3250
     assert sum(len(s["tokens"]) for s in sents) == 51362
     assert sum(t.startswith("B-") for s in sents for t in s["tags"]) == 1842 + 1837 + 1341 + 922
+
+
+def test_hub_rows_with_class_label_tags_are_read():
+    import datasets
+    features = datasets.Features({
+        "tokens": datasets.Sequence(datasets.Value("string")),
+        "ner_tags": datasets.Sequence(datasets.ClassLabel(names=["O", "B-PER", "I-PER", "B-LOC", "I-LOC"])),
+    })
+    rows = datasets.Dataset.from_dict({"tokens": [["Ana", "Silva", "in", "Porto"]], "ner_tags": [[1, 2, 0, 3]]},
+                                      features=features)
+    (ex,) = NerTask().read_hub(rows, "hub:x:train")
+    assert ex["tags"] == ["B-PER", "I-PER", "O", "B-LOC"]
+
+
+def test_bad_hub_spec_and_offline_hub_are_clear_errors():
+    from nlpkit.data import load_hub_split
+
+    with pytest.raises(DataError, match="expected hub:DATASET:SPLIT"):
+        load_hub_split("hub:only-a-name")
+    with pytest.raises(DataError):  # offline in tests (or 'datasets' missing): a DataError, never a hang
+        load_hub_split("hub:no-such-user/no-such-dataset:train")
