@@ -172,9 +172,9 @@ def cmd_predict(args: argparse.Namespace, extra: list[str]) -> int:
 
     for module in args.plugin:
         import_plugin_module(module)
-    fields = _parse_fields(extra)
+    fields, more_texts = _parse_fields(extra)
     pipe = load(args.checkpoint)
-    items: list[str | dict] = list(args.texts)
+    items: list[str | dict] = list(args.texts) + more_texts
     if fields:
         items.append(fields)
     if not items:
@@ -203,16 +203,21 @@ def cmd_predict(args: argparse.Namespace, extra: list[str]) -> int:
     return 0
 
 
-def _parse_fields(extra: list[str]) -> dict[str, str]:
-    """``--question Q --context C`` style fields for tasks whose input is a record."""
-    fields, i = {}, 0
+def _parse_fields(extra: list[str]) -> tuple[dict[str, str], list[str]]:
+    """``--question Q --context C`` style fields for tasks whose input is a record; other leftovers are
+    texts that argparse could not place (a text after an option)."""
+    fields, texts, i = {}, [], 0
     while i < len(extra):
         key = extra[i]
-        if not key.startswith("--") or i + 1 >= len(extra):
-            raise ConfigError(f"unexpected argument {key!r} (fields are given as --NAME VALUE)")
+        if not key.startswith("--"):
+            texts.append(key)
+            i += 1
+            continue
+        if i + 1 >= len(extra):
+            raise ConfigError(f"{key} needs a value (fields are given as --NAME VALUE)")
         fields[key[2:].replace("-", "_")] = extra[i + 1]
         i += 2
-    return fields
+    return fields, texts
 
 
 # ---- tasks -----------------------------------------------------------------------------------------
