@@ -38,10 +38,13 @@ def auto_precision(cpu: bool = False) -> str:
     """
     import torch
 
+    on_gpu = not cpu and torch.cuda.is_available()
     launcher = os.environ.get("ACCELERATE_MIXED_PRECISION", "no").lower()
-    if launcher in ("fp16", "bf16"):
+    if launcher == "bf16" or launcher == "fp16" and on_gpu:
         return launcher
-    if cpu or not torch.cuda.is_available():
+    if launcher == "fp16":
+        raise ConfigError("accelerate launch asked for fp16, which needs a GPU; on CPU use bf16 or no mixed precision")
+    if not on_gpu:
         return "no"
     if getattr(torch.version, "hip", None):
         return "bf16"

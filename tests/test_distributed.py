@@ -223,6 +223,10 @@ def test_auto_precision_honours_accelerate_launch(fake_gpu, monkeypatch):
     fake_gpu(9)
     monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "fp16")
     assert auto_precision() == "fp16"
+    with pytest.raises(ConfigError, match="needs a GPU"):  # Accelerate has no fp16 on CPU
+        auto_precision(cpu=True)
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
+    assert auto_precision(cpu=True) == "bf16"
 
 
 def test_trainer_gives_accelerate_the_auto_precision_and_the_gpu(fake_gpu, monkeypatch, tmp_path):
