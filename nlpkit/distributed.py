@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import math
 import os
-import subprocess
 import sys
 from typing import Any, Sequence
 
@@ -167,15 +166,26 @@ def step_stats(acc: Any, loss: Any, batch: dict[str, Any]) -> tuple[bool, float,
 def relaunch(argv: Sequence[str], num_processes: int) -> int:
     """Run ``nlpkit <argv>`` in ``num_processes`` processes on this machine through torchrun.
 
-    ``--standalone`` lets torchrun pick a free port, so two runs on one machine do not collide. The
-    children see WORLD_SIZE == num_processes and train instead of relaunching. On CPU each process gets
-    an equal share of the cores unless OMP_NUM_THREADS is set (torchrun's own default is 1 thread).
+    torchrun's own entry point is called in this process (it only starts and watches the children), so a
+    failed child gives back its own exit status (2 for an nlpkit error, whose one-line message it has
+    printed) instead of torchrun's traceback. ``--standalone`` picks a free port, so two runs on one
+    machine do not collide. The children see WORLD_SIZE == num_processes and train instead of
+    relaunching. On CPU each process gets an equal share of the cores unless OMP_NUM_THREADS is set
+    (torchrun's own default is 1 thread).
     """
-    env = dict(os.environ)
-    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // num_processes)))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={num_processes}",
-           "-m", "nlpkit", *argv]
-    return subprocess.call(cmd, env=env)
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import parse_args, run
+
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // num_processes)))
+    args = parse_args(["--standalone", f"--nproc_per_node={num_processes}", "-m", "nlpkit", *argv])
+    try:
+        run(args)
+    except ChildFailedError as exc:
+        rank, failure = exc.get_first_failure()
+        print(f"nlpkit: error: process {rank} of {num_processes} failed first (exit status {failure.exitcode}); "
+              "its message is above", file=sys.stderr)
+        return failure.exitcode if isinstance(failure.exitcode, int) and failure.exitcode > 0 else 1
+    return 0
 
 
 def need_relaunch(num_processes: int | None) -> bool:

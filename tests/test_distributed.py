@@ -73,25 +73,31 @@ def _train_args(files: Path, out: Path) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def two_process_run(ner_files, tmp_path_factory) -> tuple[Path, str]:
-    """`nlpkit train --num-processes 2`: the CLI re-executes itself through torchrun (2 gloo processes)."""
-    out = tmp_path_factory.mktemp("dist") / "two"
-    proc = subprocess.run([sys.executable, "-m", "nlpkit", *_train_args(ner_files, out), "--num-processes", "2"],
-                          capture_output=True, text=True, timeout=300, cwd=ROOT)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return out, proc.stdout
-
-
-@pytest.fixture(scope="module")
-def one_process_run(ner_files, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("dist") / "one"
+def runs(ner_files, tmp_path_factory) -> dict:
+    """`nlpkit train --num-processes 2` (the CLI re-executes itself through torchrun: 2 gloo processes),
+    started in the background while the same training runs in this process."""
+    folder = tmp_path_factory.mktemp("dist")
+    two = subprocess.Popen([sys.executable, "-m", "nlpkit", *_train_args(ner_files, folder / "two"),
+                            "--num-processes", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # like each torchrun process; on a busy 2-core machine 2 threads ran 8x slower
     try:
-        assert main(_train_args(ner_files, out)) == 0
+        assert main(_train_args(ner_files, folder / "one")) == 0
     finally:
         torch.set_num_threads(threads)
-    return out
+    stdout, stderr = two.communicate(timeout=300)
+    assert two.returncode == 0, stdout[-3000:] + stderr[-3000:]
+    return {"two": folder / "two", "one": folder / "one", "two_stdout": stdout}
+
+
+@pytest.fixture(scope="module")
+def two_process_run(runs) -> tuple[Path, str]:
+    return runs["two"], runs["two_stdout"]
+
+
+@pytest.fixture(scope="module")
+def one_process_run(runs) -> Path:
+    return runs["one"]
 
 
 def _losses(run: Path) -> list[float]:
@@ -189,6 +195,29 @@ def test_num_processes_flag(clean_env, capsys):
     assert need_relaunch(2) is False  # inside the processes torchrun started
     assert main(["train", "--task", "ner", "--num-processes", "4", "--max-steps", "1"]) == 2
     assert "the launcher started 2 processes" in capsys.readouterr().err
+
+
+def test_num_processes_runs_torchrun_and_passes_on_a_process_error(monkeypatch, capsys):
+    """The real failure path (missing data file, 2 processes) ends in the same way: both processes print
+    `nlpkit: error: ...: file not found`, then this line, exit status 2 and no traceback."""
+    import torch.distributed.run as torchrun
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
+
+    from nlpkit.distributed import relaunch
+
+    calls = []
+
+    def fake_run(args):
+        calls.append(args)
+        raise ChildFailedError("nlpkit", {1: ProcessFailure(local_rank=1, pid=1, exitcode=2, error_file="")})
+
+    monkeypatch.setattr(torchrun, "run", fake_run)
+    assert relaunch(["train", "--task", "ner", "--num-processes", "2"], 2) == 2
+    (args,) = calls
+    assert args.standalone and args.nproc_per_node == "2" and args.module
+    assert [args.training_script, *args.training_script_args] == ["nlpkit", "train", "--task", "ner",
+                                                                  "--num-processes", "2"]
+    assert "process 1 of 2 failed first (exit status 2)" in capsys.readouterr().err
 
 
 # ---- precision "auto" ------------------------------------------------------------------------------
