@@ -72,9 +72,10 @@ def check_launch() -> None:
     if from_accelerate and "MASTER_ADDR" in env and not any(k in env for k in _LAUNCHED):
         raise ConfigError(
             "accelerate launch asked for several processes but started only one: without --multi_gpu (or a "
-            "config file) on a machine with fewer than 2 GPUs its default launcher runs a single process. Start N processes with `accelerate launch --multi_gpu "
-            "--num_processes N -m nlpkit train ...` (it launches through torchrun; nlpkit then trains on CPU "
-            "with gloo), `torchrun --nproc_per_node N -m nlpkit train ...` or `nlpkit train --num-processes N ...`"
+            "config file) on a machine with fewer than 2 GPUs its default launcher runs a single process. "
+            "Start N processes with `accelerate launch --multi_gpu --num_processes N -m nlpkit train ...` (it "
+            "launches through torchrun; without GPUs nlpkit then trains on CPU with gloo), "
+            "`torchrun --nproc_per_node N -m nlpkit train ...` or `nlpkit train --num-processes N ...`"
         )
 
 
