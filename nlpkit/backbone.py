@@ -192,6 +192,22 @@ class Backbone(nn.Module):
                 if _accepts_replace(self.tokenizer) else self.tokenizer.add_tokens(new, special_tokens=True)
             self.model.resize_token_embeddings(len(self.tokenizer))
 
+    def set_dropout(self, p: float) -> None:
+        """Set every dropout of the model to ``p`` (0 makes training deterministic given the data order).
+
+        Models keep dropout both in ``nn.Dropout`` layers and as plain float attributes read at call time
+        (T5 and BART attention); the config fields are updated too so a saved checkpoint says what ran.
+        """
+        for module in self.model.modules():
+            if isinstance(module, nn.Dropout):
+                module.p = p
+            for name, value in list(vars(module).items()):
+                if "dropout" in name and isinstance(value, float):
+                    setattr(module, name, p)
+        for name, value in list(self.model.config.to_dict().items()):
+            if "dropout" in name and isinstance(value, float):
+                setattr(self.model.config, name, p)
+
     @property
     def hidden_size(self) -> int:
         cfg = self.model.config

@@ -33,6 +33,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any config key, e.g. trainer.lr=3e-5")
     t.add_argument("--plugin", action="append", default=[], metavar="MODULE", help="import a module that registers tasks")
     t.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
+    t.add_argument("--num-processes", type=int, metavar="N",
+                   help="train in N processes on this machine (data parallel; starts them through torchrun)")
 
     e = sub.add_parser("evaluate", help="score a checkpoint on labelled data")
     e.add_argument("checkpoint")
@@ -122,7 +124,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     for module in args.plugin:
         import_plugin_module(module)
-    config = build_config(args)
+    config = build_config(args)  # a bad configuration fails here, before any process is started
+    from .distributed import need_relaunch, relaunch
+
+    if need_relaunch(args.num_processes):
+        return relaunch(args.argv, args.num_processes)
     from .trainer import train
 
     train(config)
@@ -237,7 +243,9 @@ def cmd_tasks(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args, extra = parser.parse_known_args(argv)
+    args.argv = argv
     if extra and args.command != "predict":
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:

@@ -20,9 +20,12 @@ class BackboneConfig:
     spec: str = "tiny"
     #: vocabulary size of the tokenizer trained for a from-scratch preset (default: the preset's)
     vocab_size: Optional[int] = None
+    #: dropout probability of every dropout layer of the backbone (default: the model's own, 0.1 for presets)
+    dropout: Optional[float] = None
 
     def validate(self, key: str) -> None:
         require(self.vocab_size is None or self.vocab_size >= 300, f"{key}.vocab_size", "must be at least 300")
+        require(self.dropout is None or 0 <= self.dropout < 1, f"{key}.dropout", "must be in [0, 1)")
 
 
 @dataclass

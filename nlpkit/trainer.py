@@ -22,6 +22,7 @@ import torch
 from . import checkpoint
 from .config import RunConfig, TaskEntry
 from .data import LengthGroupedBatches, require_examples
+from .distributed import auto_precision, check_engine, check_launch, describe, from_main, step_stats
 from .errors import ConfigError, DataError, NlpkitError, TrainingError
 from .evaluation import evaluate, to_device
 from .registry import get_task_class, import_plugin_module
@@ -213,11 +214,10 @@ class Trainer:
         from accelerate import Accelerator
         from accelerate.utils import DistributedDataParallelKwargs
 
+        check_launch()
         precision = self.tc.precision
         if precision == "auto":
-            precision = "no"
-            if torch.cuda.is_available() and not self.tc.cpu:
-                precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+            precision = auto_precision(self.tc.cpu)
         elif precision == "fp32":
             precision = "no"
         handlers = [DistributedDataParallelKwargs(find_unused_parameters=len(self.config.tasks) > 1)]
@@ -259,9 +259,10 @@ class Trainer:
         for module in cfg.plugins:
             import_plugin_module(module)
         acc = self._accelerator()
+        check_engine(acc, tc.batch_size, tc.grad_accum, tc.max_grad_norm)
         main = acc.is_main_process
         set_seed(tc.seed)
-        out = self._output_dir()
+        out = from_main(acc, self._output_dir())  # the default name holds the time: take rank 0's
         if main:
             out.mkdir(parents=True, exist_ok=True)
             (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
@@ -284,6 +285,8 @@ class Trainer:
                 yield from t.texts(data[t.name]["train"])
 
         backbone = self._backbone(acc, out, texts)
+        if cfg.backbone.dropout is not None:
+            backbone.set_dropout(cfg.backbone.dropout)
         extra = [tok for t in tasks for tok in t.special_tokens()]
         backbone.add_special_tokens(extra)
         if any(t.generative for t in tasks) and backbone.kind != "encoder-decoder":
@@ -297,6 +300,8 @@ class Trainer:
         model = MultiTaskModel(backbone, heads)
         log.info(f"backbone: {backbone.spec} ({backbone.describe()['parameters'] / 1e6:.1f}M parameters, "
                  f"{backbone.kind}); device {acc.device}; processes {acc.num_processes}; precision {acc.mixed_precision}")
+        if acc.num_processes > 1:
+            log.info(describe(acc, tc.batch_size))
 
         # features
         features = {t.name: {s: t.encode(ex) for s, ex in data[t.name].items()} for t in tasks}
@@ -350,19 +355,17 @@ class Trainer:
                 ctx = acc.no_sync(model) if not sync and acc.num_processes > 1 else _null()
                 with ctx, acc.autocast():
                     loss = model(name, batch)["loss"]
-                bad = not bool(torch.isfinite(loss.detach()))
-                if acc.num_processes > 1:
-                    flag = acc.reduce(torch.tensor([float(bad)], device=acc.device), "sum")
-                    bad = bool(flag.item() > 0)
+                # one all-reduce: same skip decision everywhere, loss and tokens of the global batch
+                bad, loss_value, tokens = step_stats(acc, loss, batch)
                 if bad:
                     finite = False
                     bad_at = (name, mine)
                     break
                 with ctx:
                     acc.backward(loss * weights[name] / tc.grad_accum)
-                step_losses.append((name, float(loss.detach())))
+                step_losses.append((name, loss_value))
                 n_samples += len(idx)
-                n_tokens += count_tokens(batch) * acc.num_processes
+                n_tokens += tokens
             if not finite:
                 optimizer.zero_grad(set_to_none=True)
                 skipped += 1
@@ -435,6 +438,8 @@ class Trainer:
             "skipped_steps": skipped,
             "train_samples_per_s": n_samples / max(train_time, 1e-9),
             "train_tokens_per_s": n_tokens / max(train_time, 1e-9),
+            "train_samples": n_samples,
+            "train_tokens": n_tokens,
             "wall_time_s": wall,
             "processes": acc.num_processes,
             "device": str(acc.device),
