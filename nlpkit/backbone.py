@@ -148,12 +148,20 @@ class Backbone(nn.Module):
         if not getattr(tokenizer, "is_fast", False):
             raise BackboneError(f"backbone {spec!r}: nlpkit needs a fast tokenizer (offsets and word ids)")
         kwargs = {"attn_implementation": "sdpa"}
+        with _quiet_transformers():
+            model = cls._load_model(source, config, kwargs)
+        return cls(model, tokenizer, spec)
+
+    @staticmethod
+    def _load_model(source: str, config: Any, kwargs: dict[str, Any]) -> nn.Module:
+        from transformers import AutoModel, AutoModelForSeq2SeqLM
+
         if getattr(config, "is_encoder_decoder", False):
             model = AutoModelForSeq2SeqLM.from_pretrained(source, **kwargs)
         else:
             model = AutoModel.from_pretrained(source, add_pooling_layer=False, **kwargs) if _takes_pooling(config) \
                 else AutoModel.from_pretrained(source, **kwargs)
-        return cls(model, tokenizer, spec)
+        return model
 
     @classmethod
     def from_saved(cls, folder: str | Path, spec: str) -> "Backbone":
@@ -207,6 +215,22 @@ class Backbone(nn.Module):
             "model_type": self.model.config.model_type,
             "parameters": sum(p.numel() for p in self.parameters()),
         }
+
+
+class _quiet_transformers:
+    """The load report lists the unused pooler weights of sentence encoders: noise for our users."""
+
+    def __enter__(self):
+        from transformers.utils import logging
+
+        self.level = logging.get_verbosity()
+        logging.set_verbosity_error()
+
+    def __exit__(self, *exc):
+        from transformers.utils import logging
+
+        logging.set_verbosity(self.level)
+        return False
 
 
 def _takes_pooling(config: Any) -> bool:

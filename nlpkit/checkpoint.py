@@ -126,6 +126,7 @@ def _write_model(tmp: Path, model: Any, tasks: Sequence[Any], extra: dict[str, A
                 "name": t.name,
                 "type": t.type_name,
                 "version": t.version,
+                "module": type(t).__module__,
                 "options": t.options_dict(),
                 "state": t.state_dict(),
             }
@@ -155,17 +156,37 @@ def read_meta(folder: str | Path) -> dict[str, Any]:
     return meta
 
 
+def _task_class(entry: dict[str, Any]):
+    """The registered plugin, importing the module that defined it at save time if needed."""
+    from .errors import UnknownTaskError
+    from .registry import get_task_class
+
+    try:
+        return get_task_class(entry["type"])
+    except UnknownTaskError:
+        module = entry.get("module")
+        if not module:
+            raise
+        import importlib
+
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            raise UnknownTaskError(
+                f"this checkpoint needs task {entry['type']!r} from module {module!r}, which cannot be imported; "
+                "install the plugin or pass --plugin MODULE") from None
+        return get_task_class(entry["type"])
+
+
 def load(folder: str | Path, only: Sequence[str] | None = None):
     """Rebuild (model, tasks, meta) from a checkpoint without any network access."""
     from .backbone import Backbone
     from .model import MultiTaskModel
-    from .registry import get_task_class
-
     folder = resolve(folder)
     meta = read_meta(folder)
     tasks = []
     for entry in meta["tasks"]:
-        cls = get_task_class(entry["type"])
+        cls = _task_class(entry)
         if entry.get("version", 1) > cls.version:
             raise CheckpointError(
                 f"task {entry['name']!r} was saved by {entry['type']}.v{entry['version']}, "

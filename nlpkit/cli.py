@@ -116,8 +116,8 @@ def build_config(args: argparse.Namespace) -> "Any":
     for flag, key in [("epochs", "epochs"), ("max_steps", "max_steps"), ("batch_size", "batch_size"), ("lr", "lr"), ("seed", "seed")]:
         if getattr(args, flag) is not None:
             trainer[key] = getattr(args, flag)
-    if args.no_progress or os.environ.get("CI") == "true" and not sys.stderr.isatty():
-        trainer.setdefault("progress", False) if not args.no_progress else trainer.__setitem__("progress", False)
+    if args.no_progress or not sys.stderr.isatty():  # a bar in a log file is noise: print log lines
+        trainer["progress"] = False
     if args.backbone:
         data.setdefault("backbone", {})["spec"] = args.backbone
     if args.output_dir:
@@ -185,9 +185,9 @@ def cmd_predict(args: argparse.Namespace, extra: list[str]) -> int:
 
     for module in args.plugin:
         import_plugin_module(module)
-    fields = _parse_fields(extra)
+    fields, more_texts = _parse_fields(extra)
     pipe = load(args.checkpoint)
-    items: list[str | dict] = list(args.texts)
+    items: list[str | dict] = list(args.texts) + more_texts
     if fields:
         items.append(fields)
     if not items:
@@ -216,16 +216,21 @@ def cmd_predict(args: argparse.Namespace, extra: list[str]) -> int:
     return 0
 
 
-def _parse_fields(extra: list[str]) -> dict[str, str]:
-    """``--question Q --context C`` style fields for tasks whose input is a record."""
-    fields, i = {}, 0
+def _parse_fields(extra: list[str]) -> tuple[dict[str, str], list[str]]:
+    """``--question Q --context C`` style fields for tasks whose input is a record; other leftovers are
+    texts that argparse could not place (a text after an option)."""
+    fields, texts, i = {}, [], 0
     while i < len(extra):
         key = extra[i]
-        if not key.startswith("--") or i + 1 >= len(extra):
-            raise ConfigError(f"unexpected argument {key!r} (fields are given as --NAME VALUE)")
+        if not key.startswith("--"):
+            texts.append(key)
+            i += 1
+            continue
+        if i + 1 >= len(extra):
+            raise ConfigError(f"{key} needs a value (fields are given as --NAME VALUE)")
         fields[key[2:].replace("-", "_")] = extra[i + 1]
         i += 2
-    return fields
+    return fields, texts
 
 
 # ---- tasks -----------------------------------------------------------------------------------------

@@ -38,6 +38,35 @@ def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
             yield lineno, record
 
 
+HUB_PREFIX = "hub:"
+
+
+def is_hub(path: str) -> bool:
+    return str(path).startswith(HUB_PREFIX)
+
+
+def load_hub_split(spec: str) -> Any:
+    """``hub:DATASET[:CONFIG]:SPLIT`` -> the rows of that split (a datasets.Dataset).
+
+    Needs the optional ``datasets`` package and network access (or a local datasets cache).
+    """
+    parts = spec[len(HUB_PREFIX):].split(":")
+    if len(parts) not in (2, 3) or not all(parts):
+        raise DataError(f"expected hub:DATASET:SPLIT or hub:DATASET:CONFIG:SPLIT "
+                        f"(e.g. hub:eriktks/conll2003:train, hub:nyu-mll/glue:sst2:train), got {spec!r}")
+    name, config, split = (parts[0], None, parts[1]) if len(parts) == 2 else parts
+    try:
+        import datasets
+    except ImportError:
+        raise DataError("reading hub datasets needs the 'datasets' package: pip install 'nlpkit[hub]'", spec) from None
+    try:
+        rows = datasets.load_dataset(name, config, split=split)
+    except Exception as exc:  # offline, unknown id, ...
+        raise DataError(f"could not load hub dataset {name!r} (config {config}, split {split}): "
+                        f"{type(exc).__name__}: {str(exc)[:300]}", spec) from None
+    return rows
+
+
 def require_examples(examples: Sequence[Any], path: str | Path) -> None:
     if not examples:
         raise DataError("no examples found (the file is empty or holds only blank lines)", str(path))

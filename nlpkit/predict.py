@@ -60,7 +60,9 @@ class Pipeline:
     def evaluate(self, path: str, task: str | None = None, batch_size: int = 64, progress: bool = False) -> dict[str, Any]:
         """Metrics of one task on a labelled file in any format the task reads."""
         t = self.task(task)
-        examples = t.read(path)
+        from .trainer import read_any
+
+        examples = read_any(t, path)
         from .data import require_examples
 
         require_examples(examples, path)

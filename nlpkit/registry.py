@@ -81,8 +81,12 @@ def _scan_entry_points() -> None:
         dist = getattr(ep, "dist", None)
         dist_name = dist.metadata["Name"] if dist is not None else "?"
         source = "built-in" if dist_name == "nlpkit" else f"plugin {dist_name}"
-        if ep.name not in _REGISTRY:
+        existing = _REGISTRY.get(ep.name)
+        if existing is None:
             _REGISTRY[ep.name] = TaskInfo(ep.name, None, source, ep)
+        elif existing.cls is not None and existing.cls.__module__ == ep.module:
+            # imported directly before the scan: it is still the entry point's task
+            existing.source, existing.entry_point = source, ep
 
 
 def rescan_entry_points() -> None:

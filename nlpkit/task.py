@@ -69,6 +69,12 @@ class Task:
     def read(self, path: str) -> list[Example]:
         raise NotImplementedError
 
+    def read_hub(self, rows: Any, spec: str) -> list[Example]:
+        """Examples from a Hugging Face ``datasets`` split (data given as ``hub:DATASET:SPLIT``)."""
+        from .errors import ConfigError
+
+        raise ConfigError(f"task {self.name!r} cannot read hub datasets ({spec}); give local files instead")
+
     def fit(self, train_examples: Sequence[Example]) -> None:
         """Learn what the data defines (labels). Must be deterministic: every process calls it."""
 

@@ -56,12 +56,21 @@ def read_splits(task: Task, entry: TaskEntry, splits: Sequence[str] = ("train", 
     data = {}
     for split in splits:
         if split in files:
-            examples = task.read(files[split])
+            examples = read_any(task, files[split])
             require_examples(examples, files[split])
             data[split] = examples
     if "train" in splits and "train" not in data:
         raise ConfigError(f"task {entry.name!r}: no training data (use --data train=PATH)")
     return data
+
+
+def read_any(task: Task, path: str) -> list[dict]:
+    """A local file in the task's formats, or ``hub:DATASET:SPLIT`` through the task's read_hub."""
+    from .data import is_hub, load_hub_split
+
+    if is_hub(path):
+        return task.read_hub(load_hub_split(path), path)
+    return task.read(path)
 
 
 def default_lr(spec: str) -> float:
@@ -383,7 +392,9 @@ class Trainer:
             self.notes.append("trainer.precision bf16 is not supported by this GPU; using fp16")
             precision = "fp16"
         handlers = [DistributedDataParallelKwargs(find_unused_parameters=len(self.config.tasks) > 1)]
-        return Accelerator(mixed_precision=precision, cpu=self.tc.cpu, kwargs_handlers=handlers)
+        # On a machine without GPUs, cpu=True is what lets Accelerate start gloo under torchrun.
+        cpu = self.tc.cpu or not torch.cuda.is_available()
+        return Accelerator(mixed_precision=precision, cpu=cpu, kwargs_handlers=handlers)
 
     def _locate(self, acc) -> tuple[Path, Path | None]:
         """(run folder, checkpoint to resume from), decided on the main process and shared."""
@@ -658,6 +669,9 @@ class Trainer:
                     if state.last_grad_norm is not None:
                         record["grad_norm"] = state.last_grad_norm
                     log.event(record)
+                    if bar is None:  # no bar (a log file): a line per log step instead
+                        log.info(f"step {step}/{total_steps}  loss {_mean_all(state.running):.4f}  lr {lr_used:.2e}  "
+                                 f"{record['samples_per_s']:.1f} samples/s")
                     board.scalars(step, {k: v for k, v in record.items() if k not in ("step",)})
                     if bar is not None:
                         bar.set_postfix(loss=f"{_mean_all(state.running):.4f}", lr=f"{record['lr']:.2e}",

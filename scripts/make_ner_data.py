@@ -58,10 +58,21 @@ TEMPLATES = [
 ]
 
 
+SYLLABLES = ["ka", "lo", "mi", "ra", "ten", "vo", "shi", "an", "bel", "dor", "e", "fa", "gu", "ho", "ix", "ju",
+             "ke", "lin", "mar", "no", "os", "pe", "qui", "ru", "sa", "tor", "u", "ve", "wen", "ya", "zo"]
+
+
+def invented(rng: random.Random) -> str:
+    """A made-up proper name, so the model must learn from context and shape, not memorise a list."""
+    return "".join(rng.choice(SYLLABLES) for _ in range(rng.randint(2, 3))).capitalize()
+
+
 def entity(kind: str, rng: random.Random, held_out: bool) -> list[str]:
-    def pick(items):  # dev draws half of its names from the part of each list train never uses
+    def pick(items):  # dev draws a share of its names from the part of each list train never uses
         cut = int(len(items) * 0.75)
-        return rng.choice(items[cut:] if held_out and rng.random() < 0.5 else items[:cut])
+        if rng.random() < 0.5:
+            return invented(rng)
+        return rng.choice(items[cut:] if held_out and rng.random() < 0.15 else items[:cut])
 
     if kind == "PER":
         return [pick(FIRST), pick(LAST)] if rng.random() < 0.7 else [pick(LAST)]
@@ -99,6 +110,6 @@ def write(path: Path, n: int, seed: int, held_out: bool) -> None:
 if __name__ == "__main__":
     folder = Path(__file__).resolve().parent.parent / "tasks" / "data" / "ner"
     folder.mkdir(parents=True, exist_ok=True)
-    write(folder / "train.conll", 600, seed=1, held_out=False)
-    write(folder / "dev.conll", 150, seed=2, held_out=True)
+    write(folder / "train.conll", 1500, seed=1, held_out=False)
+    write(folder / "dev.conll", 200, seed=2, held_out=True)
     print(f"wrote {folder}/train.conll and dev.conll")

@@ -127,6 +127,22 @@ class NerTask(Task):
             s["tags"] = to_iob2(s["tags"], scheme)
         return sentences
 
+    def read_hub(self, rows, spec: str) -> list[dict]:
+        """Rows with ``tokens`` and ``ner_tags`` (ClassLabel ids or strings), as conll2003 on the hub."""
+        feature = rows.features.get("ner_tags") if hasattr(rows, "features") else None
+        names = getattr(getattr(feature, "feature", None), "names", None)
+        examples = []
+        for i, row in enumerate(rows):
+            if "tokens" not in row or "ner_tags" not in row:
+                raise DataError("expected fields 'tokens' and 'ner_tags'", spec, i + 1)
+            tags = [names[t] if names and isinstance(t, int) else str(t) for t in row["ner_tags"]]
+            if row["tokens"]:
+                examples.append({"tokens": list(row["tokens"]), "tags": tags, "line": i + 1})
+        scheme = self.options.scheme if self.options.scheme != "auto" else detect_scheme(examples)
+        for ex in examples:
+            ex["tags"] = to_iob2(ex["tags"], scheme)
+        return examples
+
     def fit(self, train_examples: Sequence[dict]) -> None:
         found = {t for s in train_examples for t in s["tags"]}
         self.labels = ["O"] + sorted(found - {"O"}, key=lambda t: (t[2:], t[0]))
