@@ -481,16 +481,8 @@ class Trainer:
         main = acc.is_main_process
         set_seed(tc.seed)
         out, src = self._locate(acc)
-        if main:
-            self._prepare_folder(out, src, self.notes.append)
-        acc.wait_for_everyone()
         saved = checkpoint.read_training_state(src) if src else None
-        log = RunLog(out, main, resume_step=saved["step"] if saved else None)
-        for note in self.notes:
-            log.info(note)
-        if saved:
-            log.event({"resumed_from": saved["step"], "checkpoint": str(src)})
-            log.info(f"resuming from {src} (step {saved['step']})")
+        log = RunLog(out, main, start=False)  # prints now; the file opens once the folder is settled
 
         # tasks and data
         tasks = [build_task(e) for e in cfg.tasks]
@@ -501,14 +493,23 @@ class Trainer:
             task.fit(data[task.name]["train"])
             if "dev" in data[task.name]:
                 task.check(data[task.name]["dev"], paths[task.name].get("dev", "dev"))
-        log.info(f"tasks: " + ", ".join(f"{t.name} ({t.type_name}: {len(data[t.name]['train'])} train, "
-                                         f"{len(data[t.name].get('dev', []))} dev)" for t in tasks))
         fingerprints = {t.name: data_fingerprint(data[t.name]["train"]) for t in tasks}
         changed: list[str] = []
-        if saved:
+        if saved:  # refuse before touching the run folder
             changed = check_resume(src, saved, checkpoint.read_meta(src), cfg, tasks, fingerprints, acc.num_processes)
+        if main:
+            self._prepare_folder(out, src, self.notes.append)
+        acc.wait_for_everyone()
+        log.start(resume_step=saved["step"] if saved else None)
+        for note in self.notes:
+            log.info(note)
+        if saved:
+            log.event({"resumed_from": saved["step"], "checkpoint": str(src)})
+            log.info(f"resuming from {src} (step {saved['step']})")
             for what in changed:
                 log.info(f"warning: {what}: the resumed run will not match an uninterrupted one")
+        log.info(f"tasks: " + ", ".join(f"{t.name} ({t.type_name}: {len(data[t.name]['train'])} train, "
+                                         f"{len(data[t.name].get('dev', []))} dev)" for t in tasks))
 
         # backbone, heads, model
         def texts():
@@ -875,13 +876,17 @@ class RunLog:
     (later ones are replayed) so the log reads like one uninterrupted run.
     """
 
-    def __init__(self, out: Path, main: bool, resume_step: int | None = None):
-        self.main = main
+    def __init__(self, out: Path, main: bool, resume_step: int | None = None, start: bool = True):
+        self.out, self.main = out, main
         self.bar: Any = None
         self.file = None
-        if not main:
+        if start:
+            self.start(resume_step)
+
+    def start(self, resume_step: int | None = None) -> None:
+        if not self.main:
             return
-        path = out / "log.jsonl"
+        path = self.out / "log.jsonl"
         if resume_step is not None and path.exists():
             kept = []
             for line in path.read_text(encoding="utf-8").splitlines():
