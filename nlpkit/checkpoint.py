@@ -328,9 +328,9 @@ def clean_partial(run_dir: str | Path) -> list[Path]:
     return removed
 
 
-def training_config(path: str | Path) -> dict[str, Any]:
+def training_config(path: str | Path, warn: Callable[[str], None] | None = None) -> dict[str, Any]:
     """The run config a resumable checkpoint (or a run folder's newest one) was trained with."""
-    folder = latest_training(path)
+    folder = latest_training(path, warn)
     if folder is None:
         raise CheckpointError(f"{path}: no complete resumable checkpoint ({CHECKPOINTS_DIR}/step-N) to resume from")
     config = read_training_state(folder).get("config")

@@ -85,7 +85,7 @@ def build_config(args: argparse.Namespace) -> "Any":
     if resume and resume not in ("auto", "never") and not args.recipe and not args.task:
         from .checkpoint import training_config
 
-        data = training_config(resume)
+        data = training_config(resume, lambda msg: print(f"warning: {msg}", file=sys.stderr))
         data["output_dir"] = None  # the checkpoint's run folder (a saved relative path may point elsewhere)
         source = f"{resume} (saved config)"
     if args.task:

@@ -24,7 +24,7 @@ def _describe(tp: Any) -> str:
         return "null"
     if get_origin(tp) is Literal:
         return "one of " + ", ".join(map(repr, get_args(tp)))
-    names = {bool: "true or false", int: "an integer", float: "a number", str: "a string", list: "a list",
+    names = {bool: "true or false", int: "an integer", float: "a finite number", str: "a string", list: "a list",
              dict: "a mapping"}
     return names.get(tp) or names.get(get_origin(tp)) or _type_name(tp)
 
@@ -99,7 +99,7 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
                 pass
         if number is not None and math.isfinite(number):
             return number
-        raise ConfigError(f"{key}: expected a (finite) number, got {value!r}")
+        raise ConfigError(f"{key}: expected a finite number, got {value!r}")
     if tp is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)

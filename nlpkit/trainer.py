@@ -220,14 +220,21 @@ def data_fingerprint(examples: Sequence[dict]) -> str:
 
 def describe_batch(stream: "TaskStream", idx: Sequence[int], examples: Sequence[dict], path: str) -> str:
     """Where a batch came from, in words a user can act on: its position and its examples' lines."""
-    where = []
-    for i in idx[:8]:
+    lines, records, numbers = [], [], []
+    for i in idx:
         ex_index = stream.features[i].get("example_index", i)
         ex = examples[ex_index] if 0 <= ex_index < len(examples) else {}
-        where.append(f"line {ex['line']}" if ex.get("line") is not None else
-                     f"record {ex['record']}" if ex.get("record") is not None else f"example {ex_index + 1}")
-    more = f" and {len(idx) - 8} more" if len(idx) > 8 else ""
-    return f"batch {stream.position} of epoch {stream.epoch + 1}: {', '.join(where)}{more} of {path}"
+        lines.append(ex.get("line"))
+        records.append(ex.get("record"))
+        numbers.append(ex_index + 1)
+    if all(v is not None for v in lines):
+        kind, values = "lines", lines
+    elif all(v is not None for v in records):
+        kind, values = "records", records
+    else:
+        kind, values = "examples", numbers
+    shown = ", ".join(str(v) for v in values[:8]) + (f" and {len(values) - 8} more" if len(values) > 8 else "")
+    return f"batch {stream.position} of epoch {stream.epoch + 1}: {kind} {shown} of {path}"
 
 
 # ---- RNG states: everything that can make two runs differ --------------------------------------------
@@ -741,7 +748,8 @@ class Trainer:
             return None
         latest = checkpoint.latest_training(out)
         resume = f"; the last checkpoint is {latest} (step {checkpoint.step_of(latest)})" if latest else ""
-        return (f"training stopped at step {attempted}: {state.bad_in_row} non-finite losses in a row "
+        kind = "losses" if what.startswith("loss") else "losses or gradients"
+        return (f"training stopped at step {attempted}: {state.bad_in_row} non-finite {kind} in a row "
                 f"(trainer.max_bad_steps is {self.tc.max_bad_steps}); the last: {what} in task {name!r}, {where}. "
                 f"Lower the learning rate (trainer.lr), check that batch's data, or raise trainer.max_bad_steps{resume}")
 

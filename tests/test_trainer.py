@@ -74,7 +74,7 @@ def run_config(ner_files: Path, out: Path, **trainer) -> dict:
         "tasks": [{"type": "ner", "name": "ner_a", "data": data},
                   {"type": "ner", "name": "ner_b", "data": data, "options": {"max_length": 48}}],
         "backbone": {"spec": "mini", "vocab_size": 400},
-        "trainer": {"max_steps": 12, "batch_size": 8, "grad_accum": 2, "eval_every": 4, "save_every": 4,
+        "trainer": {"max_steps": 12, "batch_size": 8, "grad_accum": 2, "lr": 3e-3, "eval_every": 4, "save_every": 4,
                     "log_every": 3, "keep_last": 2, "patience": 5, "progress": False, "cpu": True,
                     "tensorboard": False, "plots": False, **trainer},
         "output_dir": str(out),
@@ -191,6 +191,7 @@ def test_kill_mid_epoch_and_resume_equals_uninterrupted_run(reference, ner_files
     assert_same_weights(out / "best", reference / "best")
     got, want = json.loads((out / "metrics.json").read_text()), json.loads((reference / "metrics.json").read_text())
     assert {k: got[k] for k in RESULT_KEYS} == {k: want[k] for k in RESULT_KEYS}
+    assert want["best_step"] == 8 and want["selection_score"] > 0  # the best came after the kill
     assert got["resumed_from"] == [4] and want["resumed_from"] == []
     assert comparable_log(out) == comparable_log(reference)  # the replayed steps are logged once
     assert json.loads((out / "checkpoints" / "step-12" / checkpoint.STATE_FILE).read_text())["stop_reason"] == "budget"
@@ -400,10 +401,10 @@ def test_isolated_nan_steps_are_skipped_counted_and_reported(nan_plugin, ner_fil
     assert metrics["steps"] == 6 and metrics["skipped_steps"] == 2 == result.metrics["skipped_steps"]
     # call 3 was the attempt at step 3; call 4 redid step 3; call 5 was the attempt at step 4
     assert [(s["step"], s["task"]) for s in metrics["skipped_batches"]] == [(3, "nan"), (4, "nan")]
-    assert all("train.conll" in s["batch"] and "line " in s["batch"] for s in metrics["skipped_batches"])
+    assert all("train.conll" in s["batch"] and ": lines " in s["batch"] for s in metrics["skipped_batches"])
     assert all(math.isfinite(v) for v in weights(out / "best").values() for v in [float(v.float().abs().sum())])
     printed = capsys.readouterr().out
-    assert "step 3: non-finite loss nan in task 'nan' (batch 3 of epoch 1: line " in printed
+    assert "step 3: non-finite loss nan in task 'nan' (batch 3 of epoch 1: lines " in printed
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert [r["skipped"]["step"] for r in log if "skipped" in r] == [3, 4]
 
@@ -417,7 +418,7 @@ def test_persistent_nan_stops_with_a_clear_message(nan_plugin, ner_files, tmp_pa
     assert code == 2, err
     assert "Traceback" not in err
     assert "training stopped at step 4: 3 non-finite losses in a row (trainer.max_bad_steps is 3)" in err
-    assert "in task 'nan', batch 6 of epoch 1: line " in err and "train.conll" in err
+    assert "in task 'nan', batch 6 of epoch 1: lines " in err and "train.conll" in err
     assert "Lower the learning rate" in err
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["skipped_steps"] == 3 and metrics["steps"] == 3
@@ -602,7 +603,7 @@ def test_check_resume_refuses_changed_data_and_warns_on_changed_lr(ner_files):
     changed = RunConfig.from_dict({**run_config(ner_files, ner_files / "x"),
                                    "trainer": {**run_config(ner_files, ner_files / "x")["trainer"], "lr": 0.01}})
     assert check_resume(Path("ck"), state, meta, changed, tasks, prints, 2) == [
-        "trainer.lr was None, now 0.01", "1 processes then, 2 now (dropout draws differ)"]
+        "trainer.lr was 0.003, now 0.01", "1 processes then, 2 now (dropout draws differ)"]
 
 
 def test_data_fingerprint_sees_any_change():
@@ -635,7 +636,7 @@ def test_run_folder_has_tensorboard_events_and_learning_curves(ner_files, tmp_pa
     assert [r["step"] for r in train_records] == [3, 4]
     assert all({"epoch", "lr", "samples_per_s", "grad_norm"} <= set(r) for r in train_records)
     assert [r["step"] for r in log if "eval" in r] == [2, 4]
-    assert train_records[0]["lr"] == pytest.approx(1e-3 * (1 - 2 / 4))  # the rate step 3 used
+    assert train_records[0]["lr"] == pytest.approx(3e-3 * (1 - 2 / 4))  # the rate step 3 used
 
 
 def test_curves_read_a_log_without_matplotlib_state(tmp_path):
