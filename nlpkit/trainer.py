@@ -399,6 +399,15 @@ class Trainer:
             self.notes.append("trainer.precision bf16 is not supported by this GPU; using fp16")
             precision = "fp16"
         handlers = [DistributedDataParallelKwargs(find_unused_parameters=len(self.config.tasks) > 1)]
+        # Accelerate keeps its settings in a process-wide singleton and refuses a second Accelerator with
+        # another precision: forget them (the process group, in PartialState, stays) so that one Python
+        # process can train several runs one after the other.
+        try:
+            from accelerate.state import AcceleratorState
+
+            AcceleratorState._reset_state(reset_partial_state=False)
+        except (ImportError, AttributeError):
+            pass
         # On a machine without GPUs, cpu=True is what lets Accelerate start gloo under torchrun.
         cpu = self.tc.cpu or not torch.cuda.is_available()
         return Accelerator(mixed_precision=precision, cpu=cpu, kwargs_handlers=handlers)

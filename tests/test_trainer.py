@@ -681,3 +681,45 @@ def test_checkpoint_pruning_keeps_the_newest(tmp_path):
     removed = checkpoint.prune_training(tmp_path, keep_last=2)
     assert sorted(p.name for p in removed) == ["step-2", "step-4"]
     assert [p.name for p in checkpoint.list_training_checkpoints(tmp_path)] == ["step-6", "step-10"]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Early stopping, time-based saves, precision
+# ---------------------------------------------------------------------------------------------------
+def test_early_stopping_on_the_main_score_with_patience(ner_files, tmp_path, monkeypatch, capsys):
+    from nlpkit.trainer import Trainer
+
+    scores = iter([10.0, 30.0, 20.0, 25.0, 29.0, 99.0])  # best at the 2nd evaluation, then 3 worse
+
+    def scripted(self, tasks, *args, **kwargs):
+        s = next(scores)
+        return {t.name: {"f1": s, "precision": s} for t in tasks}
+
+    monkeypatch.setattr(Trainer, "_evaluate", scripted)
+    out = tmp_path / "run"
+    cfg = run_config(ner_files, out, max_steps=12, eval_every=2, patience=3, grad_accum=1)
+    result = train(cfg)
+    assert result.metrics["stop_reason"] == "early stopping: no improvement in 3 evaluations"
+    assert result.metrics["steps"] == 10 and result.metrics["best_step"] == 4
+    assert result.metrics["selection_score"] == 30.0 and result.metrics["tasks"]["ner_a"]["f1"] == 30.0
+    assert json.loads((out / "best" / "nlpkit.json").read_text())["step"] == 4
+    assert "step 10: early stopping: no improvement in 3 evaluations" in capsys.readouterr().out
+    # started again, the run knows it is finished
+    result = train(cfg)
+    assert result.metrics["steps"] == 10 and result.metrics["resumed_from"] == [10]
+    assert "already complete at step 10 (early stopping" in capsys.readouterr().out
+
+
+def test_save_minutes_writes_checkpoints_between_evaluations(ner_files, tmp_path):
+    out = tmp_path / "run"
+    train(run_config(ner_files, out, max_steps=3, eval_every=3, save_every=100, save_minutes=1e-9,
+                     log_every=1, keep_last=5, grad_accum=1))
+    assert [checkpoint.step_of(p) for p in checkpoint.list_training_checkpoints(out)] == [1, 2, 3]
+
+
+def test_precision_bf16_on_cpu_and_fp16_falls_back_with_a_note(ner_files, tmp_path, capsys):
+    result = train(run_config(ner_files, tmp_path / "bf16", max_steps=1, grad_accum=1, precision="bf16"))
+    assert result.metrics["precision"] == "bf16"
+    result = train(run_config(ner_files, tmp_path / "fp16", max_steps=1, grad_accum=1, precision="fp16"))
+    assert result.metrics["precision"] == "no"
+    assert "trainer.precision fp16 needs a CUDA GPU; training in fp32" in capsys.readouterr().out
