@@ -315,6 +315,9 @@ def check_resume(where: Path, state: dict[str, Any], meta: dict[str, Any], confi
             refuse(f"trainer.{key} was {old_tc.get(key)!r}, now {new_tc.get(key)!r} (it decides the data order)")
     warnings = [f"trainer.{key} was {old_tc.get(key)!r}, now {new_tc.get(key)!r}"
                 for key in new_tc if key not in NEUTRAL_KEYS and key not in ORDER_KEYS and old_tc.get(key) != new_tc[key]]
+    old_weights = {t.get("name") or t.get("type"): t.get("weight", 1.0) for t in old_cfg.get("tasks") or []}
+    warnings += [f"tasks.{e.name}.weight was {old_weights.get(e.name)!r}, now {e.weight!r}"
+                 for e in config.tasks if old_weights.get(e.name, e.weight) != e.weight]
     if state.get("world_size", world) != world:
         warnings.append(f"{state.get('world_size')} processes then, {world} now (dropout draws differ)")
     return warnings
@@ -423,6 +426,8 @@ class Trainer:
                 found[:2] = self._find(cfg, tc)
             except NlpkitError as exc:
                 found[2] = exc
+            except Exception as exc:  # noqa: BLE001 - every process must hear about it, or the others hang
+                found[2] = CheckpointError(f"{type(exc).__name__}: {exc}")
         if acc.num_processes > 1:
             broadcast_object_list(found)
         if found[2] is not None:
@@ -586,7 +591,8 @@ class Trainer:
         eval_every = tc.eval_every or steps_per_epoch
         save_every = tc.save_every or eval_every
         eval_bs = tc.eval_batch_size or tc.batch_size * 2
-        board = Board(out, main and tc.tensorboard, log, purge_step=state.step + 1 if saved else None)
+        # purge_step hides events of steps after ours that an earlier session wrote in this folder
+        board = Board(out, main and tc.tensorboard, log, purge_step=state.step + 1)
         session_start, wall_before, start_step = time.time(), state.wall_time, state.step
         last_save = time.time()
         bar = None
@@ -613,7 +619,8 @@ class Trainer:
 
         stop = self._finished(state, total_steps)
         if stop and saved:
-            log.info(f"the run is already complete at step {state.step} ({stop}); nothing to train")
+            log.info(f"the run is already complete at step {state.step} ({stop}); nothing to train "
+                     "(to train again: --resume never, or another --output-dir)")
         if saved:
             # last: everything above may draw random numbers (head initialisation); the loop must not notice
             rngs = tensors["rng"]

@@ -723,3 +723,25 @@ def test_precision_bf16_on_cpu_and_fp16_falls_back_with_a_note(ner_files, tmp_pa
     result = train(run_config(ner_files, tmp_path / "fp16", max_steps=1, grad_accum=1, precision="fp16"))
     assert result.metrics["precision"] == "no"
     assert "trainer.precision fp16 needs a CUDA GPU; training in fp32" in capsys.readouterr().out
+
+
+def test_replayed_steps_appear_once_in_log_and_tensorboard(ner_files, tmp_path):
+    """Steps logged after the last checkpoint by a run that then died are replayed on resume: the log
+    and the TensorBoard view must show each step once."""
+    import shutil
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "run"
+    cfg = run_config(ner_files, out, max_steps=4, eval_every=4, save_every=2, log_every=1, keep_last=3,
+                     grad_accum=1, tensorboard=True)
+    train(cfg)
+    shutil.rmtree(out / "checkpoints" / "step-4")  # as if killed after logging step 4, before saving it
+    result = train(cfg)
+    assert result.metrics["resumed_from"] == [2]
+    steps = [json.loads(line).get("step") for line in (out / "log.jsonl").read_text().splitlines()
+             if "loss/ner_a" in line or "loss/ner_b" in line]
+    assert steps == [1, 2, 3, 4]
+    acc = EventAccumulator(str(out / "tensorboard"))
+    acc.Reload()
+    assert [e.step for e in acc.Scalars("train/lr")] == [1, 2, 3, 4]
