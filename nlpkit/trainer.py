@@ -31,7 +31,7 @@ import torch
 from . import checkpoint
 from .config import RunConfig, TaskEntry
 from .data import LengthGroupedBatches, require_examples
-from .errors import CheckpointError, ConfigError, DataError, NlpkitError, TrainingError
+from .errors import CheckpointError, ConfigError, NlpkitError, TrainingError
 from .evaluation import evaluate, to_device
 from .registry import get_task_class, import_plugin_module
 from .task import Task
