@@ -2,21 +2,33 @@
 
 Saves are atomic (written beside the target and renamed into place), and loading never unpickles:
 tensors come from safetensors, everything else from JSON.
+
+A resumable training checkpoint (``checkpoints/step-N/`` in a run folder) is a model checkpoint plus
+``training_state.pt`` (optimizer, scheduler, gradient scaler and RNG states; loaded with
+``torch.load(weights_only=True)``, which refuses arbitrary objects) and ``trainer_state.json``
+(counters, data position, best score, history, run config). ``trainer_state.json`` is written last
+and lists every file with its size, so a folder copied or written half-way is detected, not loaded.
 """
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from .errors import CheckpointError
 
 FORMAT_VERSION = 1
 META_FILE = "nlpkit.json"
 WEIGHTS_FILE = "model.safetensors"
+#: resumable training checkpoints live in <run>/checkpoints/step-<N>/
+CHECKPOINTS_DIR = "checkpoints"
+STATE_FILE = "trainer_state.json"
+TENSOR_STATE_FILE = "training_state.pt"
+_STEP_RE = re.compile(r"^step-(\d+)$")
 
 
 def versions() -> dict[str, str]:
@@ -28,9 +40,10 @@ def versions() -> dict[str, str]:
     return {"nlpkit": __version__, "torch": torch.__version__, "transformers": transformers.__version__}
 
 
-def atomic_folder(target: Path, write) -> None:
+def atomic_folder(target: Path, write: Callable[[Path], None]) -> None:
     """Call ``write(tmp_folder)`` then move the folder to ``target``; a kill at any point leaves
-    either the old complete folder or the new complete one (see ``resolve``)."""
+    either the old complete folder or the new complete one (see ``resolve``), plus at worst a hidden
+    ``.NAME.tmp-PID`` folder that ``clean_partial`` removes."""
     target = Path(target)
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     old = target.with_name(f".{target.name}.old")
@@ -42,6 +55,7 @@ def atomic_folder(target: Path, write) -> None:
         shutil.rmtree(old, ignore_errors=True)
         os.replace(target, old)
     os.replace(tmp, target)
+    _fsync_dir(target.parent)
     shutil.rmtree(old, ignore_errors=True)
 
 
@@ -50,6 +64,36 @@ def _fsync_tree(folder: Path) -> None:
         if path.is_file():
             with open(path, "rb") as f:
                 os.fsync(f.fileno())
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename durable (a power cut after it must not bring the old name back)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _file_sizes(folder: Path, skip: Sequence[str] = ()) -> dict[str, int]:
+    return {p.relative_to(folder).as_posix(): p.stat().st_size for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.relative_to(folder).as_posix() not in skip}
+
+
+def _check_sizes(folder: Path, files: dict[str, int], listed_in: str) -> None:
+    for rel, size in files.items():
+        path = folder / rel
+        if not path.is_file():
+            raise CheckpointError(f"{folder} is incomplete: {rel} is missing (listed in {listed_in})")
+        if path.stat().st_size != size:
+            raise CheckpointError(
+                f"{folder} is damaged: {rel} has {path.stat().st_size} bytes, {listed_in} says {size} "
+                "(a copy or save that did not finish?)")
 
 
 def resolve(path: str | Path) -> Path:
@@ -65,45 +109,50 @@ def resolve(path: str | Path) -> Path:
     )
 
 
-def save(folder: str | Path, model: Any, tasks: Sequence[Any], extra: dict[str, Any] | None = None) -> None:
+def _write_model(tmp: Path, model: Any, tasks: Sequence[Any], extra: dict[str, Any] | None) -> None:
+    """The model files; nlpkit.json comes last and lists the others with their sizes."""
     from safetensors.torch import save_model
 
     backbone = model.backbone
+    save_model(model, str(tmp / WEIGHTS_FILE))
+    backbone.save_config(tmp)
+    meta = {
+        "format": FORMAT_VERSION,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "versions": versions(),
+        "backbone": backbone.describe(),
+        "tasks": [
+            {
+                "name": t.name,
+                "type": t.type_name,
+                "version": t.version,
+                "module": type(t).__module__,
+                "options": t.options_dict(),
+                "state": t.state_dict(),
+            }
+            for t in tasks
+        ],
+        **(extra or {}),
+        "files": _file_sizes(tmp),
+    }
+    (tmp / META_FILE).write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
 
-    def write(tmp: Path) -> None:
-        meta = {
-            "format": FORMAT_VERSION,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            "versions": versions(),
-            "backbone": backbone.describe(),
-            "tasks": [
-                {
-                    "name": t.name,
-                    "type": t.type_name,
-                    "version": t.version,
-                    "module": type(t).__module__,
-                    "options": t.options_dict(),
-                    "state": t.state_dict(),
-                }
-                for t in tasks
-            ],
-            **(extra or {}),
-        }
-        (tmp / META_FILE).write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
-        save_model(model, str(tmp / WEIGHTS_FILE))
-        backbone.save_config(tmp)
 
-    atomic_folder(Path(folder), write)
+def save(folder: str | Path, model: Any, tasks: Sequence[Any], extra: dict[str, Any] | None = None) -> None:
+    atomic_folder(Path(folder), lambda tmp: _write_model(tmp, model, tasks, extra))
 
 
 def read_meta(folder: str | Path) -> dict[str, Any]:
     folder = resolve(folder)
     try:
         meta = json.loads((folder / META_FILE).read_text())
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"{folder / META_FILE}: not valid JSON ({exc})") from exc
-    if meta.get("format") != FORMAT_VERSION:
-        raise CheckpointError(f"{folder / META_FILE}: unsupported checkpoint format {meta.get('format')!r}")
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT_VERSION:
+        raise CheckpointError(f"{folder / META_FILE}: unsupported checkpoint format {meta.get('format')!r}"
+                              if isinstance(meta, dict) else f"{folder / META_FILE}: not a checkpoint description")
+    if isinstance(meta.get("files"), dict):
+        _check_sizes(folder, meta["files"], META_FILE)
     return meta
 
 
@@ -131,8 +180,6 @@ def _task_class(entry: dict[str, Any]):
 
 def load(folder: str | Path, only: Sequence[str] | None = None):
     """Rebuild (model, tasks, meta) from a checkpoint without any network access."""
-    from safetensors.torch import load_model
-
     from .backbone import Backbone
     from .model import MultiTaskModel
     folder = resolve(folder)
@@ -154,12 +201,139 @@ def load(folder: str | Path, only: Sequence[str] | None = None):
         task.setup(backbone)
         heads[task.name] = task.build_head(backbone)
     model = MultiTaskModel(backbone, heads)
-    missing, unexpected = load_model(model, str(folder / WEIGHTS_FILE), strict=False)
-    if missing or unexpected:
-        raise CheckpointError(
-            f"{folder / WEIGHTS_FILE} does not match the model: missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}"
-        )
+    load_weights(model, folder)
     model.eval()
     if only:
         tasks = [t for t in tasks if t.name in only]
     return model, tasks, meta
+
+
+def load_weights(model: Any, folder: str | Path) -> None:
+    """Copy a checkpoint's tensors into ``model``; every tensor must match by name and shape."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_model
+
+    path = Path(folder) / WEIGHTS_FILE
+    try:
+        missing, unexpected = load_model(model, str(path), strict=False)
+    except (SafetensorError, OSError, RuntimeError) as exc:
+        raise CheckpointError(f"{path}: cannot load the weights ({exc})") from exc
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{path} does not match the model: missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}"
+        )
+
+
+# ---------------------------------------------------------------------------------------------------
+# Resumable training checkpoints
+# ---------------------------------------------------------------------------------------------------
+def save_training(folder: str | Path, model: Any, tasks: Sequence[Any], state: dict[str, Any],
+                  tensors: dict[str, Any], extra: dict[str, Any] | None = None) -> None:
+    """A model checkpoint plus what resuming needs: ``tensors`` (optimizer, scheduler, scaler, RNG:
+    tensors and plain Python values only) and ``state`` (JSON). The state file is written last."""
+    import torch
+
+    def write(tmp: Path) -> None:
+        _write_model(tmp, model, tasks, extra)
+        torch.save(tensors, tmp / TENSOR_STATE_FILE)
+        record = {"format": FORMAT_VERSION, "created": time.strftime("%Y-%m-%dT%H:%M:%S"), **state,
+                  "files": _file_sizes(tmp)}
+        (tmp / STATE_FILE).write_text(json.dumps(record, indent=1, ensure_ascii=False) + "\n")
+
+    atomic_folder(Path(folder), write)
+
+
+def read_training_state(folder: str | Path) -> dict[str, Any]:
+    """The JSON half of a training checkpoint, after checking that every file is complete."""
+    folder = Path(folder)
+    path = folder / STATE_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{folder} is not a resumable checkpoint (no {STATE_FILE})")
+    try:
+        state = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{path}: not valid JSON ({exc})") from exc
+    if not isinstance(state, dict) or state.get("format") != FORMAT_VERSION or not isinstance(state.get("files"), dict):
+        raise CheckpointError(f"{path}: not a training state this version of nlpkit can read")
+    _check_sizes(folder, state["files"], STATE_FILE)
+    return state
+
+
+def load_training_tensors(folder: str | Path) -> dict[str, Any]:
+    """Optimizer/scheduler/scaler/RNG states. ``weights_only=True``: a tampered file cannot run code."""
+    import pickle
+
+    import torch
+
+    path = Path(folder) / TENSOR_STATE_FILE
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as exc:
+        raise CheckpointError(f"{path}: cannot load the training state ({str(exc).splitlines()[0]})") from exc
+
+
+def step_of(folder: Path) -> int | None:
+    m = _STEP_RE.match(folder.name)
+    return int(m.group(1)) if m else None
+
+
+def list_training_checkpoints(run_dir: str | Path) -> list[Path]:
+    """``checkpoints/step-N`` folders of a run, oldest first (complete or not: see ``latest_training``)."""
+    root = Path(run_dir) / CHECKPOINTS_DIR
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.is_dir() and step_of(p) is not None]
+    return sorted(found, key=step_of)
+
+
+def latest_training(path: str | Path, warn: Callable[[str], None] | None = None) -> Path | None:
+    """The newest complete training checkpoint of a run folder (or ``path`` itself when it is one).
+
+    A damaged folder is reported through ``warn`` and skipped, so a run falls back to the previous
+    complete checkpoint instead of loading garbage.
+    """
+    path = Path(path)
+    if (path / STATE_FILE).is_file() or step_of(path) is not None:
+        read_training_state(path)  # a checkpoint named explicitly must be complete: raise if not
+        return path
+    for folder in reversed(list_training_checkpoints(path)):
+        try:
+            read_training_state(folder)
+            return folder
+        except CheckpointError as exc:
+            if warn:
+                warn(f"skipping checkpoint {folder}: {exc}")
+    return None
+
+
+def prune_training(run_dir: str | Path, keep_last: int) -> list[Path]:
+    """Delete all but the newest ``keep_last`` step checkpoints; returns what was removed."""
+    removed = []
+    for folder in list_training_checkpoints(run_dir)[:-keep_last]:
+        shutil.rmtree(folder, ignore_errors=True)
+        removed.append(folder)
+    return removed
+
+
+def clean_partial(run_dir: str | Path) -> list[Path]:
+    """Remove half-written ``.NAME.tmp-PID`` folders left by a save that was killed."""
+    run_dir = Path(run_dir)
+    removed = []
+    for parent in (run_dir, run_dir / CHECKPOINTS_DIR):
+        if parent.is_dir():
+            for p in parent.iterdir():
+                if p.is_dir() and p.name.startswith(".") and ".tmp-" in p.name:
+                    shutil.rmtree(p, ignore_errors=True)
+                    removed.append(p)
+    return removed
+
+
+def training_config(path: str | Path, warn: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """The run config a resumable checkpoint (or a run folder's newest one) was trained with."""
+    folder = latest_training(path, warn)
+    if folder is None:
+        raise CheckpointError(f"{path}: no complete resumable checkpoint ({CHECKPOINTS_DIR}/step-N) to resume from")
+    config = read_training_state(folder).get("config")
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{folder / STATE_FILE}: holds no run config")
+    return config

@@ -35,6 +35,10 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
     t.add_argument("--num-processes", type=int, metavar="N",
                    help="train in N processes on this machine (data parallel; starts them through torchrun)")
+    t.add_argument("--resume", metavar="DIR|auto|never",
+                   help="continue from a run folder's newest checkpoint (or a checkpoints/step-N folder); with no "
+                        "--task/--recipe the checkpoint's own config is used. Default auto: resume when --output-dir "
+                        "already holds a checkpoint; never: start over")
 
     e = sub.add_parser("evaluate", help="score a checkpoint on labelled data")
     e.add_argument("checkpoint")
@@ -79,6 +83,13 @@ def build_config(args: argparse.Namespace) -> "Any":
 
     data: dict[str, Any] = load_recipe(args.recipe) if args.recipe else {}
     source = args.recipe
+    resume = getattr(args, "resume", None)
+    if resume and resume not in ("auto", "never") and not args.recipe and not args.task:
+        from .checkpoint import training_config
+
+        data = training_config(resume, lambda msg: print(f"warning: {msg}", file=sys.stderr))
+        data["output_dir"] = None  # the checkpoint's run folder (a saved relative path may point elsewhere)
+        source = f"{resume} (saved config)"
     if args.task:
         entries = []
         for spec in args.task:
@@ -113,6 +124,8 @@ def build_config(args: argparse.Namespace) -> "Any":
         data.setdefault("backbone", {})["spec"] = args.backbone
     if args.output_dir:
         data["output_dir"] = args.output_dir
+    if resume:
+        trainer["resume"] = resume
     data["plugins"] = list(data.get("plugins") or []) + args.plugin
     for assignment in args.set:
         apply_override(data, assignment)

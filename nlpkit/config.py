@@ -47,20 +47,30 @@ class TaskEntry:
 
 @dataclass
 class TrainerConfig:
+    """Every knob of the training loop; docs/training.md explains each one."""
+
+    #: passes over the training data (fractions allowed); ignored when max_steps is set
     epochs: float = 3.0
     #: stop after this many optimizer steps (overrides epochs)
     max_steps: Optional[int] = None
+    #: global batch size (examples per micro-batch, summed over processes)
     batch_size: int = 32
+    #: batch size for evaluation (default: twice batch_size)
     eval_batch_size: Optional[int] = None
     #: learning rate; default 1e-3 for from-scratch presets and 1e-4 for pretrained backbones
     lr: Optional[float] = None
+    #: AdamW weight decay; never applied to biases and normalisation weights
     weight_decay: float = 0.01
+    #: fraction of the optimizer steps spent warming the learning rate up linearly from 0
     warmup_ratio: float = 0.06
+    #: learning-rate shape after warm-up: linear decay to 0, half-cosine to 0, or constant
     scheduler: Literal["linear", "cosine", "constant"] = "linear"
+    #: micro-batches whose gradients are summed before one optimizer step
     grad_accum: int = 1
+    #: clip the gradient norm to this value (null: no clipping)
     max_grad_norm: Optional[float] = 1.0
     seed: int = 42
-    #: "auto" picks bf16 on GPUs that support it, fp16 on other GPUs, fp32 on CPU
+    #: "auto" picks bf16 on GPUs that support it, fp16 on other GPUs, fp32 on CPU (autocast via Accelerate)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     #: evaluate every N optimizer steps (default: at the end of each epoch)
     eval_every: Optional[int] = None
@@ -68,9 +78,11 @@ class TrainerConfig:
     patience: Optional[int] = None
     #: multi-task batch sampling
     sampler: Literal["proportional", "temperature", "round-robin"] = "proportional"
+    #: sampler "temperature": task i is drawn with p ∝ n_i^(1/T) (1 = proportional, large = uniform)
     temperature: float = 2.0
     #: group similar lengths into batches (less padding)
     group_by_length: bool = True
+    #: write a log.jsonl / TensorBoard record (and refresh the progress bar) every N steps
     log_every: int = 10
     #: consecutive non-finite losses tolerated before training stops
     max_bad_steps: int = 5
@@ -78,6 +90,15 @@ class TrainerConfig:
     keep_last: int = 1
     #: write a resumable checkpoint every N steps (default: at each evaluation)
     save_every: Optional[int] = None
+    #: also write one when this many minutes passed since the last (null: only by steps)
+    save_minutes: Optional[float] = 30.0
+    #: "auto": continue from the newest complete checkpoint in output_dir if there is one;
+    #: "never": start over (removing the folder's old checkpoints); or a run / checkpoint folder
+    resume: str = "auto"
+    #: TensorBoard event files in <run>/tensorboard (needs the tensorboard package)
+    tensorboard: bool = True
+    #: learning-curve PNGs in <run>/curves at the end (needs matplotlib)
+    plots: bool = True
     progress: bool = True
     cpu: bool = False
     compile: bool = False
@@ -98,6 +119,10 @@ class TrainerConfig:
         require(self.log_every > 0, f"{key}.log_every", "must be positive")
         require(self.max_bad_steps >= 1, f"{key}.max_bad_steps", "must be >= 1")
         require(self.keep_last >= 1, f"{key}.keep_last", "must be >= 1")
+        require(self.save_every is None or self.save_every > 0, f"{key}.save_every", "must be positive")
+        require(self.save_minutes is None or self.save_minutes > 0, f"{key}.save_minutes", "must be positive")
+        require(self.resume in ("auto", "never") or Path(self.resume).exists(), f"{key}.resume",
+                f"must be auto, never or an existing run/checkpoint folder; {self.resume!r} does not exist")
 
 
 @dataclass

@@ -6,6 +6,7 @@ One small checker instead of a config framework: it covers the types our configs
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
@@ -15,6 +16,17 @@ from .errors import ConfigError
 
 def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _describe(tp: Any) -> str:
+    """Words for a type in an error message ("a number or null", not "Optional[float]")."""
+    if tp is type(None):
+        return "null"
+    if get_origin(tp) is Literal:
+        return "one of " + ", ".join(map(repr, get_args(tp)))
+    names = {bool: "true or false", int: "an integer", float: "a finite number", str: "a string", list: "a list",
+             dict: "a mapping"}
+    return names.get(tp) or names.get(get_origin(tp)) or _type_name(tp)
 
 
 def coerce(value: Any, tp: Any, key: str) -> Any:
@@ -34,7 +46,7 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
                 return coerce(value, arg, key)
             except ConfigError as exc:
                 errors.append(str(exc))
-        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+        raise ConfigError(f"{key}: expected {' or '.join(_describe(a) for a in args)}, got {value!r}")
     if origin is Literal:
         allowed = get_args(tp)
         if value not in allowed:
@@ -77,14 +89,17 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
     if tp is float:
         if isinstance(value, bool):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
+        number = None
         if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):
+            number = float(value)
+        elif isinstance(value, str):
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
-        raise ConfigError(f"{key}: expected a number, got {value!r}")
+        if number is not None and math.isfinite(number):
+            return number
+        raise ConfigError(f"{key}: expected a finite number, got {value!r}")
     if tp is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)

@@ -1,0 +1,107 @@
+"""Learning curves from a run's log.jsonl: training loss and the dev main score against the step.
+
+Kept apart from the trainer so ``nlpkit evaluate`` reports (or a notebook) can draw the same picture
+from any run folder. matplotlib is imported only here, and only its object API with the Agg canvas is
+used, so plotting never opens a window or changes the caller's pyplot backend.
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+
+@dataclass
+class Curve:
+    """One task's series, ready to plot or to print."""
+
+    task: str
+    metric: str
+    loss_steps: list[int] = field(default_factory=list)
+    loss: list[float] = field(default_factory=list)
+    eval_steps: list[int] = field(default_factory=list)
+    score: list[float] = field(default_factory=list)
+
+    @property
+    def best_step(self) -> int | None:
+        finite = [(s, st) for s, st in zip(self.score, self.eval_steps) if not math.isnan(s)]
+        return max(finite, key=lambda p: p[0])[1] if finite else None
+
+
+def read_log(path: str | Path) -> list[dict[str, Any]]:
+    """The records of a log.jsonl; a truncated last line (a killed writer) is ignored."""
+    records = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return records
+
+
+def curves_from_log(records: Iterable[Mapping[str, Any]], main_scores: Mapping[str, str]) -> dict[str, Curve]:
+    """``main_scores``: task name -> the metric to plot for it (its ``main_score``)."""
+    curves = {name: Curve(name, metric) for name, metric in main_scores.items()}
+    for rec in records:
+        step = rec.get("step")
+        if not isinstance(step, int):
+            continue
+        for name, curve in curves.items():
+            loss = rec.get(f"loss/{name}")
+            if isinstance(loss, (int, float)):
+                curve.loss_steps.append(step)
+                curve.loss.append(float(loss))
+            value = (rec.get("eval") or {}).get(name, {}).get(curve.metric)
+            if isinstance(value, (int, float)):
+                curve.eval_steps.append(step)
+                curve.score.append(float(value))
+    return curves
+
+
+def plot_curve(curve: Curve, path: str | Path, title: str | None = None) -> Path:
+    """One PNG: loss on the left axis, the dev score on the right, the best step marked."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 4.2), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    handles = []
+    if curve.loss:
+        handles += ax.plot(curve.loss_steps, curve.loss, color="tab:blue", label="train loss")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("train loss", color="tab:blue")
+    ax.grid(alpha=0.3)
+    if curve.score:
+        ax2 = ax.twinx()
+        handles += ax2.plot(curve.eval_steps, curve.score, "o-", color="tab:orange", label=f"dev {curve.metric}")
+        ax2.set_ylabel(f"dev {curve.metric}", color="tab:orange")
+        best = curve.best_step
+        if best is not None:
+            ax.axvline(best, color="gray", linestyle="--", linewidth=1)
+            handles.append(ax.plot([], [], color="gray", linestyle="--", label=f"best (step {best})")[0])
+    if handles:
+        ax.legend(handles=handles, loc="best", fontsize="small")
+    ax.set_title(title or f"{curve.task}: learning curve")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    return path
+
+
+def plot_run(log_path: str | Path, out_dir: str | Path, main_scores: Mapping[str, str]) -> dict[str, Path]:
+    """A ``<task>.png`` per task in ``out_dir`` from a run's log.jsonl; returns task -> file."""
+    curves = curves_from_log(read_log(log_path), main_scores)
+    return {name: plot_curve(c, Path(out_dir) / f"{_safe(name)}.png") for name, c in curves.items() if c.loss or c.score}
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^\w.-]+", "_", name) or "task"
