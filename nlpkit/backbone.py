@@ -95,7 +95,7 @@ class Backbone(nn.Module):
         self.model = model
         self.tokenizer = tokenizer
         self.spec = spec
-        self.kind = "encoder-decoder" if getattr(model.config, "is_encoder_decoder", False) else "encoder"
+        self.kind = backbone_kind(model.config)
 
     # ---- construction -----------------------------------------------------------------------------
     @classmethod
@@ -231,6 +231,16 @@ class Backbone(nn.Module):
             "model_type": self.model.config.model_type,
             "parameters": sum(p.numel() for p in self.parameters()),
         }
+
+
+def backbone_kind(config: Any) -> str:
+    """encoder, encoder-decoder, or decoder (a causal language model: no bidirectional encoder to share)."""
+    if getattr(config, "is_encoder_decoder", False):
+        return "encoder-decoder"
+    archs = getattr(config, "architectures", None) or []
+    if getattr(config, "is_decoder", False) or any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs):
+        return "decoder"
+    return "encoder"
 
 
 class _quiet_transformers:

@@ -224,6 +224,44 @@ def load_weights(model: Any, folder: str | Path) -> None:
         )
 
 
+def _tensors(folder: str | Path) -> dict[str, Any]:
+    from safetensors.torch import load_file
+
+    return load_file(str(resolve(folder) / WEIGHTS_FILE))
+
+
+def load_prefixed(module: Any, folder: str | Path, prefix: str) -> None:
+    """Load the checkpoint tensors under ``prefix`` (e.g. "backbone.") into ``module``."""
+    tensors = {k[len(prefix):]: v for k, v in _tensors(folder).items() if k.startswith(prefix)}
+    missing, unexpected = module.load_state_dict(tensors, strict=False)
+    # tied weights are saved once; the copies they share memory with are reported missing
+    shared = {n for n, p in module.named_parameters(remove_duplicate=False)} - set(dict(module.named_parameters()))
+    missing = [m for m in missing if m not in shared]
+    if missing or unexpected:
+        raise CheckpointError(f"{folder}: {prefix}* does not match: missing {missing[:5]}, unexpected {unexpected[:5]}")
+
+
+def load_matching_heads(model: Any, folder: str | Path, tasks: Sequence[Any]) -> list[str]:
+    """Copy the heads of tasks that the checkpoint has with the same name, type and label state."""
+    meta = read_meta(folder)
+    saved = {t["name"]: t for t in meta["tasks"]}
+    tensors = _tensors(folder)
+    reused = []
+    for task in tasks:
+        entry = saved.get(task.name)
+        if entry is None or entry["type"] != task.type_name or entry["state"] != task.state_dict():
+            continue
+        prefix = f"heads.{task.name}."
+        head = model.heads[task.name]
+        own = head.state_dict()
+        picked = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+        if set(picked) != set(own) or any(picked[k].shape != own[k].shape for k in own):
+            continue
+        head.load_state_dict(picked)
+        reused.append(task.name)
+    return reused
+
+
 # ---------------------------------------------------------------------------------------------------
 # Resumable training checkpoints
 # ---------------------------------------------------------------------------------------------------

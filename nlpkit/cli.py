@@ -33,6 +33,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any config key, e.g. trainer.lr=3e-5")
     t.add_argument("--plugin", action="append", default=[], metavar="MODULE", help="import a module that registers tasks")
     t.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
+    t.add_argument("--init-from", metavar="DIR",
+                   help="start from a trained checkpoint: its backbone, and the heads of tasks with the same name")
     t.add_argument("--num-processes", type=int, metavar="N",
                    help="train in N processes on this machine (data parallel; starts them through torchrun)")
     t.add_argument("--resume", metavar="DIR|auto|never",
@@ -124,6 +126,8 @@ def build_config(args: argparse.Namespace) -> "Any":
         data.setdefault("backbone", {})["spec"] = args.backbone
     if args.output_dir:
         data["output_dir"] = args.output_dir
+    if args.init_from:
+        data["init_from"] = args.init_from
     if resume:
         trainer["resume"] = resume
     data["plugins"] = list(data.get("plugins") or []) + args.plugin

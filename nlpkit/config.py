@@ -132,8 +132,11 @@ class RunConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     #: run folder; default runs/<task names>-<time>
     output_dir: Optional[str] = None
-    #: how the selection score combines the tasks' main scores
-    selection: Literal["mean"] = "mean"
+    #: model selection and early stopping: "mean" of the tasks' main scores, or one task's name
+    selection: str = "mean"
+    #: start from this checkpoint (or run folder): its backbone and tokenizer, and the heads of tasks
+    #: with the same name and labels; other tasks get new heads (adding a task to a trained model)
+    init_from: Optional[str] = None
     #: modules to import before looking tasks up (user plugins)
     plugins: list[str] = field(default_factory=list)
 
@@ -142,6 +145,8 @@ class RunConfig:
         names = [t.name for t in self.tasks]
         dupes = sorted({n for n in names if names.count(n) > 1})
         require(not dupes, f"{key}tasks", f"task names must be unique; give entries of one type a 'name' ({dupes})")
+        require(self.selection == "mean" or self.selection in names, f"{key}selection",
+                f"must be 'mean' or the name of a task of this run ({', '.join(names)}), got {self.selection!r}")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str | None = None) -> "RunConfig":

@@ -55,6 +55,8 @@ class Task:
     main_score: ClassVar[str] = "score"
     #: True for tasks that generate text (they need a decoder from the backbone)
     generative: ClassVar[bool] = False
+    #: backbone kinds this task can run on ("encoder", "encoder-decoder", "decoder")
+    backbone_kinds: ClassVar[tuple[str, ...]] = ("encoder", "encoder-decoder")
 
     def __init__(self, name: str | None = None, options: Any = None):
         self.name = name or self.type_name

@@ -200,7 +200,9 @@ def peak_memory_mb(device: torch.device) -> dict[str, float]:
     return out
 
 
-def selection_score(metrics: dict[str, dict[str, Any]], tasks: Sequence[Task]) -> float:
+def selection_score(metrics: dict[str, dict[str, Any]], tasks: Sequence[Task], how: str = "mean") -> float:
+    if how != "mean":
+        tasks = [t for t in tasks if t.name == how]
     scores = [float(metrics[t.name][t.main_score]) for t in tasks if t.name in metrics]
     return sum(scores) / len(scores) if scores else float("nan")
 
@@ -471,6 +473,14 @@ class Trainer:
         from .backbone import PRESETS, Backbone, train_tokenizer
 
         spec = self.config.backbone.spec
+        init = self.config.init_from
+        if init and src is None:  # the starting checkpoint's architecture, tokenizer and (below) weights
+            folder = checkpoint.resolve(init)
+            backbone = Backbone.from_saved(folder, spec)
+            checkpoint.load_prefixed(backbone, folder, "backbone.")
+            return backbone
+        if init or spec not in PRESETS and src is not None and (src / "backbone").is_dir():
+            return Backbone.from_saved(src, spec)
         if spec not in PRESETS:
             return Backbone.from_pretrained(spec)
         # Learned from data before the model exists: built once on the main process and shared,
@@ -495,6 +505,8 @@ class Trainer:
         cfg, tc = self.config, self.tc
         for module in cfg.plugins:
             import_plugin_module(module)
+        if cfg.init_from:  # the backbone is the checkpoint's, whatever backbone.spec says
+            cfg.backbone.spec = checkpoint.read_meta(cfg.init_from)["backbone"]["spec"]
         acc = self._accelerator()
         check_engine(acc, tc.batch_size, tc.grad_accum, tc.max_grad_norm)
         main = acc.is_main_process
@@ -536,6 +548,11 @@ class Trainer:
                 yield from t.texts(data[t.name]["train"])
 
         backbone = self._backbone(acc, out, texts, src)
+        for t in tasks:
+            if backbone.kind not in t.backbone_kinds:
+                raise ConfigError(
+                    f"task {t.name!r} ({t.type_name}) needs a backbone of kind {' or '.join(t.backbone_kinds)}, "
+                    f"but {backbone.spec!r} is {backbone.kind}: choose an encoder or encoder-decoder backbone")
         if cfg.backbone.dropout is not None:
             backbone.set_dropout(cfg.backbone.dropout)
         extra = [tok for t in tasks for tok in t.special_tokens()]
@@ -549,6 +566,11 @@ class Trainer:
         model = MultiTaskModel(backbone, heads)
         if saved:
             checkpoint.load_weights(model, src)
+        elif cfg.init_from:
+            reused = checkpoint.load_matching_heads(model, cfg.init_from, tasks)
+            new = [t.name for t in tasks if t.name not in reused]
+            log.info(f"initialised from {cfg.init_from}: backbone" + (f", heads {', '.join(reused)}" if reused else "")
+                     + (f"; new heads: {', '.join(new)}" if new else ""))
         log.info(f"backbone: {backbone.spec} ({backbone.describe()['parameters'] / 1e6:.1f}M parameters, "
                  f"{backbone.kind}); device {acc.device}; processes {acc.num_processes}; precision {acc.mixed_precision}")
         if acc.num_processes > 1:
@@ -627,6 +649,8 @@ class Trainer:
             # last: everything above may draw random numbers (head initialisation); the loop must not notice
             rngs = tensors["rng"]
             set_rng_state(rngs[acc.process_index] if acc.process_index < len(rngs) else rngs[0])
+        window: dict[str, int] = {}  # samples per task since the last log line (per-task throughput)
+        window_start = state.train_time
         model.train()
         try:
             while stop is None:
@@ -655,6 +679,7 @@ class Trainer:
                         bad = (name, where, f"loss {value}")
                         break
                     step_losses.append((name, value))
+                    window[name] = window.get(name, 0) + len(idx)
                     step_batches.append((name, where))
                     samples += len(idx)
                     tokens += batch_tokens
@@ -686,9 +711,13 @@ class Trainer:
                 if bar is not None:
                     bar.update(1)
                 if step % tc.log_every == 0 or step == total_steps:
+                    window_time = max(state.train_time - window_start, 1e-9)
                     record = {"step": step, "epoch": step / steps_per_epoch, "lr": lr_used,
                               **{f"loss/{n}": sum(v) / len(v) for n, v in state.running.items() if v},
-                              "samples_per_s": state.n_samples / max(state.train_time, 1e-9)}
+                              "samples_per_s": state.n_samples / max(state.train_time, 1e-9),
+                              **({f"samples_per_s/{n}": c / window_time for n, c in window.items()}
+                                 if len(tasks) > 1 else {})}
+                    window, window_start = {}, state.train_time
                     if state.last_grad_norm is not None:
                         record["grad_norm"] = state.last_grad_norm
                     log.event(record)
@@ -773,7 +802,7 @@ class Trainer:
         step = state.step
         metrics = self._evaluate(tasks, data, features, raw_model, eval_bs, acc)
         if metrics:
-            score = selection_score(metrics, tasks)
+            score = selection_score(metrics, tasks, self.config.selection)
             state.history.append({"step": step, "score": score, "metrics": metrics})
             log.event({"step": step, "eval": metrics, "selection_score": score})
             board.scalars(step, {"dev/selection_score": score,

@@ -131,3 +131,80 @@ def test_two_instances_of_one_type_keep_their_own_labels(tmp_path):
     assert pipe.task("people").labels == ["O", "B-PER", "I-PER"]
     assert len(pipe.task("news").labels) > 3
     assert pipe.model.heads["people"].classifier.out_features == 3
+
+
+def _ner_slice(tmp_path, n=60):
+    blocks = (ROOT / "tasks" / "data" / "ner" / "train.conll").read_text().split("\n\n")
+    path = tmp_path / "ner.conll"
+    path.write_text("\n\n".join(blocks[:n]) + "\n")
+    return path
+
+
+def test_add_a_task_to_a_single_task_checkpoint(tmp_path, monkeypatch, capsys):
+    """The transfer path: a trained NER model gains a new head; backbone and NER head carry over."""
+    import torch
+    from safetensors.torch import load_file
+
+    monkeypatch.syspath_prepend(str(ROOT / "examples"))
+    ner = _ner_slice(tmp_path)
+    first = tmp_path / "first"
+    assert main(["train", "--task", "ner", "--data", f"train={ner}", "--data", f"dev={ner}", "--backbone", "mini",
+                 "--max-steps", "4", "--batch-size", "8", "--output-dir", str(first), "--no-progress",
+                 "--set", "backbone.vocab_size=400"]) == 0
+    q = tmp_path / "q.tsv"
+    q.write_text("\n".join(f"question\tWhere is gate {i} ?" if i % 2 else f"statement\tGate {i} is open ."
+                           for i in range(40)) + "\n")
+    second = tmp_path / "second"
+    capsys.readouterr()
+    # a learning rate so small that training leaves the carried-over weights as they were
+    assert main(["train", "--plugin", "minimal_plugin", "--task", "ner", "--task", "is-question",
+                 "--data", f"ner:train={ner}", "--data", f"is-question:train={q}", "--data", f"is-question:dev={q}",
+                 "--init-from", str(first), "--max-steps", "2", "--batch-size", "8", "--lr", "1e-12",
+                 "--output-dir", str(second), "--no-progress", "--set", "trainer.weight_decay=0",
+                 "--set", "trainer.max_grad_norm=null"]) == 0
+    out = capsys.readouterr().out
+    assert "initialised from" in out and "heads ner" in out and "new heads: is-question" in out
+    a = load_file(str(first / "best" / "model.safetensors"))
+    b = load_file(str(second / "best" / "model.safetensors"))
+    carried = [k for k in a if k.startswith(("backbone.", "heads.ner."))]
+    assert carried and all(torch.allclose(a[k], b[k], atol=1e-6) for k in carried)
+    assert any(k.startswith("heads.is-question.") for k in b)
+    meta = json.loads((second / "best" / "nlpkit.json").read_text())
+    assert meta["backbone"]["spec"] == "mini"
+    assert (second / "best" / "tokenizer" / "tokenizer.json").read_text() == \
+        (first / "best" / "tokenizer" / "tokenizer.json").read_text()
+
+
+def test_selection_must_name_a_task_of_the_run(tmp_path, capsys):
+    ner = _ner_slice(tmp_path, 20)
+    code = main(["train", "--task", "ner", "--data", f"train={ner}", "--set", "selection=sentiment",
+                 "--output-dir", str(tmp_path / "r")])
+    assert code == 2 and "selection" in capsys.readouterr().err
+
+
+def test_selection_by_one_task(tmp_path):
+    ner = _ner_slice(tmp_path, 30)
+    out = tmp_path / "r"
+    assert main(["train", "--task", "ner:a", "--task", "ner:b", "--data", f"a:train={ner}", "--data", f"a:dev={ner}",
+                 "--data", f"b:train={ner}", "--data", f"b:dev={ner}", "--backbone", "mini", "--max-steps", "3",
+                 "--batch-size", "8", "--output-dir", str(out), "--no-progress", "--set", "backbone.vocab_size=400",
+                 "--set", "selection=b"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["selection_score"] == pytest.approx(metrics["tasks"]["b"]["f1"])
+
+
+def test_decoder_only_backbone_is_refused_with_the_reason(tmp_path, capsys):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from nlpkit.backbone import train_tokenizer
+
+    folder = tmp_path / "gpt2"
+    tok = train_tokenizer(["a small decoder only model ."] * 20, vocab_size=300)
+    tok.save_pretrained(folder)
+    config = GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=1, n_head=2, n_positions=64)
+    GPT2LMHeadModel(config).save_pretrained(folder)
+    ner = _ner_slice(tmp_path, 10)
+    code = main(["train", "--task", "ner", "--data", f"train={ner}", "--backbone", str(folder),
+                 "--output-dir", str(tmp_path / "r"), "--max-steps", "1"])
+    err = capsys.readouterr().err
+    assert code == 2 and "needs a backbone of kind encoder or encoder-decoder" in err and "is decoder" in err

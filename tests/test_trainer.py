@@ -149,7 +149,7 @@ def comparable_log(run: Path) -> list[dict]:
         rec = json.loads(line)
         if "resumed_from" in rec or "checkpoint" in rec:
             continue
-        out.append({k: v for k, v in rec.items() if k not in ("time", "samples_per_s")})
+        out.append({k: v for k, v in rec.items() if k != "time" and not k.startswith("samples_per_s")})
     return out
 
 
