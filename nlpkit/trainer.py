@@ -21,7 +21,7 @@ import torch
 
 from . import checkpoint
 from .config import RunConfig, TaskEntry
-from .data import LengthGroupedBatches, require_examples
+from .data import LengthGroupedBatches, carve_dev_split, require_examples
 from .errors import ConfigError, DataError, NlpkitError, TrainingError
 from .evaluation import evaluate, to_device
 from .registry import get_task_class, import_plugin_module
@@ -52,6 +52,13 @@ def read_splits(task: Task, entry: TaskEntry, splits: Sequence[str] = ("train", 
             data[split] = examples
     if "train" in splits and "train" not in data:
         raise ConfigError(f"task {entry.name!r}: no training data (use --data train=PATH)")
+    fraction = getattr(task.options, "dev_split", 0.0)
+    if fraction and "train" in data:
+        if "dev" in files:
+            raise ConfigError(f"task {entry.name!r}: dev_split={fraction} carves a dev set from the training data, "
+                              "but a dev file is given too; use one or the other")
+        data["train"], data["dev"] = carve_dev_split(data["train"], fraction, task.options.dev_split_seed,
+                                                     files["train"])
     return data
 
 
@@ -274,7 +281,8 @@ class Trainer:
             data[task.name] = read_splits(task, entry)
             task.fit(data[task.name]["train"])
             if "dev" in data[task.name]:
-                task.check(data[task.name]["dev"], (entry.data or task.default_data()).get("dev", "dev"))
+                files = entry.data or task.default_data()  # a carved dev split comes from the train file
+                task.check(data[task.name]["dev"], files.get("dev") or files.get("train", "dev"))
         log.info(f"tasks: " + ", ".join(f"{t.name} ({t.type_name}: {len(data[t.name]['train'])} train, "
                                          f"{len(data[t.name].get('dev', []))} dev)" for t in tasks))
 
