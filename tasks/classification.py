@@ -290,7 +290,9 @@ class ClassificationTask(Task):
     def encode(self, examples: Sequence[dict]) -> list[dict]:
         texts = [ex["text"] for ex in examples]
         pairs = [ex["pair"] for ex in examples] if self.pair else None
-        enc = self.tokenizer(texts, pairs, truncation=True, max_length=self.options.max_length)
+        # segment ids tell the two texts apart; not every tokenizer returns them unasked
+        enc = self.tokenizer(texts, pairs, truncation=True, max_length=self.options.max_length,
+                             return_token_type_ids=True if self.pair else None)
         index = {lab: i for i, lab in enumerate(self.labels)}
         features = []
         for i, ex in enumerate(examples):
