@@ -281,7 +281,7 @@ class RelationExtractionTask(Task):
 
     def read_hub(self, rows: Any, spec: str) -> list[dict]:
         """Rows with a marked ``sentence`` (or ``text``) and a ``relation`` ClassLabel, as the hub's sem_eval_2010_task_8."""
-        feature = getattr(rows, "features", {}).get("relation")
+        feature = (getattr(rows, "features", None) or {}).get("relation")
         examples = []
         for i, row in enumerate(rows):
             record = dict(row)

@@ -309,3 +309,18 @@ def test_dev_split_and_a_dev_file_together_are_refused(tmp_path, semeval_small):
     cfg["tasks"][0]["options"] = {"dev_split": 0.1}
     with pytest.raises(ConfigError, match="dev_split=0.1 carves a dev set"):
         nlpkit.train(cfg)
+
+
+def test_hub_rows_with_marked_sentences_and_class_ids():
+    datasets = pytest.importorskip("datasets", reason="the optional hub extra is not installed")
+    names = ["Cause-Effect(e1,e2)", "Other"]
+    rows = datasets.Dataset.from_dict(
+        {"sentence": ["The <e1>rain</e1> caused the <e2>flood</e2> ."], "relation": [0]},
+        features=datasets.Features({"sentence": datasets.Value("string"), "relation": datasets.ClassLabel(names=names)}))
+    (ex,) = RelationExtractionTask().read_hub(rows, "hub:x:train")
+    assert ex["label"] == "Cause-Effect(e1,e2)" and ex["text"][slice(*ex["head"])] == "rain"
+
+
+def test_dev_split_must_be_a_fraction():
+    with pytest.raises(ConfigError, match="dev_split: must be in"):
+        RelationExtractionTask(options={"dev_split": 1.0})
