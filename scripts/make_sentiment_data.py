@@ -41,7 +41,8 @@ def review(rng: random.Random, held_out: bool) -> tuple[str, str]:
     positive = rng.random() < 0.5
     good, bad = pick(GOOD, rng, held_out), pick(BAD, rng, held_out)
     word, opposite = (good, bad) if positive else (bad, good)
-    kind = rng.randrange(6)
+    # plain opinions are the majority; negation and contrast (which need word order) are 3 in 10
+    kind = rng.choices(range(6), weights=[3, 1, 1, 2, 2, 1])[0]
     if kind == 0:
         text = f"{thing} was {rng.choice(ADVERB)} {word} ."
     elif kind == 1:  # negation flips the opinion word
@@ -70,6 +71,6 @@ def write(path: Path, n: int, seed: int, held_out: bool) -> None:
 if __name__ == "__main__":
     folder = Path(__file__).resolve().parent.parent / "tasks" / "data" / "sentiment"
     folder.mkdir(parents=True, exist_ok=True)
-    write(folder / "train.tsv", 1500, seed=1, held_out=False)
+    write(folder / "train.tsv", 2000, seed=1, held_out=False)
     write(folder / "dev.tsv", 300, seed=2, held_out=True)
     print(f"wrote {folder}/train.tsv and dev.tsv")
