@@ -67,6 +67,24 @@ def load_hub_split(spec: str) -> Any:
     return rows
 
 
+def carve_dev_split(examples: Sequence[Any], fraction: float, seed: int, path: str | Path = "train"
+                    ) -> tuple[list[Any], list[Any]]:
+    """(train, dev): a seeded random ``fraction`` of the examples held out as dev, both in file order.
+
+    Depends only on the number of examples, the fraction and the seed, so the same file always gives
+    the same split, whatever the training seed.
+    """
+    n = len(examples)
+    k = max(1, round(n * fraction))
+    if k >= n:
+        raise DataError(f"dev_split={fraction} of {n} examples leaves nothing to train on", str(path))
+    order = list(range(n))
+    random.Random(seed).shuffle(order)
+    held = set(order[:k])
+    return ([ex for i, ex in enumerate(examples) if i not in held],
+            [ex for i, ex in enumerate(examples) if i in held])
+
+
 def require_examples(examples: Sequence[Any], path: str | Path) -> None:
     if not examples:
         raise DataError("no examples found (the file is empty or holds only blank lines)", str(path))

@@ -35,9 +35,14 @@ class TaskOptions:
     """Options every task has; subclasses add their own fields (and may override the defaults)."""
 
     max_length: int = 256
+    #: fraction of the training file held out as dev when no dev file is given (0: none)
+    dev_split: float = 0.0
+    #: seed of that hold-out, apart from the training seed so runs with other seeds score the same split
+    dev_split_seed: int = 0
 
     def validate(self, key: str) -> None:
         _options.require(8 <= self.max_length <= 100_000, f"{key}.max_length", "must be between 8 and 100000")
+        _options.require(0 <= self.dev_split < 1, f"{key}.dev_split", "must be in [0, 1)")
 
 
 Example = dict  # a raw record; by convention "line" (or "record") says where it came from

@@ -30,7 +30,7 @@ import torch
 
 from . import checkpoint
 from .config import RunConfig, TaskEntry
-from .data import LengthGroupedBatches, require_examples
+from .data import LengthGroupedBatches, carve_dev_split, require_examples
 from .distributed import auto_precision, check_engine, check_launch, describe, step_stats
 from .errors import CheckpointError, ConfigError, NlpkitError, TrainingError
 from .evaluation import evaluate, to_device
@@ -62,6 +62,13 @@ def read_splits(task: Task, entry: TaskEntry, splits: Sequence[str] = ("train", 
             data[split] = examples
     if "train" in splits and "train" not in data:
         raise ConfigError(f"task {entry.name!r}: no training data (use --data train=PATH)")
+    fraction = getattr(task.options, "dev_split", 0.0)
+    if fraction and "train" in data:
+        if "dev" in files:
+            raise ConfigError(f"task {entry.name!r}: dev_split={fraction} carves a dev set from the training data, "
+                              "but a dev file is given too; use one or the other")
+        data["train"], data["dev"] = carve_dev_split(data["train"], fraction, task.options.dev_split_seed,
+                                                     files["train"])
     return data
 
 
@@ -523,7 +530,7 @@ class Trainer:
             paths[task.name] = dict(entry.data) or task.default_data()
             task.fit(data[task.name]["train"])
             if "dev" in data[task.name]:
-                task.check(data[task.name]["dev"], paths[task.name].get("dev", "dev"))
+                task.check(data[task.name]["dev"], paths[task.name].get("dev") or paths[task.name].get("train", "dev"))
         fingerprints = {t.name: data_fingerprint(data[t.name]["train"]) for t in tasks}
         changed: list[str] = []
         if saved:  # refuse before touching the run folder

@@ -1,0 +1,32 @@
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class EntityPairHead(nn.Module):
+    """One label per marked entity pair, from the hidden states at given positions (the entity-start
+    markers), concatenated.
+
+    The "entity start" representation of Baldini Soares et al. (2019): the marker tokens see the
+    whole sentence and know which entity they open, so their states carry the pair's roles, which a
+    pooled [CLS] vector does not. ``batch["entity_positions"]`` is (batch, num_entities) token indices.
+    """
+
+    def __init__(self, hidden_size: int, num_labels: int, num_entities: int = 2, dropout: float = 0.1):
+        super().__init__()
+        self.num_entities = num_entities
+        self.dropout = nn.Dropout(dropout)
+        self.dense = nn.Linear(num_entities * hidden_size, hidden_size)
+        self.classifier = nn.Linear(hidden_size, num_labels)
+
+    def forward(self, backbone: nn.Module, batch: dict) -> dict:
+        hidden = backbone.encode(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
+        positions = batch["entity_positions"]  # (batch, num_entities)
+        index = positions.unsqueeze(-1).expand(-1, -1, hidden.size(-1))
+        pair = hidden.gather(1, index).reshape(hidden.size(0), -1)  # (batch, num_entities * hidden)
+        logits = self.classifier(self.dropout(torch.tanh(self.dense(self.dropout(pair)))))
+        out = {"logits": logits}
+        if "labels" in batch:
+            out["loss"] = nn.functional.cross_entropy(logits.float(), batch["labels"])
+        return out
