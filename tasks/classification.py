@@ -34,7 +34,11 @@ MULTI_SCORES = ("micro_f1", "macro_f1", "weighted_f1", "accuracy", "micro_precis
 class ClassificationOptions(TaskOptions):
     max_length: int = 128
     #: file format; "auto" goes by the extension (.csv, .tsv, .jsonl/.json, optionally .gz)
-    format: Literal["auto", "csv", "tsv", "jsonl"] = "auto"
+    #: "label-first": one example per line, the label first and the text after the first space (the
+    #: TREC release; read as Latin-1); `label_part` picks the coarse "DESC" of a "DESC:manner" label
+    format: Literal["auto", "csv", "tsv", "jsonl", "label-first"] = "auto"
+    #: label-first files: "full" keeps "COARSE:fine" (TREC-50), "coarse" the part before the colon (TREC-6)
+    label_part: Literal["full", "coarse"] = "full"
     #: column (JSON key) of the text; "auto": the first of text, text_a, sentence1, premise, question1,
     #: question, sentence, review, content, document that the file has
     text_column: str = "auto"
@@ -72,6 +76,20 @@ def detect_format(path: str) -> str:
             return fmt
     raise DataError("cannot tell the format from the file name (expected .csv, .tsv, .jsonl, optionally .gz); "
                     "set the option format=csv|tsv|jsonl", str(path))
+
+
+def read_label_first(path: str, coarse: bool) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line, row) for ``LABEL text ...`` lines, as in the TREC question classification release."""
+    yield 0, {"__header__": ["label", "text"]}
+    with open_text(path, encoding="latin-1") as f:
+        for lineno, raw in enumerate(f, 1):
+            line = raw.strip()
+            if not line:
+                continue
+            label, _, text = line.partition(" ")
+            if not text.strip():
+                raise DataError("expected a label, a space and the text", path, lineno)
+            yield lineno, {"label": label.split(":")[0] if coarse else label, "text": text.strip()}
 
 
 def read_table(path: str, fmt: str) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -172,6 +190,8 @@ class ClassificationTask(Task):
         fmt = self.options.format if self.options.format != "auto" else detect_format(path)
         if fmt == "jsonl":
             return self._records(read_jsonl(path), path)
+        if fmt == "label-first":
+            return self._records(read_label_first(path, self.options.label_part == "coarse"), path)
         return self._records(read_table(path, fmt), path)
 
     def read_hub(self, rows: Any, spec: str) -> list[dict]:

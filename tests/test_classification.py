@@ -217,3 +217,21 @@ def test_cli_exits_2_on_a_missing_column_or_unknown_label(tmp_path, capsys):
     assert main(["train", "--task", "classification", "--data", f"train={train}", "--data", f"dev={dev}",
                  "--backbone", "mini", "--max-steps", "1", "--output-dir", str(tmp_path / "y"), "--no-progress"]) == 2
     assert f"{dev}:3: label 'neutral' never occurred" in capsys.readouterr().err
+
+
+def test_label_first_format_reads_the_trec_release_as_it_is():
+    from pathlib import Path
+
+    from nlpkit_tasks.classification import ClassificationTask
+
+    path = Path(__file__).resolve().parents[2] / "shared" / "benchmarks" / "trec" / "train_5500.label.gz"
+    assert path.exists(), f"benchmark data expected at {path}"
+    coarse = ClassificationTask(options={"format": "label-first", "label_part": "coarse"}).read(str(path))
+    assert len(coarse) == 5452
+    counts = {}
+    for ex in coarse:
+        counts[ex["label"]] = counts.get(ex["label"], 0) + 1
+    assert counts == {"ABBR": 86, "DESC": 1162, "ENTY": 1250, "HUM": 1223, "LOC": 835, "NUM": 896}
+    fine = ClassificationTask(options={"format": "label-first"}).read(str(path))
+    assert len({ex["label"] for ex in fine}) == 50
+    assert fine[0]["text"].startswith("How did serfdom develop")
