@@ -44,7 +44,11 @@ def _parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("evaluate", help="score a checkpoint on labelled data")
     e.add_argument("checkpoint")
-    e.add_argument("--data", action="append", default=[], metavar="[TASK:]SPLIT=PATH", required=True)
+    e.add_argument("--data", action="append", default=[], metavar="[TASK:]SPLIT=PATH")
+    e.add_argument("--recipe", help="evaluate on the recipe's data (its test split, else dev)")
+    e.add_argument("--data-dir", help="folder that recipe data paths are relative to")
+    e.add_argument("--split", help="recipe split to evaluate (default: test if the recipe names one, else dev)")
+    e.add_argument("--no-report", action="store_true", help="do not write report.md / report.json")
     e.add_argument("--task", help="task of the checkpoint to evaluate (default: the only one)")
     e.add_argument("--batch-size", type=int, default=64)
     e.add_argument("--json", action="store_true", help="print JSON")
@@ -105,17 +109,19 @@ def build_config(args: argparse.Namespace) -> "Any":
         raise ConfigError(f"{source or 'config'}: 'tasks' must be a list of mappings with a 'type'")
     names = [t.get("name") or t.get("type") for t in tasks]
     by_name = {n: t for n, t in zip(names, tasks)}
+    recipe_data = RecipeData(data, args.recipe, args.data_dir) if args.recipe else None
     for value in args.data:
         task, split, path = _split_prefixed(value, names, "--data")
         by_name[task or names[0]].setdefault("data", {})[split] = path
+        if recipe_data:
+            recipe_data.written.pop((task or names[0], split), None)
+    if recipe_data:
+        recipe_data.require(("train", "dev"))
     for value in args.option:
         task, key, raw = _split_prefixed(value, names, "--option")
         import yaml
 
         by_name[task or names[0]].setdefault("options", {})[key] = yaml.safe_load(raw)
-    if args.data_dir:
-        for t in tasks:
-            t["data"] = {s: p if os.path.isabs(p) else os.path.join(args.data_dir, p) for s, p in (t.get("data") or {}).items()}
     trainer = data.setdefault("trainer", {})
     for flag, key in [("epochs", "epochs"), ("max_steps", "max_steps"), ("batch_size", "batch_size"), ("lr", "lr"), ("seed", "seed")]:
         if getattr(args, flag) is not None:
@@ -134,6 +140,37 @@ def build_config(args: argparse.Namespace) -> "Any":
     for assignment in args.set:
         apply_override(data, assignment)
     return RunConfig.from_dict(data, source)
+
+
+class RecipeData:
+    """A recipe's data paths joined with --data-dir (or the recipe's ``data_dir``, relative to the recipe
+    file), remembering what the recipe wrote so a missing file is reported against its recipe field."""
+
+    def __init__(self, data: dict[str, Any], recipe: str, data_dir: str | None):
+        from pathlib import Path
+
+        default = data.pop("data_dir", None)
+        self.recipe = recipe
+        self.folder = data_dir or (str(Path(recipe).parent / default) if default else None)
+        self.written: dict[tuple[str, str], str] = {}  # (task, split) -> path as the recipe wrote it
+        for entry in data.get("tasks") or []:
+            name = entry.get("name") or entry.get("type")
+            files = entry.get("data") or {}
+            for split, path in list(files.items()):
+                if isinstance(path, str) and not path.startswith("hub:") and not os.path.isabs(path):
+                    self.written[(name, split)] = path
+                    files[split] = os.path.join(self.folder, path) if self.folder else path
+
+    def require(self, splits: Sequence[str], task: str | None = None) -> None:
+        for (name, split), path in self.written.items():
+            if split not in splits or (task and name != task):
+                continue
+            full = os.path.join(self.folder, path) if self.folder else path
+            if not os.path.exists(full):
+                raise ConfigError(
+                    f"{self.recipe}: tasks.{name}.data.{split} expects {path!r}, not found in {self.folder or '.'!r}. "
+                    f"Offline, pass --data-dir FOLDER holding the benchmark's files as the recipe names them, or "
+                    f"give the file with --data {name}:{split}=PATH (online: --data {name}:{split}=hub:DATASET:SPLIT)")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -175,11 +212,32 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     for module in args.plugin:
         import_plugin_module(module)
     pipe = load(args.checkpoint)
-    results = {}
+    jobs: list[tuple[str, str, str]] = []  # (task, split, path)
+    if args.recipe:
+        from .config import load_recipe
+
+        recipe = load_recipe(args.recipe)
+        recipe_data = RecipeData(recipe, args.recipe, args.data_dir)
+        for entry in recipe.get("tasks") or []:
+            name = entry.get("name") or entry.get("type")
+            files = entry.get("data") or {}
+            split = args.split or ("test" if "test" in files else "dev")
+            if name in pipe.task_names and split in files:
+                recipe_data.require((split,), task=name)
+                jobs.append((name, split, files[split]))
     for value in args.data:
         task, split, path = _split_prefixed(value, pipe.task_names if not args.task else [args.task], "--data")
-        name = task or args.task or pipe.task().name
+        jobs.append((task or args.task or pipe.task().name, split, path))
+    if not jobs:
+        raise ConfigError("nothing to evaluate: give --data [TASK:]SPLIT=PATH or --recipe FILE")
+    results = {}
+    for name, split, path in jobs:
         results[f"{name}/{split}"] = pipe.evaluate(path, task=name, batch_size=args.batch_size, progress=sys.stderr.isatty())
+    if not args.no_report:
+        from .report import write_report
+
+        written = write_report(args.checkpoint, pipe, results, {f"{n}/{s}": p for n, s, p in jobs}, args.recipe)
+        print(f"report: {', '.join(str(p) for p in written)}", file=sys.stderr)
     if args.json:
         print(json.dumps(results, indent=2))
     else:

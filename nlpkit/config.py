@@ -137,6 +137,8 @@ class RunConfig:
     #: start from this checkpoint (or run folder): its backbone and tokenizer, and the heads of tasks
     #: with the same name and labels; other tasks get new heads (adding a task to a trained model)
     init_from: Optional[str] = None
+    #: free text (recipes say what they reproduce)
+    description: Optional[str] = None
     #: modules to import before looking tasks up (user plugins)
     plugins: list[str] = field(default_factory=list)
 
