@@ -27,8 +27,8 @@ class GenerationOptions(TaskOptions):
     max_length: int = 256
     #: target tokens in training (EOS included); longer targets are truncated and counted in a warning
     max_target_length: int = 128
-    #: T5-style task prefix put before every source: "auto" asks the backbone (T5 gets one), "" for none
-    prefix: str = "auto"
+    #: T5-style task prefix put before every source: "auto" asks the backbone (T5 gets one); "" or null: none
+    prefix: Optional[str] = "auto"
     #: 1 = greedy search; more = beam search
     num_beams: int = 1
     #: longest output; default max_target_length
@@ -120,7 +120,7 @@ class Seq2SeqTask(Task):
         super().setup(backbone)
         self.tokens = target_tokens(backbone)
         prefix = self.options.prefix
-        self.prefix = self.default_prefix(backbone.model.config) if prefix == "auto" else prefix
+        self.prefix = self.default_prefix(backbone.model.config) if prefix == "auto" else (prefix or "")
 
     @property
     def max_new_tokens(self) -> int:

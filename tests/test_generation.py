@@ -195,3 +195,15 @@ def test_t5_checkpoint_reloads_to_identical_predictions(t5_run, capsys):
     assert cli(["predict", str(result.output_dir), pairs[0][0], pairs[1][0], "--json"]) == 0
     lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
     assert [x["prediction"]["text"] for x in lines] == first[:2]
+
+
+def test_prefix_option_auto_explicit_or_none(backbone):
+    from nlpkit.cli import build_config, _parser
+
+    cls = nlpkit.get_task_class("translation")
+    for value, expected in (("auto", ""), ("translate: ", "translate: "), (None, ""), ("", "")):
+        t = cls(options={"prefix": value})
+        t.setup(backbone)
+        assert t.prefix == expected
+    args, _ = _parser().parse_known_args(["train", "--task", "translation", "--option", "prefix="])
+    assert build_config(args).tasks[0].options == {"prefix": None}
