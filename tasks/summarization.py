@@ -13,7 +13,6 @@ its data cannot be downloaded offline), so Lsum measures summary-level LCS as in
 from __future__ import annotations
 
 import csv
-import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,8 +23,6 @@ from nlpkit.data import open_text, read_jsonl
 from nlpkit.generation import GenerationOptions, Seq2SeqTask, pair, read_hub, warn_skipped
 
 from . import DATA_DIR
-
-log = logging.getLogger("nlpkit.tasks.summarization")
 
 #: dataset -> (document field, summary field)
 PRESETS = {"cnn_dailymail": ("article", "highlights"), "xsum": ("document", "summary"),

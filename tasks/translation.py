@@ -11,7 +11,6 @@ Scores are computed on detokenized text by sacreBLEU, whose signature string is 
 """
 from __future__ import annotations
 
-import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,8 +21,6 @@ from nlpkit.data import open_text, read_jsonl
 from nlpkit.generation import GenerationOptions, Seq2SeqTask, pair, read_hub, warn_skipped
 
 from . import DATA_DIR
-
-log = logging.getLogger("nlpkit.tasks.translation")
 
 #: names T5 uses in its prefixes ("translate English to German: ")
 LANGUAGE_NAMES = {"en": "English", "de": "German", "fr": "French", "ro": "Romanian", "es": "Spanish",

@@ -81,6 +81,16 @@ def test_jsonl_hub_layout_and_source_target(tmp_path):
     assert [(e["source"], e["target"], e["line"]) for e in got] == [("Hello.", "Hallo.", 1), ("Yes.", "Ja.", 3)]
 
 
+def test_hub_reader_on_a_local_dataset_folder_and_offline_error(tmp_path):
+    folder = tmp_path / "ds"
+    folder.mkdir()
+    (folder / "validation.jsonl").write_text(json.dumps({"translation": {"en": "Hello.", "de": "Hallo."}}) + "\n")
+    got = task().read(f"hf:{folder}@validation")
+    assert [(e["source"], e["target"], e["line"]) for e in got] == [("Hello.", "Hallo.", 1)]
+    with pytest.raises(DataError, match=r"could not load dataset 'wmt16' \(HF_HUB_OFFLINE=1 is set\)"):
+        task().read("hf:wmt16:de-en@validation")
+
+
 def test_multi30k_reads_as_it_is():
     if not MULTI30K.is_dir():
         pytest.skip("Multi30k is not on this machine")
