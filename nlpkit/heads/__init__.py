@@ -4,6 +4,7 @@ Plugins pick one of these or bring their own module with the same call signature
 """
 from .classification import SequenceClassificationHead
 from .entity_pair import EntityPairHead
+from .seq2seq import Seq2SeqHead
 from .token_classification import TokenClassificationHead
 
-__all__ = ["EntityPairHead", "SequenceClassificationHead", "TokenClassificationHead"]
+__all__ = ["EntityPairHead", "SequenceClassificationHead", "Seq2SeqHead", "TokenClassificationHead"]
