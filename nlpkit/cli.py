@@ -205,6 +205,23 @@ def _print_metrics(name: str, metrics: dict[str, Any]) -> None:
                                                    else f"{str(vals.get(c, '')):>11}" for c in cols))
 
 
+def carve_dev(task: Any, entry: dict[str, Any]) -> list[dict]:
+    """The dev split a recipe carves from its training file, exactly as training carved it."""
+    import dataclasses
+
+    from .config import TaskEntry
+    from .trainer import read_splits
+
+    saved = task.options
+    carve = {k: v for k, v in (entry.get("options") or {}).items() if k in ("dev_split", "dev_split_seed")}
+    task.options = dataclasses.replace(saved, **carve)
+    try:
+        return read_splits(task, TaskEntry(type=entry["type"], name=entry.get("name"),
+                                           data={"train": entry["data"]["train"]}))["dev"]
+    finally:
+        task.options = saved
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .predict import load
     from .registry import import_plugin_module
@@ -213,6 +230,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         import_plugin_module(module)
     pipe = load(args.checkpoint)
     jobs: list[tuple[str, str, str]] = []  # (task, split, path)
+    carved: dict[tuple[str, str], list[dict]] = {}
     if args.recipe:
         from .config import load_recipe
 
@@ -222,9 +240,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             name = entry.get("name") or entry.get("type")
             files = entry.get("data") or {}
             split = args.split or ("test" if "test" in files else "dev")
-            if name in pipe.task_names and split in files:
+            if name not in pipe.task_names:
+                continue
+            if split in files:
                 recipe_data.require((split,), task=name)
                 jobs.append((name, split, files[split]))
+            elif split == "dev" and (entry.get("options") or {}).get("dev_split") and "train" in files:
+                recipe_data.require(("train",), task=name)
+                jobs.append((name, split, files["train"] + " (dev_split)"))  # the hold-out training used
+                carved[(name, split)] = carve_dev(pipe.task(name), entry)
     for value in args.data:
         task, split, path = _split_prefixed(value, pipe.task_names if not args.task else [args.task], "--data")
         jobs.append((task or args.task or pipe.task().name, split, path))
@@ -232,7 +256,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise ConfigError("nothing to evaluate: give --data [TASK:]SPLIT=PATH or --recipe FILE")
     results = {}
     for name, split, path in jobs:
-        results[f"{name}/{split}"] = pipe.evaluate(path, task=name, batch_size=args.batch_size, progress=sys.stderr.isatty())
+        results[f"{name}/{split}"] = pipe.evaluate(path, task=name, batch_size=args.batch_size, progress=sys.stderr.isatty(),
+                                                   examples=carved.get((name, split)))
     if not args.no_report:
         from .report import write_report
 

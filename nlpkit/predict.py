@@ -57,12 +57,14 @@ class Pipeline:
             t.options = saved
         return predictions[0] if single else predictions
 
-    def evaluate(self, path: str, task: str | None = None, batch_size: int = 64, progress: bool = False) -> dict[str, Any]:
-        """Metrics of one task on a labelled file in any format the task reads."""
+    def evaluate(self, path: str, task: str | None = None, batch_size: int = 64, progress: bool = False,
+                 examples: list[dict] | None = None) -> dict[str, Any]:
+        """Metrics of one task on a labelled file in any format the task reads (or on ``examples``)."""
         t = self.task(task)
         from .trainer import read_any
 
-        examples = read_any(t, path)
+        if examples is None:
+            examples = read_any(t, path)
         from .data import require_examples
 
         require_examples(examples, path)

@@ -63,10 +63,12 @@ def test_recipe_smoke_run_with_overrides_and_report(tmp_path, capsys):
     assert config["trainer"]["lr"] == 3e-3 and config["backbone"]["spec"] == "mini"
     assert config["tasks"][0]["options"]["label_part"] == "coarse"
     capsys.readouterr()
-    # the test file is held out here: evaluating the recipe's dev split instead
-    code = main(["evaluate", str(out), "--recipe", str(ROOT / "recipes" / "trec.yaml"), "--split", "train"])
+    # the test file is held out here: the recipe's dev split is carved from train, as training did
+    code = main(["evaluate", str(out), "--recipe", str(ROOT / "recipes" / "trec.yaml"), "--split", "dev"])
     assert code == 0
     report = json.loads((out / "report.json").read_text())
-    assert "trec/train" in report["results"] and report["model"]["spec"] == "mini"
+    assert report["model"]["spec"] == "mini"
+    trained = json.loads((out / "metrics.json").read_text())["tasks"]["trec"]
+    assert report["results"]["trec/dev"]["metrics"]["accuracy"] == pytest.approx(trained["accuracy"])
     assert "seqeval" in report["scorers"]
     assert (out / "report.md").read_text().startswith("# nlpkit benchmark report")
