@@ -3,6 +3,9 @@ and returns a dict with at least the outputs its task decodes, plus "loss" when 
 Plugins pick one of these or bring their own module with the same call signature.
 """
 from .classification import SequenceClassificationHead
+from .multiple_choice import MultipleChoiceHead
+from .span_extraction import SpanExtractionHead
 from .token_classification import TokenClassificationHead
 
 __all__ = ["SequenceClassificationHead", "TokenClassificationHead"]
+__all__ += ["SpanExtractionHead", "MultipleChoiceHead"]
