@@ -14,7 +14,7 @@ arguments write the same files.
 Other sets for experiments (not committed), e.g. SQuAD v2.0 with unanswerable questions, or long
 contexts that need many windows:
     python scripts/make_qa_data.py --out /tmp/qa --train 3000 --dev 400 --people 2-4 --v2 0.25
-    python scripts/make_qa_data.py --out /tmp/qa-long --train 2000 --dev 300 --people 2-14
+    python scripts/make_qa_data.py --out /tmp/qa-long --train 1000 --dev 200 --people 2-6 --dev-people 8-14
 """
 from __future__ import annotations
 
@@ -264,15 +264,18 @@ def main() -> None:
     parser.add_argument("--train", type=int, default=1200, help="training questions")
     parser.add_argument("--dev", type=int, default=240, help="dev questions")
     parser.add_argument("--people", default="2-3", help="people per paragraph, MIN-MAX (more: longer contexts)")
+    parser.add_argument("--dev-people", help="people per dev paragraph, MIN-MAX (default: as --people)")
     parser.add_argument("--v2", type=float, default=0.0, help="unanswerable questions per answerable one (SQuAD v2.0)")
     parser.add_argument("--per-paragraph", type=int, default=5, help="questions asked per paragraph")
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()
-    lo, hi = (int(x) for x in args.people.split("-"))
+    people = tuple(int(x) for x in args.people.split("-"))
+    dev_people = tuple(int(x) for x in args.dev_people.split("-")) if args.dev_people else people
     root = Path(__file__).resolve().parent.parent / "tasks" / "data"
     qa_dir = Path(args.out) if args.out else root / "qa"
-    for split, n, seed, held_out in (("train", args.train, args.seed, False), ("dev", args.dev, args.seed + 1, True)):
-        write_json(qa_dir / f"{split}.json", squad(n, seed, held_out, (lo, hi), args.v2, args.per_paragraph))
+    for split, n, seed, held_out, many in (("train", args.train, args.seed, False, people),
+                                           ("dev", args.dev, args.seed + 1, True, dev_people)):
+        write_json(qa_dir / f"{split}.json", squad(n, seed, held_out, many, args.v2, args.per_paragraph))
     print(f"wrote {qa_dir}/train.json and dev.json")
     if not args.out:
         rc_dir = root / "reading-comprehension"
