@@ -58,7 +58,7 @@ FILLER = ["The weather that year was unusually mild.", "Few people outside the r
           "The town itself has grown a lot since then.", "Many of the old buildings are still standing."]
 
 # A fact: sentences stating it (with the subject as {S}, values as {slot}) and questions about each slot.
-# In questions {P} is the person's full name. The first slot listed is the one a question asks for.
+# In questions {P} is the person's full name; the first question of each list is worded like the sentences.
 FACTS = {
     "born": {
         "values": {"city": CITY, "year": None},
@@ -71,7 +71,8 @@ FACTS = {
         "values": {"job": JOB, "org": ORG},
         "say": ["{S} works as a {job} at {org}.", "{S} has a job as a {job} with {org}.",
                 "At {org}, {S} is employed as a {job}."],
-        "ask": {"job": ["What does {P} do for a living?", "What is the profession of {P}?", "What job does {P} have?"],
+        "ask": {"job": ["What does {P} work as?", "What does {P} do for a living?", "What is the profession of {P}?",
+                        "What job does {P} have?"],
                 "org": ["Where does {P} work?", "Which organisation employs {P}?", "For whom does {P} work?"]},
     },
     "move": {
@@ -93,34 +94,34 @@ FACTS = {
         "values": {"name": PET_NAME, "colour": COLOUR, "animal": ANIMAL},
         "say": ["{S} has a {colour} {animal} called {name}.", "{S} owns a {colour} {animal} named {name}.",
                 "A {colour} {animal} called {name} lives with {S}."],
-        "ask": {"name": ["What is the name of the {animal} that belongs to {P}?", "What is {P}'s {animal} called?"],
+        "ask": {"name": ["What is {P}'s {animal} called?", "What is the name of the {animal} that belongs to {P}?"],
                 "colour": ["What colour is the {animal} of {P}?", "Which colour is {P}'s {animal}?"]},
     },
     "book": {
         "values": {"title": None, "topic": TOPIC},
         "say": ["{S} wrote a book called {title} about {topic}.", "{S} is the author of {title}, a book about {topic}.",
                 "In {title}, {S} wrote about {topic}."],
-        "ask": {"title": ["What is the title of the book written by {P}?", "Which book did {P} write?"],
+        "ask": {"title": ["Which book did {P} write?", "What is the title of the book written by {P}?"],
                 "topic": ["What is the book by {P} about?", "What subject did {P} write a book about?"]},
     },
     "sport": {
         "values": {"sport": SPORT, "number": NUMBER},
         "say": ["{S} has won {number} medals in {sport}.", "In {sport}, {S} has won {number} medals so far.",
                 "{S} took up {sport} and has won {number} medals."],
-        "ask": {"sport": ["Which sport does {P} compete in?", "In what sport has {P} won medals?"],
+        "ask": {"sport": ["In what sport has {P} won medals?", "Which sport does {P} compete in?"],
                 "number": ["How many medals has {P} won?", "How many medals did {P} win?"]},
     },
 }
 RELATIONS = list(FACTS)
 
 
-def split_pool(pool: list[str], held_out: bool, rng: random.Random) -> str:
-    """Train draws from the first 75 % of a list; dev draws half of its values from the last 25 %."""
+def split_pool(pool: list[str], held_out: float, rng: random.Random) -> str:
+    """Values come from the first 75 % of a list, except a ``held_out`` share from the last 25 %."""
     cut = int(len(pool) * 0.75)
-    return rng.choice(pool[cut:] if held_out and rng.random() < 0.5 else pool[:cut])
+    return rng.choice(pool[cut:] if held_out and rng.random() < held_out else pool[:cut])
 
 
-def value(relation: str, slot: str, rng: random.Random, held_out: bool) -> str:
+def value(relation: str, slot: str, rng: random.Random, held_out: float) -> str:
     pool = FACTS[relation]["values"][slot]
     if slot == "year":
         return str(rng.randint(1931, 2004))
@@ -144,7 +145,7 @@ def render(template: str, values: dict[str, str]) -> tuple[str, dict[str, tuple[
     return sentence[0].upper() + sentence[1:], spans
 
 
-def person(rng: random.Random, held_out: bool, taken: set[str]) -> dict:
+def person(rng: random.Random, held_out: float, taken: set[str]) -> dict:
     while True:
         female = rng.random() < 0.5
         first = split_pool(FEMALE if female else MALE, held_out, rng)
@@ -154,7 +155,8 @@ def person(rng: random.Random, held_out: bool, taken: set[str]) -> dict:
             return {"name": f"{first} {last}", "pronoun": "she" if female else "he"}
 
 
-def paragraph(rng: random.Random, held_out: bool, n_people: int) -> tuple[str, list[dict]]:
+def paragraph(rng: random.Random, held_out: float, n_people: int, plain: bool = False,
+              pronouns: float = 0.6) -> tuple[str, list[dict]]:
     """A paragraph and all the (question, answer) pairs it supports. Relations repeat across people, so
     several values of the same kind (cities, years, ...) compete in one paragraph."""
     shared = rng.sample(RELATIONS, k=min(len(RELATIONS), rng.randint(2, 4)))
@@ -169,21 +171,21 @@ def paragraph(rng: random.Random, held_out: bool, n_people: int) -> tuple[str, l
             values = {slot: value(relation, slot, rng, held_out) for slot in spec["values"]}
             template = rng.choice(spec["say"])
             # "he"/"she" only opens a sentence, and never the first one about a person
-            pronoun = r_i > 0 and template.startswith("{S}") and rng.random() < 0.6
+            pronoun = r_i > 0 and template.startswith("{S}") and rng.random() < pronouns
             sentence, spans = render(template, {**values, "S": who["pronoun"] if pronoun else who["name"]})
             start = len(text) + (1 if text else 0)
             text = f"{text} {sentence}" if text else sentence
             for slot, templates in spec["ask"].items():
                 a, b = spans[slot]
-                question = rng.choice(templates).format(P=who["name"], **values)
+                question = (templates[0] if plain else rng.choice(templates)).format(P=who["name"], **values)
                 facts.append({"question": question, "text": values[slot], "answer_start": start + a,
-                              "relation": relation, "slot": slot, "person": who["name"]})
+                              "relation": relation, "slot": slot, "person": who["name"], "values": values})
         if rng.random() < 0.25:
             text += " " + rng.choice(FILLER)
     return text, facts
 
 
-def unanswerable(rng: random.Random, facts: list[dict], held_out: bool) -> str:
+def unanswerable(rng: random.Random, facts: list[dict], held_out: float) -> str:
     """A question about someone the paragraph never mentions, or a fact it never states."""
     people = sorted({f["person"] for f in facts})
     stated = {(f["person"], f["relation"]) for f in facts}
@@ -198,11 +200,12 @@ def unanswerable(rng: random.Random, facts: list[dict], held_out: bool) -> str:
     return rng.choice(spec["ask"][slot]).format(P=who, **values)
 
 
-def squad(n_questions: int, seed: int, held_out: bool, people: tuple[int, int], v2: float, per_paragraph: int) -> dict:
+def squad(n_questions: int, seed: int, held_out: float, people: tuple[int, int], v2: float, per_paragraph: int,
+          plain: bool = False, pronouns: float = 0.6) -> dict:
     rng = random.Random(seed)
     articles, count, p_i = [], 0, 0
     while count < n_questions:
-        context, facts = paragraph(rng, held_out, rng.randint(*people))
+        context, facts = paragraph(rng, held_out, rng.randint(*people), plain, pronouns)
         qas = []
         for f in rng.sample(facts, k=min(per_paragraph, len(facts))):
             assert context[f["answer_start"]:f["answer_start"] + len(f["text"])] == f["text"]
@@ -221,26 +224,36 @@ def squad(n_questions: int, seed: int, held_out: bool, people: tuple[int, int], 
     return {"version": "v2.0" if v2 else "1.1", "data": articles}
 
 
-def multiple_choice(n_questions: int, seed: int, held_out: bool, n_options: int = 4) -> list[dict]:
-    """Reading-comprehension questions: the right value, one distractor of the same kind stated for
-    someone else in the passage (when there is one) and others of the same kind from outside it."""
+RC_TRAIN, RC_DEV = 600, 150
+
+
+def multiple_choice(n_questions: int, seed: int, held_out: float, plain: bool = True, pronouns: float = 0.3,
+                    n_options: int = 4) -> list[dict]:
+    """Reading-comprehension questions with graded distractors: the same kind of fact about someone else
+    in the passage (when there is one), a value of another kind that the passage does mention, and
+    values of the right kind from outside the passage. Neither "it occurs in the passage" nor "it is a
+    city" is enough on its own; together they leave two options, and only reading settles it."""
     rng = random.Random(seed)
     records = []
     while len(records) < n_questions:
-        context, facts = paragraph(rng, held_out, rng.randint(2, 3))
+        context, facts = paragraph(rng, held_out, rng.randint(1, 2), plain, pronouns)
         for f in rng.sample(facts, k=min(3, len(facts))):
-            same_kind = [g["text"] for g in facts if (g["relation"], g["slot"]) == (f["relation"], f["slot"])]
-            inside = sorted({t for t in same_kind if t != f["text"]})
-            options = {f["text"]}
-            if inside:
-                options.add(rng.choice(inside))
+            kind = (f["relation"], f["slot"])
+            inside = sorted({g["text"] for g in facts if (g["relation"], g["slot"]) == kind} - {f["text"]})
+            other = sorted({g["text"] for g in facts if (g["relation"], g["slot"]) != kind} - {f["text"]})
+            options = [f["text"]]
+            for pool in (inside, other):
+                if pool:
+                    options.append(rng.choice(pool))
             while len(options) < n_options:
-                options.add(value(f["relation"], f["slot"], rng, held_out))
-            options = sorted(options)
+                candidate = value(f["relation"], f["slot"], rng, held_out)
+                if candidate not in options and candidate not in context:
+                    options.append(candidate)
             rng.shuffle(options)
             question = f["question"]
-            if rng.random() < 0.3:  # RACE-style cloze question with a blank
-                question = f"According to the passage, the answer to \"{question}\" is _ ."
+            if rng.random() < 0.3:  # RACE-style cloze: a statement with a blank
+                spec = FACTS[f["relation"]]
+                question, _ = render(rng.choice(spec["say"]), {**f["values"], f["slot"]: "_", "S": f["person"]})
             records.append({"id": f"rc{seed}-{len(records)}", "article": context, "question": question,
                             "options": options, "answer": "ABCDEFGH"[options.index(f["text"])]})
             if len(records) == n_questions:
@@ -263,24 +276,30 @@ def main() -> None:
     parser.add_argument("--out", help="write SQuAD-format train.json/dev.json here instead of the embedded data")
     parser.add_argument("--train", type=int, default=1200, help="training questions")
     parser.add_argument("--dev", type=int, default=240, help="dev questions")
-    parser.add_argument("--people", default="2-3", help="people per paragraph, MIN-MAX (more: longer contexts)")
+    parser.add_argument("--people", default="1-2", help="people per paragraph, MIN-MAX (more: longer contexts)")
     parser.add_argument("--dev-people", help="people per dev paragraph, MIN-MAX (default: as --people)")
     parser.add_argument("--v2", type=float, default=0.0, help="unanswerable questions per answerable one (SQuAD v2.0)")
     parser.add_argument("--per-paragraph", type=int, default=5, help="questions asked per paragraph")
+    parser.add_argument("--paraphrase", action="store_true",
+                        help="vary the wording of questions (default: worded like the sentences)")
+    parser.add_argument("--pronouns", type=float, default=0.3, help="share of later sentences that say he/she")
+    parser.add_argument("--held-out", type=float, default=0.0,
+                        help="share of dev names and values drawn from lists that training never uses")
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()
     people = tuple(int(x) for x in args.people.split("-"))
     dev_people = tuple(int(x) for x in args.dev_people.split("-")) if args.dev_people else people
+    style = {"plain": not args.paraphrase, "pronouns": args.pronouns}
     root = Path(__file__).resolve().parent.parent / "tasks" / "data"
     qa_dir = Path(args.out) if args.out else root / "qa"
-    for split, n, seed, held_out, many in (("train", args.train, args.seed, False, people),
-                                           ("dev", args.dev, args.seed + 1, True, dev_people)):
-        write_json(qa_dir / f"{split}.json", squad(n, seed, held_out, many, args.v2, args.per_paragraph))
+    for split, n, seed, held_out, many in (("train", args.train, args.seed, 0.0, people),
+                                           ("dev", args.dev, args.seed + 1, args.held_out, dev_people)):
+        write_json(qa_dir / f"{split}.json", squad(n, seed, held_out, many, args.v2, args.per_paragraph, **style))
     print(f"wrote {qa_dir}/train.json and dev.json")
     if not args.out:
         rc_dir = root / "reading-comprehension"
-        write_jsonl(rc_dir / "train.jsonl", multiple_choice(1000, seed=11, held_out=False))
-        write_jsonl(rc_dir / "dev.jsonl", multiple_choice(200, seed=12, held_out=True))
+        write_jsonl(rc_dir / "train.jsonl", multiple_choice(RC_TRAIN, 11, 0.0, **style))
+        write_jsonl(rc_dir / "dev.jsonl", multiple_choice(RC_DEV, 12, args.held_out, **style))
         print(f"wrote {rc_dir}/train.jsonl and dev.jsonl")
 
 

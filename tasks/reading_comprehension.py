@@ -11,7 +11,7 @@ import json
 import string
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
 import torch
 
@@ -28,6 +28,9 @@ CONTEXT_FIELDS = ("article", "context", "passage")
 class ReadingComprehensionOptions(TaskOptions):
     #: tokens per (passage, question + option) encoding; the passage is cut first
     max_length: int = 256
+    #: how an encoding becomes one vector: mean of all token states (learns fastest from scratch, and is
+    #: how MiniLM was pretrained) or the [CLS] state
+    pooling: Literal["mean", "cls"] = "mean"
     dropout: float = 0.1
 
 
@@ -211,7 +214,7 @@ class ReadingComprehensionTask(Task):
     def build_head(self, backbone):
         from nlpkit.heads import MultipleChoiceHead
 
-        return MultipleChoiceHead(backbone.hidden_size, self.options.dropout)
+        return MultipleChoiceHead(backbone.hidden_size, self.options.dropout, self.options.pooling)
 
     def predict_batch(self, head, backbone, batch) -> list:
         probs = head(backbone, {k: v for k, v in batch.items() if k != "labels"})["logits"].softmax(-1)
