@@ -4,7 +4,10 @@ Plugins pick one of these or bring their own module with the same call signature
 """
 from .classification import SequenceClassificationHead
 from .entity_pair import EntityPairHead
+from .multiple_choice import MultipleChoiceHead
 from .seq2seq import Seq2SeqHead
+from .span_extraction import SpanExtractionHead
 from .token_classification import TokenClassificationHead
 
-__all__ = ["EntityPairHead", "SequenceClassificationHead", "Seq2SeqHead", "TokenClassificationHead"]
+__all__ = ["EntityPairHead", "MultipleChoiceHead", "SequenceClassificationHead", "Seq2SeqHead", "SpanExtractionHead",
+           "TokenClassificationHead"]

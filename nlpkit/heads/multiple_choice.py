@@ -1,0 +1,36 @@
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import nn
+
+from .classification import pool
+
+
+class MultipleChoiceHead(nn.Module):
+    """One score per (context, choice) encoding, softmax over the choices of each example.
+
+    The batch holds every choice of every example as its own row (``input_ids`` of shape
+    (total choices, length)) and ``choice_mask`` (examples, most choices) says which slots are real, so
+    examples with different numbers of choices share a batch without dummy encodings.
+    """
+
+    def __init__(self, hidden_size: int, dropout: float = 0.1, pooling: Literal["cls", "mean"] = "cls"):
+        super().__init__()
+        self.pooling = pooling
+        self.dropout = nn.Dropout(dropout)
+        self.dense = nn.Linear(hidden_size, hidden_size)
+        self.scorer = nn.Linear(hidden_size, 1)
+
+    def forward(self, backbone: nn.Module, batch: dict) -> dict:
+        hidden = backbone.encode(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
+        pooled = pool(hidden, batch["attention_mask"], self.pooling)
+        scores = self.scorer(self.dropout(torch.tanh(self.dense(self.dropout(pooled))))).squeeze(-1).float()
+        mask = batch["choice_mask"].bool()
+        logits = torch.full(mask.shape, -1e4, dtype=scores.dtype, device=scores.device)
+        logits[mask] = scores  # rows are flattened example by example, choice by choice (row-major)
+        out = {"logits": logits}
+        if "labels" in batch:
+            out["loss"] = nn.functional.cross_entropy(logits, batch["labels"])
+        return out
