@@ -17,7 +17,7 @@ RECIPES = sorted((ROOT / "recipes").glob("*.yaml"))
 def test_there_is_a_recipe_per_benchmark():
     names = {p.stem for p in RECIPES}
     assert {"conll2003", "sst2", "trec", "semeval2010_task8", "wmt16_en_ro", "cnn_dailymail", "xsum",
-            "multitask_ner_re"} <= names
+            "multitask_ner_re", "squad_v1.1", "squad_v2.0", "race"} <= names
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.stem)
