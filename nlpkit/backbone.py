@@ -125,7 +125,7 @@ class Backbone(nn.Module):
 
     @classmethod
     def from_pretrained(cls, spec: str) -> "Backbone":
-        from transformers import AutoConfig, AutoModel, AutoModelForSeq2SeqLM, AutoTokenizer
+        from transformers import AutoConfig, AutoTokenizer
 
         source = resolve_alias(spec)
         offline = os.environ.get("HF_HUB_OFFLINE") == "1"

@@ -546,7 +546,7 @@ class Trainer:
             log.info(f"resuming from {src} (step {saved['step']})")
             for what in changed:
                 log.info(f"warning: {what}: the resumed run will not match an uninterrupted one")
-        log.info(f"tasks: " + ", ".join(f"{t.name} ({t.type_name}: {len(data[t.name]['train'])} train, "
+        log.info("tasks: " + ", ".join(f"{t.name} ({t.type_name}: {len(data[t.name]['train'])} train, "
                                          f"{len(data[t.name].get('dev', []))} dev)" for t in tasks))
 
         # backbone, heads, model

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Iterator, Mapping, Sequence
 
 from nlpkit import DataError, Task, TaskOptions, register_task
-from nlpkit.data import open_text, pad, pad_encodings, read_jsonl
+from nlpkit.data import open_text, pad_encodings, read_jsonl
 from nlpkit.options import require
 
 MARKERS = ("[E1]", "[/E1]", "[E2]", "[/E2]")

@@ -13,7 +13,6 @@ synchronisation or rank 0 logging only its own loss all show up at 1e-2 or more 
 from __future__ import annotations
 
 import json
-import os
 import random
 import subprocess
 import sys

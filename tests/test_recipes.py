@@ -5,7 +5,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-from nlpkit import ConfigError
 from nlpkit.cli import main
 from nlpkit.config import RunConfig, load_recipe
 from nlpkit.registry import get_task_class

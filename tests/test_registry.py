@@ -1,6 +1,5 @@
 import pytest
 
-import nlpkit
 from nlpkit import NlpkitError, Task, UnknownTaskError, register_task
 from nlpkit.cli import main
 from nlpkit.registry import get_task_class, list_tasks, unregister_task
