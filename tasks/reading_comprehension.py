@@ -16,7 +16,7 @@ from typing import Any, Literal, Sequence
 import torch
 
 from nlpkit import DataError, Task, TaskOptions, register_task
-from nlpkit.data import open_text, pad_encodings, read_jsonl
+from nlpkit.data import open_text, pad, pad_encodings, read_jsonl
 
 from . import DATA_DIR
 
@@ -28,9 +28,9 @@ CONTEXT_FIELDS = ("article", "context", "passage")
 class ReadingComprehensionOptions(TaskOptions):
     #: tokens per (passage, question + option) encoding; the passage is cut first
     max_length: int = 256
-    #: how an encoding becomes one vector: mean of all token states (learns fastest from scratch, and is
-    #: how MiniLM was pretrained) or the [CLS] state
-    pooling: Literal["mean", "cls"] = "mean"
+    #: how an encoding becomes one vector: the mean over the question + option tokens (where the options
+    #: differ; learns fastest from scratch), the mean over all tokens, or the [CLS] state
+    pooling: Literal["option", "mean", "cls"] = "option"
     dropout: float = 0.1
 
 
@@ -190,6 +190,8 @@ class ReadingComprehensionTask(Task):
         for i, ex in enumerate(examples):
             n = len(ex["options"])
             feature = {"example_index": i, "input_ids": enc["input_ids"][row:row + n]}
+            if self.options.pooling == "option":  # 1 on the question + option segment
+                feature["pool_mask"] = [[int(s == 1) for s in enc.sequence_ids(r)] for r in range(row, row + n)]
             if "token_type_ids" in enc:
                 feature["token_type_ids"] = enc["token_type_ids"][row:row + n]
             if "label" in ex:
@@ -202,9 +204,11 @@ class ReadingComprehensionTask(Task):
         return max(len(ids) for ids in feature["input_ids"]) * len(feature["input_ids"])
 
     def collate(self, features: Sequence[dict]) -> dict:
-        rows = [{key: f[key][k] for key in ("input_ids", "token_type_ids") if key in f}
+        rows = [{key: f[key][k] for key in ("input_ids", "token_type_ids", "pool_mask") if key in f}
                 for f in features for k in range(len(f["input_ids"]))]
         batch = pad_encodings(rows, self.tokenizer.pad_token_id, keys=("input_ids", "token_type_ids"))
+        if "pool_mask" in rows[0]:
+            batch["pool_mask"] = pad([r["pool_mask"] for r in rows], 0)
         most = max(len(f["input_ids"]) for f in features)
         batch["choice_mask"] = torch.tensor([[k < len(f["input_ids"]) for k in range(most)] for f in features])
         if "label" in features[0]:
@@ -214,7 +218,8 @@ class ReadingComprehensionTask(Task):
     def build_head(self, backbone):
         from nlpkit.heads import MultipleChoiceHead
 
-        return MultipleChoiceHead(backbone.hidden_size, self.options.dropout, self.options.pooling)
+        pooling = "mean" if self.options.pooling == "option" else self.options.pooling  # over pool_mask
+        return MultipleChoiceHead(backbone.hidden_size, self.options.dropout, pooling)
 
     def predict_batch(self, head, backbone, batch) -> list:
         probs = head(backbone, {k: v for k, v in batch.items() if k != "labels"})["logits"].softmax(-1)

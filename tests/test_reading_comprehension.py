@@ -117,6 +117,10 @@ def test_options_of_different_counts_share_a_batch(task_and_backbone):
     assert task.tokenizer.decode(feats[0]["input_ids"][1]).rstrip().endswith("Boris was born in Osaka .[SEP]")
     batch = task.collate(feats)
     assert batch["input_ids"].shape[0] == 6
+    # default pooling averages the question + option segment only: exactly the tokens after the first [SEP]
+    pooled_ids = batch["input_ids"][1][batch["pool_mask"][1].bool()].tolist()
+    assert task.tokenizer.decode(pooled_ids).strip() == "Boris was born in Osaka ."
+    assert batch["pool_mask"].sum(1).tolist() == [sum(m) for f in feats for m in f["pool_mask"]]
     assert batch["choice_mask"].tolist() == [[True] * 4, [True, True, False, False]]
     head = task.build_head(backbone)
     out = head(backbone, batch)

@@ -25,7 +25,8 @@ class MultipleChoiceHead(nn.Module):
 
     def forward(self, backbone: nn.Module, batch: dict) -> dict:
         hidden = backbone.encode(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
-        pooled = pool(hidden, batch["attention_mask"], self.pooling)
+        # "pool_mask" (optional) limits mean pooling to some tokens, e.g. the option's segment
+        pooled = pool(hidden, batch.get("pool_mask", batch["attention_mask"]), self.pooling)
         scores = self.scorer(self.dropout(torch.tanh(self.dense(self.dropout(pooled))))).squeeze(-1).float()
         mask = batch["choice_mask"].bool()
         logits = torch.full(mask.shape, -1e4, dtype=scores.dtype, device=scores.device)
