@@ -1,0 +1,330 @@
+"""What the three benchmark scripts share: data slices, the device line, worker subprocesses, tables.
+
+Every timed run happens in a fresh Python process (``python SCRIPT --worker SPEC.json``) so that peak
+RSS is that run's own and no run inherits another's warm caches or allocator state. The parent only
+orchestrates: it alternates the two systems, collects one JSON result per run and prints the tables.
+"""
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+#: Slices, the tiny quick-mode backbone and the predict benchmark's model live here (git-ignored).
+CACHE = Path(os.environ.get("NLPKIT_BENCH_CACHE", HERE / ".cache"))
+
+OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+               "TOKENIZERS_PARALLELISM": "false", "TRANSFORMERS_VERBOSITY": "error"}
+
+
+def offline() -> None:
+    for key, value in OFFLINE_ENV.items():
+        os.environ.setdefault(key, value)
+
+
+# ---- data -----------------------------------------------------------------------------------------
+def data_root(given: str | None = None) -> Path:
+    """The shared benchmark folder: --data-root, $NLPKIT_BENCHMARK_DATA, or ../shared/benchmarks."""
+    candidates = [given, os.environ.get("NLPKIT_BENCHMARK_DATA"), ROOT.parent / "shared" / "benchmarks",
+                  ROOT.parent.parent / "shared" / "benchmarks", "/work/shared/benchmarks"]
+    for c in candidates:
+        if c and (Path(c) / "conll2003").is_dir():
+            return Path(c)
+    sys.exit("benchmark data not found: pass --data-root DIR (the folder holding conll2003/ and sst2/) "
+             "or set NLPKIT_BENCHMARK_DATA")
+
+
+def read_conll_sentences(path: Path) -> list[tuple[list[str], list[str]]]:
+    """(words, tags) per sentence of a CoNLL file (word first, tag last; -DOCSTART- skipped)."""
+    opener = gzip.open if str(path).endswith(".gz") else open
+    sentences, words, tags = [], [], []
+    with opener(path, "rt", encoding="utf-8") as f:
+        for line in f:
+            line = line.strip()
+            if not line or line.startswith("-DOCSTART-"):
+                if words:
+                    sentences.append((words, tags))
+                words, tags = [], []
+                continue
+            cols = line.split()
+            words.append(cols[0])
+            tags.append(cols[-1])
+    if words:
+        sentences.append((words, tags))
+    return sentences
+
+
+def write_conll(sentences: Iterable[tuple[list[str], list[str]]], path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for words, tags in sentences:
+            f.write("".join(f"{w} {t}\n" for w, t in zip(words, tags)) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def conll_slices(root: Path, n_train: int, n_dev: int) -> dict[str, Path]:
+    """The first n_train sentences of CoNLL-2003 train and the first n_dev of valid, as 2-column files."""
+    out = {}
+    for split, source, n in (("train", "train.txt.gz", n_train), ("dev", "valid.txt.gz", n_dev)):
+        target = CACHE / "data" / f"conll2003-{split}-{n}.conll"
+        if not target.exists():
+            sentences = read_conll_sentences(root / "conll2003" / source)
+            if n > len(sentences):
+                sys.exit(f"conll2003 {split} has only {len(sentences)} sentences (asked for {n})")
+            write_conll(sentences[:n], target)
+        out[split] = target
+    return out
+
+
+def read_tsv(path: Path) -> list[tuple[str, str]]:
+    """(label, sentence) rows of a GLUE-style TSV with a header (SST-2 layout: label<TAB>sentence)."""
+    opener = gzip.open if str(path).endswith(".gz") else open
+    with opener(path, "rt", encoding="utf-8", newline="") as f:
+        lines = [line.rstrip("\r\n") for line in f]
+    header = lines[0].split("\t")
+    li, si = header.index("label"), header.index("sentence")
+    rows = []
+    for line in lines[1:]:
+        if line.strip():
+            cols = line.split("\t")
+            rows.append((cols[li], cols[si]))
+    return rows
+
+
+def sst2_slices(root: Path, n_train: int, n_dev: int) -> dict[str, Path]:
+    """SST-2 has no dev set here: train = its first n_train rows, dev = its LAST n_dev rows."""
+    out = {}
+    rows = None
+    for split, n in (("train", n_train), ("dev", n_dev)):
+        target = CACHE / "data" / f"sst2-{split}-{n}.tsv"
+        if not target.exists():
+            rows = rows or read_tsv(root / "sst2" / "train.tsv.gz")
+            if n_train + n_dev > len(rows):
+                sys.exit(f"sst2 has only {len(rows)} rows")
+            part = rows[:n] if split == "train" else rows[-n:]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text("label\tsentence\n" + "".join(f"{lab}\t{s}\n" for lab, s in part), encoding="utf-8")
+        out[split] = target
+    return out
+
+
+# ---- backbone -------------------------------------------------------------------------------------
+def resolve_backbone(spec: str) -> str:
+    """A folder both nlpkit and transformers can load: an alias (minilm) or a local model folder."""
+    from nlpkit.backbone import PRESETS, resolve_alias
+
+    if spec in PRESETS:
+        sys.exit(f"backbone {spec!r} is an nlpkit from-scratch preset; the Hugging Face side needs a model "
+                 "folder. Use --backbone minilm, a model folder, or --quick (a tiny BERT folder made here).")
+    folder = resolve_alias(spec)
+    if not (Path(folder) / "config.json").is_file():
+        sys.exit(f"backbone {spec!r} -> {folder!r} is not a local model folder with config.json")
+    return folder
+
+
+def tiny_bert_folder() -> str:
+    """A randomly initialised 2-layer BERT (hidden 128) with MiniLM's vocabulary, for --quick runs."""
+    folder = CACHE / "tiny-bert"
+    if (folder / "config.json").is_file() and (folder / "model.safetensors").is_file():
+        return str(folder)
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from nlpkit.backbone import resolve_alias
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_alias("minilm"))
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=128, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=512, max_position_embeddings=512, pad_token_id=tokenizer.pad_token_id)
+    CACHE.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=CACHE))
+    BertModel(config, add_pooling_layer=True).save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    if folder.exists():
+        import shutil
+
+        shutil.rmtree(folder)
+    os.replace(tmp, folder)
+    return str(folder)
+
+
+# ---- device ---------------------------------------------------------------------------------------
+def device_info() -> dict[str, Any]:
+    import torch
+
+    if torch.cuda.is_available():
+        return {"type": "cuda", "name": torch.cuda.get_device_name(0),
+                "bf16": bool(torch.cuda.is_bf16_supported()), "threads": torch.get_num_threads()}
+    return {"type": "cpu", "name": cpu_name(), "bf16": True, "threads": torch.get_num_threads()}
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def device_line(info: dict[str, Any]) -> str:
+    if info["type"] == "cuda":
+        return f"device: GPU {info['name']} (CUDA)"
+    return (f"device: no GPU found, running on the CPU: {info['name']}, {os.cpu_count()} logical cores, "
+            f"torch threads {info['threads']}")
+
+
+def pick_precision(requested: str, info: dict[str, Any]) -> str:
+    """auto: bf16 on a GPU that has it, fp32 on the CPU (nlpkit's own default)."""
+    if requested != "auto":
+        return requested
+    return "bf16" if info["type"] == "cuda" and info["bf16"] else "fp32"
+
+
+def peak_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def gpu_peak_mb() -> float | None:
+    import torch
+
+    return torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
+
+
+# ---- workers --------------------------------------------------------------------------------------
+def run_worker(script: Path, spec: dict[str, Any], label: str, verbose: bool = False) -> dict[str, Any]:
+    """Run ``script --worker SPEC`` in a fresh interpreter; returns its JSON result (or the error)."""
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
+        spec = {**spec, "result": str(Path(tmp) / "result.json"), "workdir": tmp}
+        spec_path = Path(tmp) / "spec.json"
+        spec_path.write_text(json.dumps(spec))
+        env = {**os.environ, **OFFLINE_ENV}
+        start = time.time()
+        proc = subprocess.run([sys.executable, str(script), "--worker", str(spec_path)], env=env,
+                              stdout=None if verbose else subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        wall = time.time() - start
+        result_path = Path(spec["result"])
+        if proc.returncode != 0 or not result_path.exists():
+            tail = (proc.stdout or "")[-3000:]
+            raise RuntimeError(f"{label} run failed (exit {proc.returncode}):\n{tail}")
+        result = json.loads(result_path.read_text())
+    result["process_wall_s"] = wall
+    return result
+
+
+def worker_main(handlers: dict[str, Callable[[dict[str, Any]], dict[str, Any]]]) -> bool:
+    """In a worker process: run the handler the spec names and write its result; True if this was one."""
+    if len(sys.argv) != 3 or sys.argv[1] != "--worker":
+        return False
+    offline()
+    spec = json.loads(Path(sys.argv[2]).read_text())
+    result = handlers[spec["system"]](spec)
+    result["peak_rss_mb"] = peak_rss_mb()
+    gpu = gpu_peak_mb()
+    if gpu is not None:
+        result["peak_gpu_mb"] = gpu
+    Path(spec["result"]).write_text(json.dumps(result, indent=2))
+    return True
+
+
+# ---- tables ---------------------------------------------------------------------------------------
+def spread(values: Sequence[float]) -> tuple[float, float, float]:
+    return min(values), statistics.median(values), max(values)
+
+
+def fmt(value: Any, digits: int = 1) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}"
+    return str(value)
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    cells = [[str(h) for h in header]] + [[c if isinstance(c, str) else fmt(c) for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(cells[0], widths)) + " |",
+             "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+    lines += ["| " + " | ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))) + " |"
+              for r in cells[1:]]
+    return "\n".join(lines)
+
+
+def save_json(path: str | None, payload: dict[str, Any]) -> None:
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(payload, indent=2) + "\n")
+        print(f"raw results written to {path}")
+
+
+def versions() -> str:
+    import torch
+    import transformers
+
+    import nlpkit
+
+    return f"nlpkit {nlpkit.__version__}, torch {torch.__version__}, transformers {transformers.__version__}"
+
+
+# ---- checkpoint export ----------------------------------------------------------------------------
+def export_token_classification(checkpoint_dir: str | Path, out_dir: str | Path, task: str | None = None) -> Path:
+    """Write an nlpkit token-classification checkpoint as a transformers AutoModelForTokenClassification folder.
+
+    The weights are the checkpoint's own: ``backbone.model.*`` becomes the HF base model (``bert.*``) and
+    the task head's ``classifier`` becomes the HF ``classifier``; every HF weight must be matched exactly
+    (nothing is left at random initialisation), or this fails. Labels come from the checkpoint's label map.
+    """
+    import json as _json
+
+    from safetensors.torch import load_file
+    from transformers import AutoConfig, AutoModelForTokenClassification, AutoTokenizer
+
+    from nlpkit import checkpoint
+
+    folder = checkpoint.resolve(checkpoint_dir)
+    meta = _json.loads((folder / checkpoint.META_FILE).read_text())
+    entries = [t for t in meta["tasks"] if task is None or t["name"] == task]
+    if len(entries) != 1:
+        raise ValueError(f"choose one task of {[t['name'] for t in meta['tasks']]}")
+    entry = entries[0]
+    labels = entry["state"]["labels"]
+    weights = load_file(str(folder / checkpoint.WEIGHTS_FILE))
+    config = AutoConfig.from_pretrained(folder / "backbone", num_labels=len(labels),
+                                        id2label=dict(enumerate(labels)), label2id={l: i for i, l in enumerate(labels)})
+    config.architectures = None
+    model = AutoModelForTokenClassification.from_config(config)
+    prefix = model.base_model_prefix
+    head = f"heads.{entry['name']}."
+    state = {}
+    for key in model.state_dict():
+        if key.startswith(prefix + "."):
+            source = "backbone.model." + key[len(prefix) + 1:]
+        else:
+            source = head + key
+        if source not in weights:
+            raise KeyError(f"no weight {source!r} in the checkpoint for HF weight {key!r}")
+        state[key] = weights[source]
+    model.load_state_dict(state, strict=True)
+    model.eval()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir)
+    AutoTokenizer.from_pretrained(folder / "tokenizer").save_pretrained(out_dir)
+    (out_dir / "nlpkit-export.json").write_text(_json.dumps({"from": str(folder), "task": entry["name"]}) + "\n")
+    return out_dir

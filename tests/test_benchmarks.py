@@ -1,0 +1,145 @@
+"""The benchmark scripts' own claims: the exported HF model computes what the nlpkit checkpoint computes,
+the HF pipeline then finds the same entities, and the comparison catches a difference."""
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import _common as C  # noqa: E402
+import predict_throughput  # noqa: E402
+
+NER_TRAIN = ROOT / "tasks" / "data" / "ner" / "train.conll"
+
+
+def _wordpiece_bert(folder: Path, texts: list[str]) -> Path:
+    """A tiny BERT folder with a WordPiece tokenizer built from the data (self-contained, offline)."""
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    words = sorted({w.lower() for t in texts for w in t.split()})
+    chars = sorted({c for w in words for c in w})
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + chars + [f"##{c}" for c in chars] + words[:300]
+    vocab = list(dict.fromkeys(vocab))
+    tokenizer = BertTokenizerFast(vocab={t: i for i, t in enumerate(vocab)}, do_lower_case=True)
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=128)
+    BertModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    import nlpkit
+
+    tmp = tmp_path_factory.mktemp("bench")
+    blocks = NER_TRAIN.read_text().split("\n\n")[:80]
+    (tmp / "train.conll").write_text("\n\n".join(blocks) + "\n")
+    texts = [" ".join(line.split()[0] for line in b.splitlines() if line.strip()) for b in blocks]
+    backbone = _wordpiece_bert(tmp / "bert", texts)
+    result = nlpkit.train({"tasks": [{"type": "ner", "data": {"train": str(tmp / "train.conll")}}],
+                           "backbone": {"spec": str(backbone)},
+                           "trainer": {"max_steps": 3, "batch_size": 8, "lr": 1e-2, "progress": False},
+                           "output_dir": str(tmp / "run")})
+    sentences = [w for w, _ in C.read_conll_sentences(tmp / "train.conll")]
+    return result.output_dir / "best", tmp, sentences
+
+
+def test_export_reproduces_the_checkpoints_logits(trained):
+    from transformers import AutoModelForTokenClassification
+
+    import nlpkit
+
+    best, tmp, sentences = trained
+    out = C.export_token_classification(best, tmp / "hf")
+    hf = AutoModelForTokenClassification.from_pretrained(out).eval()
+    nlp = nlpkit.load(best, device="cpu")
+    task = nlp.tasks[0]
+    assert hf.config.id2label == dict(enumerate(task.labels))
+    batch = task.collate(task.encode([{"tokens": s} for s in sentences[:6]]))
+    with torch.inference_mode():
+        ours = nlp.model("ner", batch)["logits"]
+        theirs = hf(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    assert torch.allclose(ours, theirs, atol=1e-5)
+
+
+def test_export_refuses_a_checkpoint_whose_weights_do_not_fit(trained, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    best, _, _ = trained
+    broken = tmp_path / "broken"
+    import shutil
+
+    shutil.copytree(best, broken)
+    weights = load_file(str(broken / "model.safetensors"))
+    del weights["heads.ner.classifier.weight"]
+    save_file(weights, str(broken / "model.safetensors"))
+    with pytest.raises(KeyError, match="classifier.weight"):
+        C.export_token_classification(broken, tmp_path / "hf")
+
+
+def test_pipeline_and_nlpkit_find_the_same_entities(trained):
+    """The predict benchmark's equality claim, on a model whose labels are not all "O"."""
+    from transformers import AutoTokenizer, pipeline
+
+    import nlpkit
+
+    best, tmp, sentences = trained
+    out = C.export_token_classification(best, tmp / "hf-pipe")
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    pre = tokenizer.backend_tokenizer.pre_tokenizer
+    words = [[p for w in s for p, _ in pre.pre_tokenize_str(w)] for s in sentences[:30]]
+    ours = nlpkit.load(best, device="cpu").predict([{"tokens": w} for w in words], batch_size=8)
+    hf = pipeline("token-classification", model=str(out), tokenizer=str(out), aggregation_strategy="first", device=-1)
+    theirs = hf(words, batch_size=5, is_split_into_words=True)
+    a, b = predict_throughput.nlpkit_entities(ours), predict_throughput.hf_entities(theirs)
+    assert sum(len(x) for x in a) > 0, "the tiny model predicts no entity: the comparison would be vacuous"
+    result = predict_throughput.compare(a, b, words, tol=1e-3)
+    assert result["identical"] == len(words), result["differences"]
+    assert result["scores_within_tolerance"]
+
+
+def test_compare_reports_a_changed_span():
+    words = [["Anna", "went", "to", "Rome"]]
+    a = [[("PER", 0, 4, 0.9), ("LOC", 13, 17, 0.8)]]
+    b = [[("PER", 0, 4, 0.9), ("LOC", 10, 17, 0.8)]]
+    result = predict_throughput.compare(a, b, words, tol=1e-3)
+    assert result["identical"] == 0
+    assert result["differences"][0]["hf"][1] == ("LOC", 10, 17, "to Rome")
+
+
+def test_conll_slices_take_the_first_sentences(tmp_path, monkeypatch):
+    import gzip
+
+    monkeypatch.setattr(C, "CACHE", tmp_path / "cache")
+    data = tmp_path / "root" / "conll2003"
+    data.mkdir(parents=True)
+    text = "-DOCSTART- -X- -X- O\n\n" + "".join(f"w{i} NN B-NP {'B-PER' if i % 2 else 'O'}\n\n" for i in range(5))
+    for name in ("train.txt.gz", "valid.txt.gz"):
+        with gzip.open(data / name, "wt") as f:
+            f.write(text)
+    files = C.conll_slices(tmp_path / "root", 3, 2)
+    assert C.read_conll_sentences(files["train"]) == [(["w0"], ["O"]), (["w1"], ["B-PER"]), (["w2"], ["O"])]
+    assert len(C.read_conll_sentences(files["dev"])) == 2
+
+
+def test_optimizer_is_fused_adamw_with_decay_groups():
+    from nlpkit.trainer import make_optimizer
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4))
+    opt = make_optimizer(model, 1e-3, 0.01)
+    assert isinstance(opt, torch.optim.AdamW) and opt.defaults["fused"] is True
+    assert [g["weight_decay"] for g in opt.param_groups] == [0.01, 0.0]
+    assert len(opt.param_groups[0]["params"]) == 1  # only the Linear weight decays
+    model(torch.randn(2, 4)).sum().backward()
+    opt.step()  # the fused kernel runs on this device
+
+
+def test_markdown_table_aligns_columns():
+    table = C.markdown_table(["a", "bb"], [["x", 1.25], ["yy", "z"]]).splitlines()
+    assert table[0] == "| a  | bb  |" and table[2] == "| x  | 1.2 |"
+    assert len({len(line) for line in table}) == 1
