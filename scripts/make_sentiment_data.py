@@ -4,7 +4,8 @@ Short reviews of films, restaurants, hotels and gadgets, labelled negative or po
 templates and word lists written for this project, so the data is license-clean; deterministic (the
 same seeds write the same files). Not a bag of words: negation ("was not great") flips the polarity
 and in "X but Y" the clause after "but" decides, so a model has to read word order. Dev draws half of
-its opinion words from the part of each list train never uses.
+the things it talks about from the part of each list train never uses (opinion words are shared: a
+model trained from scratch cannot know the polarity of a word it never saw).
 
 Layout: GLUE-style TSV, header ``sentence<TAB>label``.
 """
@@ -37,12 +38,13 @@ def pick(items: list[str], rng: random.Random, held_out: bool) -> str:
 
 def review(rng: random.Random, held_out: bool) -> tuple[str, str]:
     domain = rng.choice(sorted(THINGS))
-    thing, other = rng.sample(THINGS[domain], 2)
+    thing = pick(THINGS[domain], rng, held_out)
+    other = rng.choice([t for t in THINGS[domain] if t != thing])
     positive = rng.random() < 0.5
-    good, bad = pick(GOOD, rng, held_out), pick(BAD, rng, held_out)
+    good, bad = rng.choice(GOOD), rng.choice(BAD)
     word, opposite = (good, bad) if positive else (bad, good)
-    # plain opinions are the majority; negation and contrast (which need word order) are 3 in 10
-    kind = rng.choices(range(6), weights=[3, 1, 1, 2, 2, 1])[0]
+    # negation and contrast (which need word order) are a third: enough for a small model to learn them
+    kind = rng.choices(range(5), weights=[2, 2, 1, 2, 2])[0]
     if kind == 0:
         text = f"{thing} was {rng.choice(ADVERB)} {word} ."
     elif kind == 1:  # negation flips the opinion word
@@ -52,10 +54,8 @@ def review(rng: random.Random, held_out: bool) -> tuple[str, str]:
     elif kind == 3:
         verb = rng.choice(LIKE if positive else DISLIKE)
         text = f"i {verb} this {domain} , {thing} was {word} ."
-    elif kind == 4:
-        text = f"{thing} and {other} were {word} , {rng.choice(END_GOOD if positive else END_BAD)}"
     else:
-        text = f"i did not think {thing} would be {opposite} , and it was not ."
+        text = f"{thing} and {other} were {word} , {rng.choice(END_GOOD if positive else END_BAD)}"
     return text, "positive" if positive else "negative"
 
 
