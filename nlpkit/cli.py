@@ -185,8 +185,19 @@ def cmd_train(args: argparse.Namespace) -> int:
         return relaunch(args.argv, args.num_processes)
     from .trainer import train
 
-    train(config)
+    try:
+        train(config)
+    finally:
+        _end_process_group()
     return 0
+
+
+def _end_process_group() -> None:
+    """Under torchrun, destroy the process group before exit: gloo threads left running can abort."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 # ---- evaluate --------------------------------------------------------------------------------------

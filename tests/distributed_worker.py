@@ -50,6 +50,7 @@ def main() -> None:
         with open(out, "w") as f:
             json.dump({"processes": acc.num_processes, "ran_per_process": ran_per_process, "outputs": outputs}, f)
     acc.wait_for_everyone()
+    acc.end_training()  # tear the process group down: exiting with gloo's threads alive can abort
 
 
 if __name__ == "__main__":
