@@ -4,17 +4,19 @@
 - tasks/data/reading-comprehension/{train,dev}.jsonl  multiple choice, 4 options (reading comprehension)
 
 Paragraphs are short invented biographies built from templates and invented word lists written for this
-project, so the data is license-clean. Every paragraph tells about several people with the same kinds of
-facts (two birthplaces, two employers, ...), later sentences about a person often say "he"/"she", and
-questions are worded differently from the sentences, so a model has to find the person the question
-asks about rather than the first city in sight. Dev uses held-out names and values for part of its
-slots, so the score says something about generalisation, not only memory. Deterministic: the same
+project, so the data is license-clean. A paragraph tells about one or two people; people in one paragraph
+share kinds of facts (two birthplaces, two employers, ...), so a model has to find the person a question
+asks about rather than the first city in sight. The embedded sets are kept easy enough for a model
+trained from scratch in a few minutes: questions are worded like the sentences and 30 % of later
+sentences say "he"/"she". Dev is new paragraphs from the same word lists. Deterministic: the same
 arguments write the same files.
 
-Other sets for experiments (not committed), e.g. SQuAD v2.0 with unanswerable questions, or long
-contexts that need many windows:
-    python scripts/make_qa_data.py --out /tmp/qa --train 3000 --dev 400 --people 2-4 --v2 0.25
-    python scripts/make_qa_data.py --out /tmp/qa-long --train 1000 --dev 200 --people 2-6 --dev-people 8-14
+Harder sets for experiments (not committed): --paraphrase (varied question wording), --pronouns 0.6,
+--held-out 0.5 (half of dev's names and values from lists training never sees), more people per
+paragraph for long contexts that need many windows, --v2 for SQuAD v2.0 unanswerable questions:
+    python scripts/make_qa_data.py --out /tmp/qa-acc --train 600 --dev 150 --people 2-5 --dev-people 8-14 \
+        --paraphrase --pronouns 0.6 --held-out 0.5
+    python scripts/make_qa_data.py --out /tmp/qa-v2 --train 3000 --dev 400 --people 2-4 --v2 0.25
 """
 from __future__ import annotations
 
