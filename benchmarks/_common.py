@@ -24,7 +24,7 @@ ROOT = HERE.parent
 CACHE = Path(os.environ.get("NLPKIT_BENCH_CACHE", HERE / ".cache"))
 
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-               "TOKENIZERS_PARALLELISM": "false", "TRANSFORMERS_VERBOSITY": "error"}
+               "TRANSFORMERS_VERBOSITY": "error"}
 
 
 def offline() -> None:
@@ -328,3 +328,47 @@ def export_token_classification(checkpoint_dir: str | Path, out_dir: str | Path,
     AutoTokenizer.from_pretrained(folder / "tokenizer").save_pretrained(out_dir)
     (out_dir / "nlpkit-export.json").write_text(_json.dumps({"from": str(folder), "task": entry["name"]}) + "\n")
     return out_dir
+
+
+# ---- one step meter for both sides ----------------------------------------------------------------
+class StepMeter:
+    """Throughput over optimizer steps 2..N, measured the same way on both sides.
+
+    ``count(batch)`` is called for every training micro-batch as it is used, ``step_done()`` right after
+    every optimizer step. The window runs from the end of step 1 to the end of step N, so one-off costs
+    of the first step (allocation, kernel selection, a compile) are left out on both sides. Besides wall
+    time it records the process's CPU time (all threads): on a machine shared with other jobs the CPU
+    seconds a fixed piece of work costs move much less than its wall time does.
+    """
+
+    def __init__(self, total_steps: int):
+        self.total_steps = total_steps
+        self.samples = 0
+        self.padded = 0  # positions the model computes on, padding included
+        self.tokens: Any = 0
+        self.marks: list[tuple[float, float, int, Any, int]] = []
+
+    def count(self, batch: dict[str, Any]) -> None:
+        self.samples += int(batch["input_ids"].shape[0])
+        self.padded += int(batch["input_ids"].numel())
+        self.tokens = self.tokens + batch["attention_mask"].sum()  # a tensor: no device sync per step
+
+    def step_done(self) -> None:
+        first_or_last = not self.marks or len(self.marks) + 1 == self.total_steps
+        if first_or_last:
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+        self.marks.append((time.perf_counter(), time.process_time(), self.samples, self.tokens, self.padded))
+
+    def result(self) -> dict[str, Any]:
+        if len(self.marks) < 2:
+            return {}
+        (w0, c0, s0, t0, p0), (w1, c1, s1, t1, p1) = self.marks[0], self.marks[-1]
+        samples, tokens, padded = s1 - s0, int(t1) - int(t0), p1 - p0
+        return {"samples_per_s": samples / (w1 - w0), "tokens_per_s": tokens / (w1 - w0),
+                "padded_tokens_per_s": padded / (w1 - w0), "padding_fraction": 1 - tokens / max(padded, 1),
+                "samples_per_cpu_s": samples / (c1 - c0), "tokens_per_cpu_s": tokens / (c1 - c0),
+                "window_steps": len(self.marks) - 1, "window_samples": samples, "window_tokens": tokens,
+                "window_wall_s": w1 - w0, "window_cpu_s": c1 - c0}

@@ -143,3 +143,31 @@ def test_markdown_table_aligns_columns():
     table = C.markdown_table(["a", "bb"], [["x", 1.25], ["yy", "z"]]).splitlines()
     assert table[0] == "| a  | bb  |" and table[2] == "| x  | 1.2 |"
     assert len({len(line) for line in table}) == 1
+
+
+def test_backbones_run_scaled_dot_product_attention(trained):
+    """Fresh, pretrained-folder and reloaded backbones all use PyTorch's SDPA kernel."""
+    from nlpkit import checkpoint
+    from nlpkit.backbone import Backbone
+
+    best, tmp, _ = trained
+    assert Backbone.from_pretrained(str(tmp / "bert")).model.config._attn_implementation == "sdpa"
+    model, _, _ = checkpoint.load(best)
+    assert model.backbone.model.config._attn_implementation == "sdpa"
+
+
+def test_step_meter_counts_steps_two_to_n_and_padding():
+    """The meter both sides share: the first step (one-off costs) is outside the window, real tokens come
+    from the attention mask, and padding is what the model computed beyond them."""
+    meter = C.StepMeter(total_steps=3)
+    full = {"input_ids": torch.zeros(2, 4, dtype=torch.long), "attention_mask": torch.ones(2, 4, dtype=torch.long)}
+    half = {"input_ids": torch.zeros(4, 6, dtype=torch.long),
+            "attention_mask": torch.tensor([[1, 1, 1, 0, 0, 0]] * 4)}
+    for batch in (full, half, half):
+        meter.count(batch)
+        meter.step_done()
+    r = meter.result()
+    assert r["window_steps"] == 2 and r["window_samples"] == 8 and r["window_tokens"] == 24
+    assert r["padding_fraction"] == pytest.approx(0.5)
+    assert r["samples_per_s"] == pytest.approx(8 / r["window_wall_s"])
+    assert C.StepMeter(1).result() == {}
