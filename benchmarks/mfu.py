@@ -106,7 +106,7 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=None, help="training steps per precision (default 20; 6 --quick)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--max-length", type=int, default=128)
-    p.add_argument("--train-sentences", type=int, default=2000)
+    p.add_argument("--train-sentences", type=int, default=None, help="default 2000 (256 with --quick)")
     p.add_argument("--data-root")
     p.add_argument("--json")
     p.add_argument("--verbose", action="store_true")
@@ -134,7 +134,8 @@ def main(argv=None) -> int:
 
     backbone = C.tiny_bert_folder() if args.quick else C.resolve_backbone(args.backbone)
     root = C.data_root(args.data_root)
-    train_file = C.conll_slices(root, args.train_sentences, 500)["train"]
+    n_train = args.train_sentences or (256 if args.quick else 2000)
+    train_file = C.conll_slices(root, n_train, 128 if args.quick else 500)["train"]
     mean_len, s_eff = effective_length(train_file, backbone, args.max_length)
     runs = {}
     for q in precisions:

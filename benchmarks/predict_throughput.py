@@ -44,7 +44,7 @@ def train_checkpoint(args: argparse.Namespace, backbone: str, root: Path) -> Pat
     if (out / "best" / "nlpkit.json").is_file():
         print(f"model: cached nlpkit checkpoint {out / 'best'}")
         return out / "best"
-    files = C.conll_slices(root, args.train_sentences, 500)
+    files = C.conll_slices(root, args.train_sentences, 128 if args.quick else 500)
     cmd = [sys.executable, "-m", "nlpkit", "train", "--task", "ner", "--data", f"train={files['train']}",
            "--data", f"dev={files['dev']}", "--backbone", backbone, "--max-steps", str(args.train_steps),
            "--batch-size", "32", "--lr", str(args.train_lr), "--seed", "42", "--output-dir", str(out),
@@ -104,7 +104,7 @@ def main(argv=None) -> int:
     p.add_argument("--words", choices=["pieces", "conll"], default="pieces")
     p.add_argument("--hf-batch-size", type=int, default=None,
                    help="give the pipeline a different batch size (its own default is 1)")
-    p.add_argument("--train-sentences", type=int, default=2000)
+    p.add_argument("--train-sentences", type=int, default=None, help="default 2000 (256 with --quick)")
     p.add_argument("--train-steps", type=int, default=None, help="default 60 (20 with --quick)")
     p.add_argument("--train-lr", type=float, default=5e-4)
     p.add_argument("--tolerance", type=float, default=1e-3, help="largest allowed score difference")
@@ -114,6 +114,7 @@ def main(argv=None) -> int:
     args.sentences = args.sentences or (200 if args.quick else 2000)
     args.repeats = args.repeats or (1 if args.quick else 3)
     args.train_steps = args.train_steps or (20 if args.quick else 60)
+    args.train_sentences = args.train_sentences or (256 if args.quick else 2000)
 
     import torch
     from transformers import AutoTokenizer, pipeline

@@ -93,6 +93,11 @@ def no_decay(name: str, param: torch.nn.Parameter) -> bool:
     return param.ndim < 2 or "norm" in name.lower()
 
 
+def precision_name(accelerator: Any) -> str:
+    """Accelerate calls full precision "no"; logs and metrics say fp32, the name users pass."""
+    return "fp32" if accelerator.mixed_precision == "no" else str(accelerator.mixed_precision)
+
+
 def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
     """AdamW without weight decay on biases and normalisation weights."""
     decay, plain = [], []
@@ -102,8 +107,9 @@ def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> to
         (plain if no_decay(name, param) else decay).append(param)
     groups = [g for g in ({"params": decay, "weight_decay": weight_decay}, {"params": plain, "weight_decay": 0.0})
               if g["params"]]
-    # fused: one kernel over all parameters, on CPU and GPU; on 2 CPU cores it took MiniLM's optimizer
-    # step from ~250 ms (foreach) to ~25 ms (benchmarks/train_throughput.py --ab nlpkit_optimizer=foreach)
+    # fused: one kernel over all parameters, on CPU and GPU. MiniLM on 2 CPU cores trained 1.12x faster
+    # (median samples/s) than with foreach at the same dev F1: docs/performance.md, measured with
+    # benchmarks/train_throughput.py --ab nlpkit_optimizer=foreach
     for kind in ({"fused": True}, {"foreach": True}, {}):
         try:
             return torch.optim.AdamW(groups, lr=lr, **kind)
@@ -583,7 +589,7 @@ class Trainer:
             log.info(f"initialised from {cfg.init_from}: backbone" + (f", heads {', '.join(reused)}" if reused else "")
                      + (f"; new heads: {', '.join(new)}" if new else ""))
         log.info(f"backbone: {backbone.spec} ({backbone.describe()['parameters'] / 1e6:.1f}M parameters, "
-                 f"{backbone.kind}); device {acc.device}; processes {acc.num_processes}; precision {acc.mixed_precision}")
+                 f"{backbone.kind}); device {acc.device}; processes {acc.num_processes}; precision {precision_name(acc)}")
         if acc.num_processes > 1:
             log.info(describe(acc, tc.batch_size))
 
@@ -903,7 +909,7 @@ class Trainer:
             "resumed_from": state.resumed_from,
             "processes": acc.num_processes,
             "device": str(acc.device),
-            "precision": acc.mixed_precision,
+            "precision": precision_name(acc),
             **peak_memory_mb(acc.device),
         }
         if error:

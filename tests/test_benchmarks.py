@@ -171,3 +171,66 @@ def test_step_meter_counts_steps_two_to_n_and_padding():
     assert r["padding_fraction"] == pytest.approx(0.5)
     assert r["samples_per_s"] == pytest.approx(8 / r["window_wall_s"])
     assert C.StepMeter(1).result() == {}
+
+
+# ---- the scripts themselves, end to end in --quick mode -------------------------------------------------
+@pytest.fixture(scope="module")
+def quick_env(tmp_path_factory):
+    """A data root in the shared benchmarks' layout, made from the bundled NER data, and a private cache
+    (slices are cached by size, so a shared cache would mix this data with the real CoNLL slices)."""
+    import gzip
+    import os
+
+    tmp = tmp_path_factory.mktemp("quick")
+    conll = tmp / "data" / "conll2003"
+    conll.mkdir(parents=True)
+    for source, target in (("train.conll", "train.txt.gz"), ("dev.conll", "valid.txt.gz")):
+        (conll / target).write_bytes(gzip.compress((NER_TRAIN.parent / source).read_bytes()))
+    env = {**os.environ, "NLPKIT_BENCH_CACHE": str(tmp / "cache"), "HF_HUB_OFFLINE": "1",
+           "TRANSFORMERS_OFFLINE": "1"}
+    return tmp, env
+
+
+def _run_quick(script: str, quick_env, *extra: str) -> tuple[str, dict | list]:
+    import json
+    import subprocess
+
+    tmp, env = quick_env
+    out_json = tmp / f"{script}.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), "--quick", "--data-root",
+                           str(tmp / "data"), "--json", str(out_json), *extra],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "device: no GPU found, running on the CPU" in proc.stdout or "device: cuda" in proc.stdout
+    return proc.stdout, json.loads(out_json.read_text())
+
+
+def test_train_throughput_quick_runs_both_sides_and_prints_ratios(quick_env):
+    out, runs = _run_quick("train_throughput.py", quick_env)
+    assert "samples/s ratio" in out and "dev f1 difference (points)" in out
+    by_system = runs["variants"]["ner"]["runs"]
+    assert sorted(by_system) == ["HF Trainer", "nlpkit"], sorted(by_system)
+    nlpkit_run, hf_run = by_system["nlpkit"][0], by_system["HF Trainer"][0]
+    for r in (nlpkit_run, hf_run):
+        assert r["samples_per_s"] > 0 and r["tokens_per_s"] > 0 and 0 <= r["padding_fraction"] < 1
+        assert r["dev_score"] is not None
+    # the same work on both sides: steps and samples in the timed window (real tokens differ by the
+    # first batch, which each side draws differently and the window leaves out)
+    for key in ("window_steps", "window_samples"):
+        assert nlpkit_run[key] == hf_run[key], key
+    # the HF recipe samples at random, nlpkit groups by length: it must pad less
+    assert nlpkit_run["padding_fraction"] < hf_run["padding_fraction"]
+
+
+def test_predict_throughput_quick_compares_equal_outputs(quick_env):
+    out, result = _run_quick("predict_throughput.py", quick_env)
+    assert len(result["timings"]["nlpkit"]) == len(result["timings"]["hf"]) == 1
+    assert "200/200 sentences with identical entity lists" in out, out[-2000:]
+    assert "sentences/s ratio" in out
+
+
+def test_mfu_quick_reports_a_fraction_of_the_measured_peak(quick_env):
+    out, result = _run_quick("mfu.py", quick_env, "--precisions", "fp32")
+    assert "MFU" in out and "FLOPs per real token" in out
+    run, peak = result["runs"]["fp32"], result["peaks"]["fp32"]["best"]
+    assert run["mfu"] == pytest.approx(run["tokens_per_s"] * run["flops_per_token"] / peak)

@@ -43,6 +43,7 @@ def test_run_folder_is_self_contained(trained):
     metrics = json.loads((trained / "metrics.json").read_text())
     for key in ("train_samples_per_s", "train_tokens_per_s", "wall_time_s", "peak_rss_mb"):
         assert metrics[key] > 0
+    assert metrics["precision"] in ("fp32", "bf16", "fp16")  # the names users pass, not Accelerate's "no"
     assert 0 <= metrics["tasks"]["ner"]["f1"] <= 100
     log = [json.loads(line) for line in (trained / "log.jsonl").read_text().splitlines()]
     assert any("eval" in rec for rec in log)
