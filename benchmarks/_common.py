@@ -22,6 +22,8 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 #: Slices, the tiny quick-mode backbone and the predict benchmark's model live here (git-ignored).
 CACHE = Path(os.environ.get("NLPKIT_BENCH_CACHE", HERE / ".cache"))
+#: Bundled with the project: the --quick backbone's vocabulary is built from it.
+BUNDLED_NER = ROOT / "tasks" / "data" / "ner" / "train.conll"
 
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
                "TRANSFORMERS_VERBOSITY": "error"}
@@ -135,18 +137,28 @@ def resolve_backbone(spec: str) -> str:
 
 
 def tiny_bert_folder() -> str:
-    """A randomly initialised 2-layer BERT (hidden 128) with MiniLM's vocabulary, for --quick runs."""
-    folder = CACHE / "tiny-bert"
+    """A randomly initialised 2-layer BERT (hidden 128) for --quick runs.
+
+    Its WordPiece vocabulary (characters, ##characters and the 2,000 most frequent lower-cased words) comes
+    from the NER data bundled with nlpkit, so --quick needs no model package and gives the same folder on
+    every machine; words outside it split into characters, which is all a plumbing check needs.
+    """
+    folder = CACHE / "tiny-bert-bundled-vocab"
     if (folder / "config.json").is_file() and (folder / "model.safetensors").is_file():
         return str(folder)
+    from collections import Counter
+
     import torch
-    from transformers import AutoTokenizer, BertConfig, BertModel
+    from transformers import BertConfig, BertModel, BertTokenizerFast
 
-    from nlpkit.backbone import resolve_alias
-
-    tokenizer = AutoTokenizer.from_pretrained(resolve_alias("minilm"))
+    words = Counter(w.lower() for sentence, _ in read_conll_sentences(BUNDLED_NER) for w in sentence)
+    chars = sorted({c for w in words for c in w})
+    frequent = [w for w, _ in sorted(words.items(), key=lambda kv: (-kv[1], kv[0]))[:2000]]
+    vocab = list(dict.fromkeys(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *chars, *(f"##{c}" for c in chars),
+                                *frequent]))
+    tokenizer = BertTokenizerFast(vocab={t: i for i, t in enumerate(vocab)}, do_lower_case=True)
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=len(tokenizer), hidden_size=128, num_hidden_layers=2, num_attention_heads=2,
+    config = BertConfig(vocab_size=len(vocab), hidden_size=128, num_hidden_layers=2, num_attention_heads=2,
                         intermediate_size=512, max_position_embeddings=512, pad_token_id=tokenizer.pad_token_id)
     CACHE.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=CACHE))

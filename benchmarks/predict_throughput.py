@@ -39,7 +39,7 @@ import _common as C  # noqa: E402
 
 def train_checkpoint(args: argparse.Namespace, backbone: str, root: Path) -> Path:
     """Train (once; cached) the nlpkit NER model the benchmark serves."""
-    name = "tiny-bert" if args.quick else Path(backbone).name
+    name = Path(backbone).name
     out = C.CACHE / "predict-model" / f"{name}-{args.train_sentences}-{args.train_steps}"
     if (out / "best" / "nlpkit.json").is_file():
         print(f"model: cached nlpkit checkpoint {out / 'best'}")
