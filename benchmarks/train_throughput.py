@@ -55,7 +55,7 @@ def nlpkit_worker(spec: dict[str, Any]) -> dict[str, Any]:
     steps = spec["steps"]
     config = {
         "tasks": [entry],
-        "backbone": {"spec": spec["backbone"]},
+        "backbone": {"spec": spec["backbone"], "attention": spec["nlpkit_attention"]},
         "trainer": {
             "max_steps": steps, "batch_size": spec["batch_size"], "eval_batch_size": spec["eval_batch_size"],
             "lr": spec["lr"], "weight_decay": 0.01, "warmup_ratio": spec["warmup_steps"] / steps,
@@ -300,12 +300,15 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="force nlpkit's AdamW kernel (to measure the default against the alternative)")
     p.add_argument("--ab", metavar="KEY=VALUE",
                    help="instead of HF, run nlpkit against nlpkit with one setting changed, e.g. "
-                        "nlpkit_optimizer=foreach, nlpkit_compile=true, nlpkit_group=false, precision=bf16")
+                        "nlpkit_optimizer=foreach, nlpkit_compile=true, nlpkit_group=false, nlpkit_attention=eager, "
+                        "precision=bf16")
     p.add_argument("--only", choices=["nlpkit", "hf"], help="run one side only (profiling)")
     p.add_argument("--data-root", help="folder with conll2003/ and sst2/ (default: ../shared/benchmarks)")
     p.add_argument("--json", help="write every run's raw result here")
     p.add_argument("--verbose", action="store_true", help="show the workers' output")
     args = p.parse_args(argv)
+    if args.ab and args.ab.partition("=")[0].replace("-", "_") not in AB_KEYS:
+        p.error(f"--ab {args.ab}: KEY must be one of {', '.join(AB_KEYS)}")
     q = args.quick
     defaults = dict(repeats=1 if q else 3, batch_size=16 if q else 32, lr=1e-3 if q else 5e-4,
                     train_sentences=256 if q else 2000, dev_sentences=128 if q else 500)
@@ -342,7 +345,7 @@ def run_variant(task: str, args: argparse.Namespace, backbone: str, precision: s
             "max_length": args.max_length, "lr": args.lr, "warmup_steps": int(args.warmup_ratio * args.steps),
             "seed": args.seed, "precision": precision, "hf_sampling": args.hf_sampling, "hf_compile": args.hf_compile,
             "nlpkit_group": not args.nlpkit_no_group, "nlpkit_compile": args.nlpkit_compile,
-            "nlpkit_optimizer": args.nlpkit_optimizer}
+            "nlpkit_optimizer": args.nlpkit_optimizer, "nlpkit_attention": "sdpa"}
     print(f"\n== {task}: {data_desc}")
     print(f"   {args.steps} steps x batch {args.batch_size}, max length {args.max_length}, AdamW lr {args.lr:g} "
           f"(weight decay 0.01, linear schedule, {spec['warmup_steps']} warm-up steps, clip 1.0), "
@@ -365,6 +368,10 @@ def run_variant(task: str, args: argparse.Namespace, backbone: str, precision: s
                   f"({time.time() - t0:.0f} s)", flush=True)
     print_tables(runs)
     return {"spec": spec, "runs": runs}
+
+
+#: What --ab can change on the second nlpkit side (spec keys the nlpkit worker reads).
+AB_KEYS = ("nlpkit_group", "nlpkit_optimizer", "nlpkit_compile", "nlpkit_attention", "precision")
 
 
 def contenders_for(args: argparse.Namespace) -> list[tuple[str, str, dict[str, Any]]]:

@@ -192,6 +192,11 @@ class Backbone(nn.Module):
                 if _accepts_replace(self.tokenizer) else self.tokenizer.add_tokens(new, special_tokens=True)
             self.model.resize_token_embeddings(len(self.tokenizer))
 
+    def set_attention(self, implementation: str) -> None:
+        """Switch the attention kernel (``sdpa`` or ``eager``); the weights and the function stay the same."""
+        if self.model.config._attn_implementation != implementation:
+            self.model.set_attn_implementation(implementation)
+
     def set_dropout(self, p: float) -> None:
         """Set every dropout of the model to ``p`` (0 makes training deterministic given the data order).
 

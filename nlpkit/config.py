@@ -22,10 +22,14 @@ class BackboneConfig:
     vocab_size: Optional[int] = None
     #: dropout probability of every dropout layer of the backbone (default: the model's own, 0.1 for presets)
     dropout: Optional[float] = None
+    #: sdpa: PyTorch's fused scaled-dot-product attention; eager: the model's own matmul-softmax-matmul
+    #: code (the same function; kept so the two can be measured against each other)
+    attention: str = "sdpa"
 
     def validate(self, key: str) -> None:
         require(self.vocab_size is None or self.vocab_size >= 300, f"{key}.vocab_size", "must be at least 300")
         require(self.dropout is None or 0 <= self.dropout < 1, f"{key}.dropout", "must be in [0, 1)")
+        require(self.attention in ("sdpa", "eager"), f"{key}.attention", "must be sdpa or eager")
 
 
 @dataclass

@@ -572,6 +572,7 @@ class Trainer:
                     f"but {backbone.spec!r} is {backbone.kind}: choose an encoder or encoder-decoder backbone")
         if cfg.backbone.dropout is not None:
             backbone.set_dropout(cfg.backbone.dropout)
+        backbone.set_attention(cfg.backbone.attention)
         extra = [tok for t in tasks for tok in t.special_tokens()]
         backbone.add_special_tokens(extra)
         from .model import MultiTaskModel

@@ -234,3 +234,29 @@ def test_mfu_quick_reports_a_fraction_of_the_measured_peak(quick_env):
     assert "MFU" in out and "FLOPs per real token" in out
     run, peak = result["runs"]["fp32"], result["peaks"]["fp32"]["best"]
     assert run["mfu"] == pytest.approx(run["tokens_per_s"] * run["flops_per_token"] / peak)
+
+
+def test_eager_attention_computes_what_sdpa_computes(trained):
+    """backbone.attention=eager is the reference the SDPA default is measured against: same function."""
+    from nlpkit import checkpoint
+
+    best, _, _ = trained
+    model, _, _ = checkpoint.load(best)
+    model.eval()
+    backbone = model.backbone
+    batch = backbone.tokenizer(["Peter lives in Berlin .", "EU rejects German call"], padding=True, return_tensors="pt")
+    with torch.inference_mode():
+        fused = backbone.model(**batch).last_hidden_state
+        backbone.set_attention("eager")
+        assert backbone.model.config._attn_implementation == "eager"
+        eager = backbone.model(**batch).last_hidden_state
+    mask = batch["attention_mask"].bool()
+    torch.testing.assert_close(eager[mask], fused[mask], atol=1e-5, rtol=1e-4)
+
+
+def test_backbone_attention_setting_is_checked():
+    from nlpkit.config import BackboneConfig
+    from nlpkit.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="backbone.attention"):
+        BackboneConfig(spec="tiny", attention="flash").validate("backbone")
