@@ -293,6 +293,11 @@ def _plain(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
 
 
+#: Backbone settings that choose how the same function is computed (with their defaults): a resume may
+#: change them, with a warning, and a checkpoint from before they existed resumes as if it had the default.
+BACKBONE_KERNEL_KEYS = {"attention": "sdpa"}
+
+
 def check_resume(where: Path, state: dict[str, Any], meta: dict[str, Any], config: RunConfig,
                  tasks: Sequence[Task], fingerprints: dict[str, str], world: int) -> list[str]:
     """Raise ConfigError when the checkpoint cannot continue this run; return warnings for changes
@@ -321,14 +326,19 @@ def check_resume(where: Path, state: dict[str, Any], meta: dict[str, Any], confi
             refuse(f"task {task.name!r} learned a different label space from its training data")
     old_bb = old_cfg.get("backbone") or {}
     new_bb = config.to_dict()["backbone"]
+    kernel_changes = []
     for key in sorted(set(old_bb) | set(new_bb)):
-        if old_bb.get(key) != new_bb.get(key):
+        if key in BACKBONE_KERNEL_KEYS:  # the same function computed another way; older runs lack the key
+            old = old_bb.get(key, BACKBONE_KERNEL_KEYS[key])
+            if old != new_bb.get(key):
+                kernel_changes.append(f"backbone.{key} was {old!r}, now {new_bb.get(key)!r}")
+        elif old_bb.get(key) != new_bb.get(key):
             refuse(f"backbone.{key} was {old_bb.get(key)!r}, now {new_bb.get(key)!r}")
     old_tc, new_tc = old_cfg.get("trainer") or {}, config.to_dict()["trainer"]
     for key in ORDER_KEYS:
         if old_tc.get(key) != new_tc.get(key):
             refuse(f"trainer.{key} was {old_tc.get(key)!r}, now {new_tc.get(key)!r} (it decides the data order)")
-    warnings = [f"trainer.{key} was {old_tc.get(key)!r}, now {new_tc.get(key)!r}"
+    warnings = kernel_changes + [f"trainer.{key} was {old_tc.get(key)!r}, now {new_tc.get(key)!r}"
                 for key in new_tc if key not in NEUTRAL_KEYS and key not in ORDER_KEYS and old_tc.get(key) != new_tc[key]]
     old_weights = {t.get("name") or t.get("type"): t.get("weight", 1.0) for t in old_cfg.get("tasks") or []}
     warnings += [f"tasks.{e.name}.weight was {old_weights.get(e.name)!r}, now {e.weight!r}"

@@ -744,3 +744,21 @@ def test_replayed_steps_appear_once_in_log_and_tensorboard(ner_files, tmp_path):
     acc = EventAccumulator(str(out / "tensorboard"))
     acc.Reload()
     assert [e.step for e in acc.Scalars("train/lr")] == [1, 2, 3, 4]
+
+
+def test_resume_accepts_a_run_saved_before_backbone_attention_existed(ner_files, tmp_path, capsys):
+    """backbone.attention picks a kernel, not a model: an older checkpoint (no such key) resumes as sdpa,
+    and switching the kernel on resume is allowed with a warning."""
+    out = tmp_path / "run"
+    cfg = run_config(ner_files, out, max_steps=2, eval_every=2, grad_accum=1)
+    train(cfg)
+    state_file = checkpoint.latest_training(out) / checkpoint.STATE_FILE
+    state = json.loads(state_file.read_text())
+    del state["config"]["backbone"]["attention"]
+    state_file.write_text(json.dumps(state))
+    cfg["trainer"]["max_steps"] = 3
+    assert train(cfg).metrics["resumed_from"] == [2]
+    assert "backbone.attention" not in capsys.readouterr().out
+    cfg["trainer"]["max_steps"], cfg["backbone"]["attention"] = 4, "eager"
+    assert train(cfg).metrics["resumed_from"] == [2, 3]
+    assert "warning: backbone.attention was 'sdpa', now 'eager'" in capsys.readouterr().out
