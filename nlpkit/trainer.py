@@ -107,7 +107,7 @@ def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> to
         (plain if no_decay(name, param) else decay).append(param)
     groups = [g for g in ({"params": decay, "weight_decay": weight_decay}, {"params": plain, "weight_decay": 0.0})
               if g["params"]]
-    # fused: one kernel over all parameters, on CPU and GPU. MiniLM on 2 CPU cores trained 1.12x faster
+    # fused: one kernel over all parameters, on CPU and GPU. MiniLM on 2 CPU cores trained 1.14x faster
     # (median samples/s) than with foreach at the same dev F1: docs/performance.md, measured with
     # benchmarks/train_throughput.py --ab nlpkit_optimizer=foreach
     for kind in ({"fused": True}, {"foreach": True}, {}):
