@@ -131,11 +131,11 @@ def _bom(encoding: str) -> bytes:
 def _write_files(files: dict[str, Any], tmp: Path) -> None:
     for name, spec in (files or {}).items():
         path = tmp / _fill(name, tmp)
-        if name.endswith("/"):
-            path.mkdir(parents=True, exist_ok=True)
-            continue
         if isinstance(spec, dict) and "copy" in spec and (ROOT / _fill(spec["copy"], tmp)).is_dir():
             shutil.copytree(ROOT / _fill(spec["copy"], tmp), path, dirs_exist_ok=True)
+            continue
+        if name.endswith("/"):
+            path.mkdir(parents=True, exist_ok=True)
             continue
         data = _content(spec, tmp, path)
         path.parent.mkdir(parents=True, exist_ok=True)
