@@ -135,6 +135,8 @@ def _write_files(files: dict[str, Any], tmp: Path) -> None:
             shutil.copytree(ROOT / _fill(spec["copy"], tmp), path, dirs_exist_ok=True)
             continue
         if name.endswith("/"):
+            if path.is_file():
+                path.unlink()  # a folder where the run has a file: damage the size check reports
             path.mkdir(parents=True, exist_ok=True)
             continue
         data = _content(spec, tmp, path)
@@ -229,8 +231,13 @@ def test_case(case, trained_runs, tmp_path, monkeypatch):
     stdin = _content(case["stdin"], tmp) if "stdin" in case else b""
     before = {rel: _snapshot(tmp / rel) for rel in case.get("unchanged") or []}
     monkeypatch.chdir(tmp)
+    monkeypatch.syspath_prepend(str(tmp))  # as `python -m nlpkit` run there: --plugin finds the case's modules
+    modules = set(sys.modules)
     argv = [_fill(str(a), tmp) for a in case["argv"]]
     result = _run_main(argv, stdin, int(case.get("timeout", DEFAULT_TIMEOUT)))
+    for name in set(sys.modules) - modules:  # a case's plugin must not leak into the next case
+        if str(tmp) in str(getattr(sys.modules[name], "__file__", "") or ""):
+            del sys.modules[name]
     problems = _check(case, result, before, tmp)
     RESULTS[case["id"]] = {**result, "problems": problems, "file": case["_file"]}
     assert not problems, (f"{case['_file']}: {case['id']}: nlpkit {' '.join(argv)}\n" + "\n".join(problems)
