@@ -7,7 +7,7 @@ import os
 import sys
 from typing import Any, Sequence
 
-from .errors import ConfigError, NlpkitError
+from .errors import ConfigError, Interrupted, NlpkitError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -368,6 +368,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_predict(args, extra)
         if args.command == "tasks":
             return cmd_tasks(args)
+    except Interrupted as exc:  # a signal: the checkpoint is saved, the message says how to resume
+        print(f"nlpkit: {exc}", file=sys.stderr)
+        return exc.exit_code
     except NlpkitError as exc:
         print(f"nlpkit: error: {exc}", file=sys.stderr)
         return 2

@@ -35,3 +35,12 @@ class CheckpointError(NlpkitError):
 
 class TrainingError(NlpkitError):
     """Training cannot go on (e.g. repeated non-finite losses)."""
+
+
+class Interrupted(NlpkitError):
+    """Training stopped on a signal after writing a resumable checkpoint; ``exit_code`` is the shell's
+    code for that signal (143 SIGTERM, 130 Ctrl-C)."""
+
+    def __init__(self, message: str, exit_code: int):
+        self.exit_code = exit_code
+        super().__init__(message)

@@ -62,6 +62,9 @@ class Task:
     generative: ClassVar[bool] = False
     #: backbone kinds this task can run on ("encoder", "encoder-decoder", "decoder")
     backbone_kinds: ClassVar[tuple[str, ...]] = ("encoder", "encoder-decoder")
+    #: True when a from-scratch preset learns next to nothing of this task on small data (span extraction,
+    #: multiple choice): such a run says so at its start and end and names the flag for a pretrained backbone
+    needs_pretrained: ClassVar[bool] = False
 
     def __init__(self, name: str | None = None, options: Any = None):
         self.name = name or self.type_name

@@ -159,6 +159,7 @@ class ReadingComprehensionTask(Task):
     description = "multiple-choice reading comprehension (JSONL or RACE files; accuracy)"
     Options = ReadingComprehensionOptions
     main_score = "accuracy"
+    needs_pretrained = True  # from scratch on the bundled data: chance-level accuracy
 
     def default_data(self) -> dict[str, str]:
         folder = DATA_DIR / "reading-comprehension"

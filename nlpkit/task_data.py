@@ -1,0 +1,160 @@
+"""A run's task data: tasks built from their entries, splits read, and the endless batch streams the loop
+draws from (one per task, plus the sampler that picks which task comes next).
+
+Everything here is deterministic given the seed, so every process of a distributed run, and a resumed run,
+sees the same batches: (epoch, position) per stream and the sampler's state are all a resume needs.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from typing import Any, Sequence
+
+from .config import TaskEntry
+from .data import LengthGroupedBatches, carve_dev_split, require_examples
+from .errors import ConfigError
+from .registry import get_task_class
+from .task import Task
+
+
+def build_task(entry: TaskEntry) -> Task:
+    cls = get_task_class(entry.type)
+    return cls(entry.name, entry.options)
+
+
+def read_splits(task: Task, entry: TaskEntry, splits: Sequence[str] = ("train", "dev")) -> dict[str, list[dict]]:
+    """Read the entry's files (or the task's embedded data when none are given)."""
+    files = dict(entry.data) or task.default_data()
+    if not files:
+        raise ConfigError(f"task {entry.name!r}: no data given (use --data train=PATH) and the task has no embedded default")
+    unknown = sorted(set(files) - {"train", "dev", "test"})
+    if unknown:
+        raise ConfigError(f"task {entry.name!r}: unknown data split(s) {unknown}; use train, dev or test")
+    data = {}
+    for split in splits:
+        if split in files:
+            examples = read_any(task, files[split])
+            require_examples(examples, files[split])
+            data[split] = examples
+    if "train" in splits and "train" not in data:
+        raise ConfigError(f"task {entry.name!r}: no training data (use --data train=PATH)")
+    fraction = getattr(task.options, "dev_split", 0.0)
+    if fraction and "train" in data:
+        if "dev" in files:
+            raise ConfigError(f"task {entry.name!r}: dev_split={fraction} carves a dev set from the training data, "
+                              "but a dev file is given too; use one or the other")
+        data["train"], data["dev"] = carve_dev_split(data["train"], fraction, task.options.dev_split_seed,
+                                                     files["train"])
+    return data
+
+
+def read_any(task: Task, path: str) -> list[dict]:
+    """A local file in the task's formats, or ``hub:DATASET:SPLIT`` through the task's read_hub."""
+    from .data import is_hub, load_hub_split
+
+    if is_hub(path):
+        return task.read_hub(load_hub_split(path), path)
+    return task.read(path)
+
+
+class TaskSampler:
+    """Which task the next batch comes from. Seeded identically on every process.
+
+    proportional: each pass interleaves every task's batches once, in random order (p ∝ batches);
+    temperature: draws with p ∝ n^(1/T); round-robin: tasks in turn.
+    """
+
+    def __init__(self, names: Sequence[str], sizes: Sequence[int], kind: str, temperature: float, seed: int):
+        self.names, self.sizes, self.kind = list(names), list(sizes), kind
+        self.rng = random.Random(seed)
+        weights = [n ** (1.0 / temperature) for n in sizes]
+        self.probs = [w / sum(weights) for w in weights]
+        self.queue: list[str] = []
+        self.turn = 0
+
+    def __next__(self) -> str:
+        if len(self.names) == 1:
+            return self.names[0]
+        if self.kind == "round-robin":
+            name = self.names[self.turn % len(self.names)]
+            self.turn += 1
+            return name
+        if self.kind == "temperature":
+            return self.rng.choices(self.names, weights=self.probs)[0]
+        if not self.queue:
+            self.queue = [n for n, size in zip(self.names, self.sizes) for _ in range(size)]
+            self.rng.shuffle(self.queue)
+        return self.queue.pop()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rng": self.rng.getstate(), "queue": list(self.queue), "turn": self.turn}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        rng = state["rng"]
+        self.rng.setstate((rng[0], tuple(rng[1]), rng[2]))
+        self.queue, self.turn = list(state["queue"]), state["turn"]
+
+
+class TaskStream:
+    """Endless global batches of one task: (epoch, position) is all that is needed to resume."""
+
+    def __init__(self, task: Task, features: list[dict], batch_size: int, seed: int, group: bool, world: int):
+        self.task, self.features, self.world = task, features, world
+        self.sampler = LengthGroupedBatches([task.feature_length(f) for f in features], batch_size, seed, group=group)
+        self.epoch, self.position = 0, 0
+        self._batches: list[list[int]] | None = None
+
+    def _current(self) -> list[list[int]]:
+        if self._batches is None:
+            # a global batch smaller than the number of processes would leave a process idle
+            self._batches = [b for b in self.sampler.batches(self.epoch) if len(b) >= self.world]
+        return self._batches
+
+    def __len__(self) -> int:
+        return max(1, len(self._current()))
+
+    def next_indices(self) -> list[int]:
+        batches = self._current()
+        if self.position >= len(batches):
+            self.epoch, self.position, self._batches = self.epoch + 1, 0, None
+            batches = self._current()
+        idx = batches[self.position]
+        self.position += 1
+        return idx
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "position": self.position}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.epoch, self.position, self._batches = state["epoch"], state["position"], None
+
+
+def data_fingerprint(examples: Sequence[dict]) -> str:
+    """Identifies the training data a checkpoint's data position refers to."""
+    digest = hashlib.sha256()
+    for ex in examples:
+        digest.update(json.dumps(ex, sort_keys=True, ensure_ascii=False, default=str).encode())
+        digest.update(b"\n")
+    return f"{len(examples)}:{digest.hexdigest()[:16]}"
+
+
+def describe_batch(stream: "TaskStream", idx: Sequence[int], examples: Sequence[dict], path: str) -> str:
+    """Where a batch came from, in words a user can act on: its position and its examples' lines."""
+    lines, records, numbers = [], [], []
+    for i in idx:
+        ex_index = stream.features[i].get("example_index", i)
+        ex = examples[ex_index] if 0 <= ex_index < len(examples) else {}
+        lines.append(ex.get("line"))
+        records.append(ex.get("record"))
+        numbers.append(ex_index + 1)
+    if all(v is not None for v in lines):
+        kind, values = "lines", lines
+    elif all(v is not None for v in records):
+        kind, values = "records", records
+    else:
+        kind, values = "examples", numbers
+    shown = ", ".join(str(v) for v in values[:8]) + (f" and {len(values) - 8} more" if len(values) > 8 else "")
+    return f"batch {stream.position} of epoch {stream.epoch + 1}: {kind} {shown} of {path}"
+
+
