@@ -243,6 +243,82 @@ def test_auto_resume_reuses_the_run_tokenizer(ner_files, tmp_path, monkeypatch, 
 
 
 # ---------------------------------------------------------------------------------------------------
+# Preemption: SIGTERM and Ctrl-C finish the step, save, say how to resume; a second Ctrl-C aborts
+# ---------------------------------------------------------------------------------------------------
+# A real process through the CLI; it sends itself SIG (TIMES times in a row) when it takes batch N.
+SIGNALLER = textwrap.dedent("""
+    import os, signal, sys
+    import torch
+    torch.set_num_threads(1)
+    from nlpkit import trainer
+    from nlpkit.cli import main
+    recipe, sig, n, times = sys.argv[1], getattr(signal, sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+    calls = {"batches": 0}
+    take = trainer.TaskStream.next_indices
+    def next_indices(self):
+        calls["batches"] += 1
+        if calls["batches"] == n:
+            for _ in range(times):
+                os.kill(os.getpid(), sig)
+        return take(self)
+    trainer.TaskStream.next_indices = next_indices
+    sys.exit(main(["train", "--recipe", recipe, "--no-progress"]))
+""")
+
+
+def run_signalled(tmp_path: Path, config: dict, sig: str, n: int, times: int = 1) -> subprocess.CompletedProcess:
+    recipe = tmp_path / "recipe.json"
+    recipe.write_text(json.dumps(config))  # JSON is YAML
+    script = tmp_path / "signaller.py"
+    script.write_text(SIGNALLER)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    return subprocess.run([sys.executable, str(script), str(recipe), sig, str(n), str(times)], env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_sigterm_saves_the_step_exits_143_and_resumes_to_the_uninterrupted_result(reference, ner_files, tmp_path,
+                                                                                  capsys):
+    out = tmp_path / "run"
+    # batch 13 = first micro-batch of step 7: step 7 is finished, saved, and the process stops
+    proc = run_signalled(tmp_path, run_config(ner_files, out), "SIGTERM", 13)
+    assert proc.returncode == 143, proc.stderr[-3000:]
+    assert "SIGTERM received: finishing this step" in proc.stderr
+    assert f"interrupted by SIGTERM at step 7/12; saved the resumable checkpoint {out / 'checkpoints' / 'step-7'}" \
+        in proc.stderr
+    assert f"Resume with: nlpkit train --resume {out}" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert checkpoint.step_of(checkpoint.latest_training(out)) == 7
+    assert not (out / "metrics.json").exists()  # the run is not finished
+
+    assert main(["train", "--resume", str(out), "--no-progress"]) == 0
+    assert "step-7 (step 7)" in capsys.readouterr().out
+    assert_same_weights(checkpoint.latest_training(out), checkpoint.latest_training(reference))
+    assert_same_weights(out / "best", reference / "best")
+    got, want = json.loads((out / "metrics.json").read_text()), json.loads((reference / "metrics.json").read_text())
+    assert {k: got[k] for k in RESULT_KEYS} == {k: want[k] for k in RESULT_KEYS}
+    assert got["resumed_from"] == [7]
+    assert comparable_log(out) == comparable_log(reference)
+
+
+def test_ctrl_c_saves_and_exits_130_and_a_second_one_aborts_at_once(ner_files, tmp_path):
+    once = tmp_path / "once"
+    proc = run_signalled(tmp_path, run_config(ner_files, once / "run"), "SIGINT", 13)
+    assert proc.returncode == 130, proc.stderr[-3000:]
+    assert "Ctrl-C again aborts at once" in proc.stderr and "interrupted by SIGINT at step 7/12" in proc.stderr
+    assert checkpoint.step_of(checkpoint.latest_training(once / "run")) == 7
+
+    twice = tmp_path / "twice"
+    proc = run_signalled(tmp_path, run_config(ner_files, twice / "run"), "SIGINT", 13, times=2)
+    assert proc.returncode == 130, proc.stderr[-3000:]
+    newest = twice / "run" / "checkpoints" / "step-4"
+    assert "SIGINT again: aborting at once" in proc.stderr
+    assert f"The newest checkpoint is {newest} (step 4). Resume with: nlpkit train --resume {twice / 'run'}" \
+        in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert checkpoint.step_of(checkpoint.latest_training(twice / "run")) == 4  # nothing of step 7 was saved
+
+
+# ---------------------------------------------------------------------------------------------------
 # Acceptance 2: a kill during a save never leaves a checkpoint that loads half-written
 # ---------------------------------------------------------------------------------------------------
 def test_kill_during_checkpoint_save_falls_back_to_the_previous_one(reference, ner_files, tmp_path, capsys):
