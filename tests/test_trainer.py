@@ -838,3 +838,27 @@ def test_resume_accepts_a_run_saved_before_backbone_attention_existed(ner_files,
     cfg["trainer"]["max_steps"], cfg["backbone"]["attention"] = 4, "eager"
     assert train(cfg).metrics["resumed_from"] == [2, 3]
     assert "warning: backbone.attention was 'sdpa', now 'eager'" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------------------------------------
+# What a newcomer meets: a task that needs a pretrained backbone says so at the start and the end
+# ---------------------------------------------------------------------------------------------------
+def test_tasks_that_need_a_pretrained_backbone_say_so_at_start_and_end(ner_files, tmp_path, monkeypatch, capsys):
+    from nlpkit.config import RunConfig
+    from nlpkit.trainer import Trainer
+    from nlpkit_tasks.ner import NerTask
+    from nlpkit_tasks.qa import QaTask
+    from nlpkit_tasks.reading_comprehension import ReadingComprehensionTask
+
+    assert QaTask.needs_pretrained and ReadingComprehensionTask.needs_pretrained and not NerTask.needs_pretrained
+    monkeypatch.setattr(NerTask, "needs_pretrained", True)
+    train(run_config(ner_files, tmp_path / "run", max_steps=1, grad_accum=1))
+    printed = capsys.readouterr().out.splitlines()
+    notes = [i for i, line in enumerate(printed) if "needs a pretrained backbone" in line]
+    assert len(notes) == 2 and "--backbone minilm" in printed[notes[0]]
+    assert notes[0] < next(i for i, line in enumerate(printed) if line.startswith("training "))
+    assert printed[notes[1] + 1].startswith("saved to")
+    # a pretrained backbone (anything but a preset) gets no note
+    trainer = Trainer(RunConfig.from_dict({"tasks": [{"type": "qa"}], "backbone": {"spec": "some/model"}}))
+    trainer.tasks = [QaTask("qa")]
+    assert trainer._pretrained_advice() is None
