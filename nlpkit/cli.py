@@ -65,7 +65,51 @@ def _parser() -> argparse.ArgumentParser:
 
     ls = sub.add_parser("tasks", help="list registered tasks and where they come from")
     ls.add_argument("--plugin", action="append", default=[], metavar="MODULE")
+    _add_serve_export_parsers(sub)
     return p
+
+
+def _add_serve_export_parsers(sub: Any) -> None:
+    """`serve` and `export` (kept apart from the other commands' flags)."""
+    s = sub.add_parser("serve", help="serve a checkpoint over HTTP with request batching (needs nlpkit[serve])")
+    s.add_argument("checkpoint")
+    s.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--api-key", default=None,
+                   help="require this key (Authorization: Bearer KEY or X-API-Key); default: $NLPKIT_API_KEY")
+    s.add_argument("--max-batch-size", type=int, default=32, help="inputs per model call (default 32)")
+    s.add_argument("--max-wait-ms", type=float, default=5.0,
+                   help="how long the first input of a batch waits for others (default 5)")
+    s.add_argument("--max-body-bytes", type=int, default=1_000_000, help="request body limit (413 above)")
+    s.add_argument("--max-items", type=int, default=64, help="inputs per request (413 above)")
+    s.add_argument("--max-text-chars", type=int, default=10_000, help="characters per text field (422 above)")
+    s.add_argument("--drain-timeout", type=float, default=30.0,
+                   help="seconds in-flight requests get to finish after SIGTERM (default 30)")
+    s.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    s.add_argument("--plugin", action="append", default=[], metavar="MODULE")
+
+    x = sub.add_parser("export", help="export a checkpoint as a transformers folder or ONNX graphs")
+    x.add_argument("checkpoint")
+    x.add_argument("out", help="output folder (must not exist or be empty)")
+    x.add_argument("--format", required=True, choices=["transformers", "onnx"])
+    x.add_argument("--task", help="the task to export (default: all of them)")
+    x.add_argument("--plugin", action="append", default=[], metavar="MODULE")
+
+
+def subcommand(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return action.choices[name]
+
+
+def flags_of(parser: argparse.ArgumentParser) -> list[str]:
+    return [s for action in parser._actions for s in action.option_strings if s.startswith("--")]
+
+
+def did_you_mean(flag: str, choices: Sequence[str]) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(flag.split("=", 1)[0], list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]}?)" if close else ""
 
 
 # ---- train -----------------------------------------------------------------------------------------
@@ -352,6 +396,39 @@ def cmd_tasks(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- serve / export --------------------------------------------------------------------------------
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .registry import import_plugin_module
+    from .serve import Limits, require_serve_extra, serve
+
+    require_serve_extra()
+    for module in args.plugin:
+        import_plugin_module(module)
+    key = args.api_key if args.api_key is not None else os.environ.get("NLPKIT_API_KEY") or None
+    limits = Limits(args.max_body_bytes, args.max_items, args.max_text_chars)
+    serve(args.checkpoint, host=args.host, port=args.port, api_key=key, max_batch_size=args.max_batch_size,
+          max_wait_ms=args.max_wait_ms, limits=limits, drain_timeout=args.drain_timeout, log_level=args.log_level)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import export, require_onnx_extra
+    from .registry import import_plugin_module
+
+    if args.format == "onnx":
+        require_onnx_extra()
+    for module in args.plugin:
+        import_plugin_module(module)
+    result = export(args.checkpoint, args.format, args.out, task=args.task)
+    for name, what in result.written.items():
+        diff = f" (checked: largest difference {result.max_diff[name]:.1e})" if name in result.max_diff else ""
+        print(f"{name}: {what}{diff}")
+    for name, why in result.notes.items():
+        print(f"{name}: {why}", file=sys.stderr)
+    print(f"exported to {result.out} (model card: {result.out / 'README.md'})")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -368,6 +445,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_predict(args, extra)
         if args.command == "tasks":
             return cmd_tasks(args)
+        if args.command == "serve":
+            return cmd_serve(args)
+        if args.command == "export":
+            return cmd_export(args)
     except Interrupted as exc:  # a signal: the checkpoint is saved, the message says how to resume
         print(f"nlpkit: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -1,0 +1,611 @@
+"""``nlpkit export RUN --format transformers|onnx OUT``: hand a trained model to another stack.
+
+transformers
+    Where a task's head computes the same function as a standard ``AutoModelFor*`` head, OUT is a plain
+    Hugging Face folder (``from_pretrained`` and ``pipeline()`` load it): the backbone weights are
+    copied as they are and the head weights are mapped onto the standard head. The mapping is checked
+    numerically on sample inputs (outputs within 1e-4) before anything is written, so an export never
+    silently changes predictions. Where no standard class computes the same function (relation
+    extraction's entity-pair head, the tied decoder built on an encoder, mean pooling, several tasks at
+    once), OUT holds the backbone as a Hugging Face folder plus the heads in safetensors, and the model
+    card says why.
+
+onnx
+    ``torch.onnx.export`` (the torch.export-based exporter) of backbone + head for each encoder task,
+    with dynamic batch and sequence axes; every graph is run with onnxruntime on sample inputs and must
+    match torch within 1e-4, or the export fails.
+
+Every export carries a model card (README.md): tasks, labels, training data, dev metrics, config,
+nlpkit version and the base model's license where it is known.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from .errors import ConfigError, NlpkitError
+
+#: outputs of the exported model and of nlpkit must agree this closely on the sample inputs
+TOLERANCE = 1e-4
+FORMATS = ("transformers", "onnx")
+
+#: sample inputs per built-in task type: the export checks run on them (plugins: their dev data)
+SAMPLES: dict[str, list[Any]] = {
+    "ner": ["Angela Merkel visited Paris .", "The European Union met in Brussels on Monday ."],
+    "classification": ["The team won the cup final after extra time .", "Shares fell sharply on Wall Street ."],
+    "sentiment": ["a wonderful , moving film", "the plot is dull and the acting is worse"],
+    "relation-extraction": ["The <e1>company</e1> fabricates plastic <e2>chairs</e2> .",
+                            "The <e1>burst</e1> was caused by water hammer <e2>pressure</e2> ."],
+    "qa": [{"question": "Who visited Paris?", "context": "Angela Merkel visited Paris in the spring of 2019."},
+           {"question": "Where did the team play?", "context": "The team played in Rome and won the final match."}],
+    "reading-comprehension": [
+        {"article": "Tom went to the market to buy apples. He came home with a bag of red apples.",
+         "question": "What did Tom buy?", "options": ["apples", "bread", "fish", "milk"]},
+        {"article": "The museum opens at nine and closes at five every day except Monday.",
+         "question": "When is the museum closed?", "options": ["Sunday", "Monday", "Friday"]}],
+    "translation": ["A man is walking his dog in the park .", "Two children play football ."],
+    "summarization": ["The city council met on Tuesday and agreed to build a new bridge over the river . "
+                      "Work will start next year and should take three years ."],
+}
+
+
+#: the pipeline() task that loads each class, where the installed transformers has one (transformers 5
+#: dropped the question-answering, translation and summarization pipelines)
+PIPELINES = {"AutoModelForTokenClassification": "token-classification",
+             "AutoModelForSequenceClassification": "text-classification"}
+
+
+class _no_progress_bars:
+    """save_pretrained draws a progress bar per shard: noise in a CLI that prints one line per task."""
+
+    def __enter__(self):
+        from transformers.utils import logging
+
+        self.was = logging.is_progress_bar_enabled()
+        logging.disable_progress_bar()
+
+    def __exit__(self, *exc):
+        from transformers.utils import logging
+
+        if self.was:
+            logging.enable_progress_bar()
+        return False
+
+
+class NotStandard(NlpkitError):
+    """No standard transformers class computes what this head computes (the reason is the message)."""
+
+
+@dataclass
+class ExportResult:
+    out: Path
+    format: str
+    #: task -> what was written for it ("AutoModelForTokenClassification", "onnx", "backbone + heads")
+    written: dict[str, str] = field(default_factory=dict)
+    #: task -> why it has no standard class / no ONNX graph
+    notes: dict[str, str] = field(default_factory=dict)
+    #: task -> largest absolute difference measured in the check
+    max_diff: dict[str, float] = field(default_factory=dict)
+
+
+# ---- model card -------------------------------------------------------------------------------------
+def model_card(pipe: Any) -> dict[str, Any]:
+    """What a model card says, as data (``/v1/tasks`` serves it; exports render it as README.md)."""
+    meta = pipe.meta
+    config = meta.get("config") or {}
+    entries = {(e.get("name") or e.get("type")): e for e in config.get("tasks") or []}
+    metrics = meta.get("metrics") or {}
+    tasks = []
+    for t in pipe.tasks:
+        data = dict((entries.get(t.name) or {}).get("data") or {})
+        if not data:
+            try:
+                data = {k: f"{v} (bundled with nlpkit)" for k, v in t.default_data().items()}
+            except Exception:  # noqa: BLE001 - a plugin without embedded data
+                data = {}
+        scores = {k: v for k, v in (metrics.get(t.name) or {}).items() if isinstance(v, (int, float))}
+        tasks.append({"name": t.name, "type": t.type_name, "labels": t.state_dict().get("labels"),
+                      "training_data": data, "dev_metrics": scores, "main_score": t.main_score})
+    backbone = meta.get("backbone") or {}
+    return {
+        "nlpkit_version": (meta.get("versions") or {}).get("nlpkit"),
+        "versions": meta.get("versions"),
+        "created": meta.get("created"),
+        "step": meta.get("step"),
+        "backbone": backbone,
+        "license": base_model_license(backbone.get("spec")),
+        "tasks": tasks,
+        "config": config,
+    }
+
+
+def base_model_license(spec: str | None) -> str | None:
+    """The license of the base model, read from its model card's front matter where one is at hand
+    (a local folder, an installed alias, the Hugging Face cache); None when it is not known."""
+    if not spec:
+        return None
+    from .backbone import PRESETS, resolve_alias
+
+    if spec in PRESETS:
+        return None  # trained from scratch: no base model, the license is the user's
+    candidates: list[Path] = []
+    try:
+        source = resolve_alias(spec)
+    except NlpkitError:
+        return None
+    folder = Path(source)
+    if folder.exists():
+        candidates += [folder / "README.md", folder.parent / "README.md"]
+    else:
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            cached = try_to_load_from_cache(spec, "README.md")
+            if isinstance(cached, str):
+                candidates.append(Path(cached))
+        except Exception:  # noqa: BLE001 - no cache, no license
+            pass
+    for path in candidates:
+        found = _front_matter_license(path)
+        if found:
+            return found
+    return None
+
+
+def _front_matter_license(path: Path) -> str | None:
+    if not path.is_file():
+        return None
+    text = path.read_text(errors="replace")
+    if not text.startswith("---"):
+        return None
+    end = text.find("\n---", 3)
+    if end < 0:
+        return None
+    import yaml
+
+    try:
+        front = yaml.safe_load(text[3:end])
+    except yaml.YAMLError:
+        return None
+    value = front.get("license") if isinstance(front, dict) else None
+    return str(value) if value else None
+
+
+def card_markdown(card: dict[str, Any], export_notes: Sequence[str] = ()) -> str:
+    """README.md for an export, with Hugging Face front matter (license, library, tags)."""
+    front = {"library_name": "transformers", "tags": ["nlpkit"] + [t["type"] for t in card["tasks"]]}
+    if card.get("license"):
+        front["license"] = card["license"]
+    import yaml
+
+    lines = ["---", yaml.safe_dump(front, sort_keys=False).strip(), "---", "",
+             f"# nlpkit model: {', '.join(t['name'] for t in card['tasks'])}", "",
+             f"Exported from an nlpkit {card.get('nlpkit_version')} checkpoint (step {card.get('step')}, "
+             f"saved {card.get('created')}).", ""]
+    bb = card.get("backbone") or {}
+    lines += [f"- backbone: `{bb.get('spec')}` ({bb.get('model_type')}, {bb.get('kind')}, "
+              f"{bb.get('parameters')} parameters)",
+              f"- license: {card.get('license') or 'not known (no base model license found; a from-scratch '}"
+              + ("" if card.get("license") else "model is under the terms its trainer chooses)"),
+              f"- versions: {card.get('versions')}", ""]
+    if export_notes:
+        lines += ["## This export", ""] + [f"- {n}" for n in export_notes] + [""]
+    for t in card["tasks"]:
+        lines += [f"## Task `{t['name']}` ({t['type']})", ""]
+        if t.get("labels"):
+            lines.append(f"- labels: {', '.join(map(str, t['labels']))}")
+        for split, path in (t.get("training_data") or {}).items():
+            lines.append(f"- {split} data: `{path}`")
+        if t.get("dev_metrics"):
+            scores = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                               for k, v in t["dev_metrics"].items())
+            lines.append(f"- dev metrics (main score `{t['main_score']}`): {scores}")
+        lines.append("")
+    lines += ["## Training config", "", "```json", json.dumps(card.get("config"), indent=2), "```", ""]
+    return "\n".join(lines)
+
+
+# ---- entry point ------------------------------------------------------------------------------------
+def export(run_dir: str | Path, fmt: str, out: str | Path, task: str | None = None) -> ExportResult:
+    """Write ``out`` (which must not exist, or be an empty folder) in ``fmt`` for the checkpoint."""
+    from .predict import load
+
+    if fmt not in FORMATS:
+        raise ConfigError(f"--format {fmt!r}: choose one of {', '.join(FORMATS)}")
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ConfigError(f"{out} already exists and is not empty; give a new folder")
+    pipe = load(run_dir, device="cpu")
+    tasks = [pipe.task(task)] if task else list(pipe.tasks)
+    tmp = out.with_name(f".{out.name}.export-tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        result = (_export_transformers if fmt == "transformers" else _export_onnx)(pipe, tasks, tmp)
+        if out.exists():
+            out.rmdir()
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    result.out = out
+    return result
+
+
+def _write_card(pipe: Any, tasks: Sequence[Any], folder: Path, notes: Sequence[str]) -> None:
+    card = model_card(pipe)
+    card["tasks"] = [t for t in card["tasks"] if t["name"] in {x.name for x in tasks}]
+    (folder / "README.md").write_text(card_markdown(card, notes))
+
+
+# ---- transformers -----------------------------------------------------------------------------------
+def _export_transformers(pipe: Any, tasks: Sequence[Any], out: Path) -> ExportResult:
+    result = ExportResult(out, "transformers")
+    if len(tasks) == 1:
+        t = tasks[0]
+        try:
+            model, cls_name, diff = standard_model(pipe, t)
+        except NotStandard as exc:
+            result.notes[t.name] = str(exc)
+        else:
+            with _no_progress_bars():
+                model.save_pretrained(out)
+            pipe.model.backbone.tokenizer.save_pretrained(out)
+            result.written[t.name], result.max_diff[t.name] = cls_name, diff
+            loads = PIPELINES.get(cls_name)
+            how = f"`transformers.pipeline(\"{loads}\", model=OUT)` and `{cls_name}.from_pretrained(OUT)`" if loads \
+                else f"`{cls_name}.from_pretrained(OUT)` (this transformers version has no pipeline for it)"
+            notes = [f"`{t.name}`: {cls_name}: {how} load this folder; checked against nlpkit: largest output "
+                     f"difference {diff:.2e}"]
+            _write_card(pipe, tasks, out, notes)
+            _write_export_info(out, result)
+            return result
+    else:
+        for t in tasks:
+            result.notes[t.name] = "several tasks share one backbone: no single standard class holds them " \
+                                   "(export one with --task NAME)"
+    _write_raw(pipe, tasks, out)
+    for t in tasks:
+        result.written[t.name] = "backbone + heads (safetensors)"
+    notes = [f"`{name}`: no standard transformers class; {why}. Written: `backbone/` (AutoModel."
+             "from_pretrained), `tokenizer/`, `heads.safetensors` (tensors named `<task>.<parameter>`) and "
+             "`nlpkit.json` (label maps, options)" for name, why in result.notes.items()]
+    _write_card(pipe, tasks, out, notes)
+    _write_export_info(out, result)
+    return result
+
+
+def _write_export_info(out: Path, result: ExportResult) -> None:
+    from . import __version__
+
+    info = {"nlpkit_version": __version__, "format": result.format, "written": result.written,
+            "notes": result.notes, "max_diff": result.max_diff, "tolerance": TOLERANCE}
+    (out / "nlpkit_export.json").write_text(json.dumps(info, indent=2) + "\n")
+
+
+def _write_raw(pipe: Any, tasks: Sequence[Any], out: Path) -> None:
+    """The fallback: the backbone as a Hugging Face folder and the heads as plain tensors."""
+    from safetensors.torch import save_file
+
+    backbone = pipe.model.backbone
+    with _no_progress_bars():
+        backbone.model.save_pretrained(out / "backbone")
+    backbone.tokenizer.save_pretrained(out / "tokenizer")
+    tensors = {}
+    for t in tasks:
+        for key, value in pipe.model.heads[t.name].state_dict().items():
+            tensors[f"{t.name}.{key}"] = value.detach().contiguous().clone()  # tied tensors: own copy
+    save_file(tensors, str(out / "heads.safetensors"), metadata={"format": "nlpkit-heads"})
+    meta = dict(pipe.meta)
+    meta["tasks"] = [e for e in meta["tasks"] if e["name"] in {t.name for t in tasks}]
+    meta.pop("files", None)
+    (out / "nlpkit.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
+
+
+def standard_model(pipe: Any, task: Any) -> tuple[Any, str, float]:
+    """(transformers model with the task's weights, its Auto class name, measured difference), or
+    NotStandard when no standard head computes the same function."""
+    from .heads import (EntityPairHead, MultipleChoiceHead, Seq2SeqHead, SequenceClassificationHead,
+                        SpanExtractionHead, TokenClassificationHead)
+
+    backbone, head = pipe.model.backbone, pipe.model.heads[task.name]
+    if isinstance(head, Seq2SeqHead):
+        if not head.encoder_decoder:
+            raise NotStandard("the seq2seq head on an encoder backbone is a decoder built by nlpkit whose "
+                              "embeddings are tied to the encoder's; no Auto class loads that pair as it is")
+        return _seq2seq_model(backbone, task), "AutoModelForSeq2SeqLM", 0.0
+    if backbone.kind != "encoder":
+        raise NotStandard(f"the head sits on the encoder of an {backbone.kind} backbone; standard "
+                          "classes for this task expect an encoder-only model")
+    if isinstance(head, EntityPairHead):
+        raise NotStandard("the entity-pair head reads the states of two entity-marker tokens; no standard "
+                          "transformers head does that")
+    builders: dict[type, Callable[..., tuple[Any, str]]] = {
+        TokenClassificationHead: _token_model, SequenceClassificationHead: _sequence_model,
+        SpanExtractionHead: _qa_model, MultipleChoiceHead: _choice_model}
+    build = next((b for cls, b in builders.items() if isinstance(head, cls)), None)
+    if build is None:
+        raise NotStandard(f"head {type(head).__name__} has no standard transformers counterpart")
+    model, name = build(backbone, head, task)
+    model.eval()
+    diff = _compare(backbone, head, model, name)
+    if not diff <= TOLERANCE:
+        raise NotStandard(f"{name} on this {backbone.model.config.model_type} backbone does not reproduce the "
+                          f"head (largest difference {diff:.3g} > {TOLERANCE:g})")
+    return model, name, diff
+
+
+def _head_config(backbone: Any, **changes: Any) -> Any:
+    import copy
+
+    config = copy.deepcopy(backbone.model.config)
+    for key, value in changes.items():
+        setattr(config, key, value)
+    config.architectures = None
+    return config
+
+
+def _with_backbone(auto_cls: Any, backbone: Any, config: Any) -> Any:
+    """A standard model whose base model holds the backbone's weights (a pooler, if any, comes from the head)."""
+    model = auto_cls.from_config(config)
+    missing, unexpected = model.base_model.load_state_dict(backbone.model.state_dict(), strict=False)
+    if unexpected or [m for m in missing if not m.startswith("pooler.")]:
+        raise NotStandard(f"{type(model).__name__} has another base model layout (missing {missing[:3]}, "
+                          f"unexpected {unexpected[:3]})")
+    return model
+
+
+def _labels(task: Any) -> dict[str, Any]:
+    labels = list(task.state_dict().get("labels") or [])
+    return {"num_labels": len(labels), "id2label": dict(enumerate(labels)),
+            "label2id": {lab: i for i, lab in enumerate(labels)}}
+
+
+def _copy(target: Any, source: Any) -> None:
+    target.weight.data.copy_(source.weight.data)
+    target.bias.data.copy_(source.bias.data)
+
+
+def _pooler_and_classifier(model: Any, head: Any, dense: Any, out: Any) -> None:
+    """BERT-style pooled heads: tanh(dense(CLS)) then a linear layer; RoBERTa keeps both in its classifier."""
+    pooler = getattr(model.base_model, "pooler", None)
+    if hasattr(model, "classifier") and hasattr(model.classifier, "out_proj"):  # RoBERTa sequence classification
+        _copy(model.classifier.dense, dense)
+        _copy(model.classifier.out_proj, out)
+    elif pooler is not None and hasattr(model, "classifier"):
+        _copy(pooler.dense, dense)
+        _copy(model.classifier, out)
+    else:
+        raise NotStandard(f"{type(model).__name__} has no pooler + classifier to hold the head")
+
+
+def _token_model(backbone: Any, head: Any, task: Any) -> tuple[Any, str]:
+    from transformers import AutoModelForTokenClassification
+
+    model = _with_backbone(AutoModelForTokenClassification, backbone, _head_config(backbone, **_labels(task)))
+    _copy(model.classifier, head.classifier)
+    return model, "AutoModelForTokenClassification"
+
+
+def _sequence_model(backbone: Any, head: Any, task: Any) -> tuple[Any, str]:
+    from transformers import AutoModelForSequenceClassification
+
+    if head.pooling != "cls":
+        raise NotStandard(f"the classification head pools by {head.pooling!r}; standard classes pool the first "
+                          "token ([CLS])")
+    problem = "multi_label_classification" if head.multi_label else "single_label_classification"
+    config = _head_config(backbone, problem_type=problem, **_labels(task))
+    model = _with_backbone(AutoModelForSequenceClassification, backbone, config)
+    _pooler_and_classifier(model, head, head.dense, head.classifier)
+    return model, "AutoModelForSequenceClassification"
+
+
+def _qa_model(backbone: Any, head: Any, task: Any) -> tuple[Any, str]:
+    from transformers import AutoModelForQuestionAnswering
+
+    model = _with_backbone(AutoModelForQuestionAnswering, backbone, _head_config(backbone, num_labels=2))
+    _copy(model.qa_outputs, head.qa_outputs)
+    return model, "AutoModelForQuestionAnswering"
+
+
+def _choice_model(backbone: Any, head: Any, task: Any) -> tuple[Any, str]:
+    from transformers import AutoModelForMultipleChoice
+
+    if head.pooling != "cls" or getattr(task.options, "pooling", "cls") != "cls":
+        raise NotStandard(f"the multiple-choice head pools by {getattr(task.options, 'pooling', head.pooling)!r}; "
+                          "AutoModelForMultipleChoice pools the first token (train with --option pooling=cls "
+                          "for a standard export)")
+    model = _with_backbone(AutoModelForMultipleChoice, backbone, _head_config(backbone, num_labels=1))
+    _pooler_and_classifier(model, head, head.dense, head.scorer)
+    return model, "AutoModelForMultipleChoice"
+
+
+def _seq2seq_model(backbone: Any, task: Any) -> Any:
+    """The encoder-decoder backbone IS the standard model; the prefix and decoding settings go into its
+    config so that pipeline() generates what nlpkit generates."""
+    import copy
+
+    model = copy.deepcopy(backbone.model)
+    model.config.prefix = getattr(task, "prefix", "") or None
+    o = task.options
+    gen = model.generation_config
+    gen.num_beams, gen.max_new_tokens, gen.do_sample = o.num_beams, task.max_new_tokens, False
+    gen.decoder_start_token_id = task.tokens.start
+    gen.eos_token_id, gen.pad_token_id = task.tokens.eos, task.tokens.pad
+    gen.no_repeat_ngram_size = o.no_repeat_ngram_size or None
+    if o.num_beams > 1:
+        gen.length_penalty, gen.early_stopping = o.length_penalty, o.early_stopping
+    gen.max_length = None
+    return model
+
+
+def _compare(backbone: Any, head: Any, model: Any, name: str) -> float:
+    """Largest |difference| between the nlpkit head and the standard model on random token ids (two rows,
+    the second padded) over real positions."""
+    import torch
+
+    gen = torch.Generator().manual_seed(0)
+    vocab = backbone.model.config.vocab_size
+    ids = torch.randint(5, vocab, (2, 9), generator=gen)
+    mask = torch.ones_like(ids)
+    mask[1, 6:] = 0
+    with torch.inference_mode():
+        if name == "AutoModelForMultipleChoice":
+            ours = head(backbone, {"input_ids": ids, "attention_mask": mask,
+                                   "choice_mask": torch.ones(1, 2, dtype=torch.bool)})["logits"]
+            theirs = model(input_ids=ids[None], attention_mask=mask[None]).logits
+            return float((ours - theirs).abs().max())
+        ours = head(backbone, {"input_ids": ids, "attention_mask": mask})
+        theirs = model(input_ids=ids, attention_mask=mask)
+        if name == "AutoModelForQuestionAnswering":
+            real = mask.bool()
+            return max(float((ours[k][real] - getattr(theirs, k)[real]).abs().max())
+                       for k in ("start_logits", "end_logits"))
+        if name == "AutoModelForTokenClassification":
+            real = mask.bool()
+            return float((ours["logits"][real] - theirs.logits[real]).abs().max())
+        return float((ours["logits"] - theirs.logits).abs().max())
+
+
+# ---- onnx -------------------------------------------------------------------------------------------
+def require_onnx_extra() -> None:
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+        import onnxscript  # noqa: F401
+    except ImportError as exc:
+        raise ConfigError(f"nlpkit export --format onnx needs onnx, onnxruntime and onnxscript ({exc.name} is "
+                          "missing): pip install 'nlpkit[onnx]'") from None
+
+
+def sample_batch(task: Any, items: Sequence[Any] | None = None) -> dict[str, Any]:
+    """A collated batch (tensors, no labels) of the task's sample inputs."""
+    items = list(items) if items is not None else sample_inputs(task)
+    batch = task.collate(task.encode([task.parse_input(item) for item in items]))
+    return {k: v for k, v in batch.items() if k not in _LABEL_KEYS}
+
+
+_LABEL_KEYS = ("labels", "start_positions", "end_positions")
+
+
+def sample_inputs(task: Any) -> list[Any]:
+    if task.type_name in SAMPLES:
+        return SAMPLES[task.type_name]
+    dev = (task.default_data() or {}).get("dev")
+    if dev:
+        return [{k: v for k, v in ex.items() if k not in ("line", "path")} for ex in task.read(dev)[:2]]
+    raise NotStandard(f"task type {task.type_name!r} has no sample inputs to check an export with")
+
+
+class OnnxHead:
+    """``torch.nn.Module`` factory: backbone + one head with positional tensor inputs (ONNX has no dicts)."""
+
+    @staticmethod
+    def build(model: Any, task_name: str, names: Sequence[str], outputs: Sequence[str]) -> Any:
+        import torch
+
+        class _Graph(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.backbone, self.head = model.backbone, model.heads[task_name]
+
+            def forward(self, *tensors):
+                out = self.head(self.backbone, dict(zip(names, tensors)))
+                return tuple(out[k] for k in outputs)
+
+        return _Graph().eval()
+
+
+def _export_onnx(pipe: Any, tasks: Sequence[Any], out: Path) -> ExportResult:
+    require_onnx_extra()
+    result = ExportResult(out, "onnx")
+    pipe.model.backbone.tokenizer.save_pretrained(out / "tokenizer")
+    for t in tasks:
+        if t.generative:
+            result.notes[t.name] = "a generation task: its decoding loop (generate) is not one graph; " \
+                                   "use the transformers export"
+            continue
+        try:
+            info = export_task_onnx(pipe, t, out / t.name)
+        except NotStandard as exc:
+            result.notes[t.name] = str(exc)
+            continue
+        result.written[t.name] = f"{t.name}/model.onnx"
+        result.max_diff[t.name] = info["max_diff"]
+    if not result.written:
+        raise ConfigError("nothing to export as ONNX: " + "; ".join(f"{k}: {v}" for k, v in result.notes.items()))
+    notes = [f"`{name}`: `{path}`, inputs/outputs in `{name}/onnx.json`; onnxruntime vs torch: largest "
+             f"difference {result.max_diff[name]:.2e}" for name, path in result.written.items()]
+    notes += [f"`{name}`: not exported ({why})" for name, why in result.notes.items()]
+    _write_card(pipe, tasks, out, notes)
+    _write_export_info(out, result)
+    return result
+
+
+def export_task_onnx(pipe: Any, task: Any, folder: Path) -> dict[str, Any]:
+    """Export one encoder task to ``folder/model.onnx`` and check it with onnxruntime."""
+    import warnings
+
+    import torch
+
+    batch = sample_batch(task)
+    names = [k for k, v in batch.items() if isinstance(v, torch.Tensor)]
+    with torch.inference_mode():
+        reference = pipe.model.heads[task.name](pipe.model.backbone, batch)
+    outputs = sorted(k for k in reference if k != "loss")
+    graph = OnnxHead.build(pipe.model, task.name, names, outputs)
+    args = tuple(batch[k] for k in names)
+    auto = torch.export.Dim.AUTO
+    dynamic = tuple({d: auto for d in range(batch[k].dim())} for k in names)
+    folder.mkdir(parents=True)
+    path = folder / "model.onnx"
+    import contextlib
+    import io
+    import logging
+
+    quiet = logging.getLogger("torch.onnx")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # "torchvision is not installed" and similar notes
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):  # the exporter's progress lines
+        warnings.simplefilter("ignore")
+        try:
+            torch.onnx.export(graph, args, str(path), input_names=names, output_names=outputs,
+                              dynamic_shapes=(dynamic,), dynamo=True, external_data=False, verbose=False)
+        except Exception as exc:  # noqa: BLE001 - the exporter's own error, reported per task
+            raise NotStandard(f"torch.onnx.export failed: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}") \
+                from None
+        finally:
+            quiet.setLevel(level)
+    diff = check_onnx(pipe, task, path, names, outputs)
+    info = {"task": task.name, "type": task.type_name, "inputs": names, "outputs": outputs,
+            "labels": task.state_dict().get("labels"), "max_diff": diff, "tolerance": TOLERANCE}
+    (folder / "onnx.json").write_text(json.dumps(info, indent=2) + "\n")
+    return info
+
+
+def check_onnx(pipe: Any, task: Any, path: Path, names: Sequence[str], outputs: Sequence[str]) -> float:
+    """onnxruntime against torch on the sample batch, on one input alone and on the batch reversed
+    (other batch sizes and lengths than the export saw): the largest difference, or an error over 1e-4."""
+    import onnxruntime as ort
+    import torch
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    items = sample_inputs(task)
+    worst = 0.0
+    for subset in (items, items[:1], list(reversed(items)) * 2):
+        batch = sample_batch(task, subset)
+        feed = {k: batch[k].numpy() for k in names}
+        got = session.run(list(outputs), feed)
+        with torch.inference_mode():
+            ref = pipe.model.heads[task.name](pipe.model.backbone, batch)
+        for k, value in zip(outputs, got):
+            expected = ref[k].float().numpy()
+            if value.shape != expected.shape:
+                raise NlpkitError(f"{task.name}: ONNX output {k} has shape {value.shape}, torch {expected.shape}")
+            worst = max(worst, float(abs(value - expected).max()))
+    if worst > TOLERANCE:
+        raise NlpkitError(f"{task.name}: onnxruntime differs from torch by {worst:.3g} (> {TOLERANCE:g})")
+    return worst
