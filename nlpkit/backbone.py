@@ -165,18 +165,26 @@ class Backbone(nn.Module):
 
     @classmethod
     def from_saved(cls, folder: str | Path, spec: str) -> "Backbone":
-        """Rebuild the architecture from a checkpoint's saved config; weights come from the caller."""
-        from transformers import AutoConfig, AutoModel, AutoModelForSeq2SeqLM, AutoTokenizer
+        """Rebuild the architecture from a checkpoint's saved config; weights come from the caller.
+
+        The one place a checkpoint's backbone/config.json and tokenizer/ are read: whatever damage they
+        have (not JSON, another shape, an unknown model_type, values the model cannot be built from, a
+        broken tokenizer) is a CheckpointError naming the file, not a library traceback.
+        """
+        from transformers import AutoModel, AutoModelForSeq2SeqLM
 
         folder = Path(folder)
-        config = AutoConfig.from_pretrained(folder / "backbone")
-        tokenizer = AutoTokenizer.from_pretrained(folder / "tokenizer")
-        if getattr(config, "is_encoder_decoder", False):
-            model = AutoModelForSeq2SeqLM.from_config(config, attn_implementation="sdpa")
-        elif _takes_pooling(config):
-            model = AutoModel.from_config(config, add_pooling_layer=False, attn_implementation="sdpa")
-        else:
-            model = AutoModel.from_config(config, attn_implementation="sdpa")
+        config = _saved_config(folder / "backbone" / "config.json")
+        tokenizer = _saved_tokenizer(folder / "tokenizer")
+        try:
+            if getattr(config, "is_encoder_decoder", False):
+                model = AutoModelForSeq2SeqLM.from_config(config, attn_implementation="sdpa")
+            elif _takes_pooling(config):
+                model = AutoModel.from_config(config, add_pooling_layer=False, attn_implementation="sdpa")
+            else:
+                model = AutoModel.from_config(config, attn_implementation="sdpa")
+        except Exception as exc:  # noqa: BLE001 - any library error here means the saved config is damaged
+            raise _damaged(folder / "backbone" / "config.json", "the model cannot be built from it", exc) from exc
         return cls(model, tokenizer, spec)
 
     def save_config(self, folder: str | Path) -> None:
@@ -236,6 +244,52 @@ class Backbone(nn.Module):
             "model_type": self.model.config.model_type,
             "parameters": sum(p.numel() for p in self.parameters()),
         }
+
+
+def _damaged(path: Path, what: str, exc: BaseException) -> Exception:
+    from .errors import CheckpointError
+
+    detail = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+    return CheckpointError(f"{path}: damaged: {what} ({type(exc).__name__}{': ' + detail if detail else ''})")
+
+
+def _saved_config(path: Path) -> Any:
+    """A checkpoint's backbone config: a JSON object whose model_type transformers knows."""
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    from .checkpoint import read_json
+    from .errors import CheckpointError
+
+    data = read_json(path)
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: damaged: expected a JSON object, got {type(data).__name__}")
+    model_type = data.get("model_type")
+    if not isinstance(model_type, str):
+        raise CheckpointError(f"{path}: damaged: no model_type (which architecture the weights are for)")
+    if model_type not in CONFIG_MAPPING:
+        raise CheckpointError(f"{path}: model_type {model_type!r} is not known to the installed transformers "
+                              "(damaged, or saved by a newer version)")
+    try:
+        return CONFIG_MAPPING[model_type].from_dict(data)  # what AutoConfig.from_pretrained does with the file
+    except Exception as exc:  # noqa: BLE001 - a value of the wrong type or range: the file is damaged
+        raise _damaged(path, "its values do not make a model configuration", exc) from exc
+
+
+def _saved_tokenizer(folder: Path) -> Any:
+    from transformers import AutoTokenizer
+
+    from .errors import CheckpointError
+
+    if not folder.is_dir():
+        raise CheckpointError(f"{folder}: missing (the checkpoint's tokenizer folder)")
+    try:
+        with _quiet_transformers():
+            tokenizer = AutoTokenizer.from_pretrained(folder)
+    except Exception as exc:  # noqa: BLE001 - tokenizers raises plain Exceptions on a damaged tokenizer.json
+        raise _damaged(folder, "the tokenizer cannot be loaded", exc) from exc
+    if not getattr(tokenizer, "is_fast", False):
+        raise CheckpointError(f"{folder}: damaged: no fast tokenizer (tokenizer.json) in it")
+    return tokenizer
 
 
 def backbone_kind(config: Any) -> str:

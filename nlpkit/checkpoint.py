@@ -16,8 +16,9 @@ import os
 import re
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 from .errors import CheckpointError
 
@@ -142,18 +143,95 @@ def save(folder: str | Path, model: Any, tasks: Sequence[Any], extra: dict[str, 
     atomic_folder(Path(folder), lambda tmp: _write_model(tmp, model, tasks, extra))
 
 
-def read_meta(folder: str | Path) -> dict[str, Any]:
-    folder = resolve(folder)
+def read_json(path: Path) -> Any:
+    """A JSON file of a checkpoint; unreadable, not UTF-8 or not JSON is a CheckpointError naming it."""
     try:
-        meta = json.loads((folder / META_FILE).read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{folder / META_FILE}: not valid JSON ({exc})") from exc
+        return json.loads(path.read_bytes().decode("utf-8"))
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: missing") from None
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot be read ({exc.strerror or exc})") from exc
+    except UnicodeDecodeError as exc:
+        raise CheckpointError(f"{path}: not UTF-8 text at byte {exc.start}: the file is damaged") from exc
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise CheckpointError(f"{path}: not valid JSON ({exc}): the file is damaged") from exc
+
+
+@dataclass
+class SavedTask:
+    """One entry of nlpkit.json's "tasks", as ``_write_model`` writes it."""
+
+    name: str
+    type: str
+    options: dict[str, Any]
+    state: dict[str, Any]
+    version: int = 1
+    module: Optional[str] = None
+
+
+@dataclass
+class SavedBackbone:
+    spec: str
+    kind: Optional[str] = None
+    model_type: Optional[str] = None
+    parameters: Optional[int] = None
+
+
+def read_meta(folder: str | Path) -> dict[str, Any]:
+    """nlpkit.json, checked for shape (so later code can index it) and for the sizes of the files it lists."""
+    from .errors import ConfigError
+    from .options import build
+
+    folder = resolve(folder)
+    path = folder / META_FILE
+    meta = read_json(path)
     if not isinstance(meta, dict) or meta.get("format") != FORMAT_VERSION:
-        raise CheckpointError(f"{folder / META_FILE}: unsupported checkpoint format {meta.get('format')!r}"
-                              if isinstance(meta, dict) else f"{folder / META_FILE}: not a checkpoint description")
+        raise CheckpointError(f"{path}: unsupported checkpoint format {meta.get('format')!r}"
+                              if isinstance(meta, dict) else f"{path}: not a checkpoint description")
+    try:
+        build(SavedBackbone, meta.get("backbone") or None, "backbone")
+        if not isinstance(meta.get("tasks"), list) or not meta["tasks"]:
+            raise ConfigError(f"tasks: expected a list of task entries, got {meta.get('tasks')!r}")
+        for i, entry in enumerate(meta["tasks"]):
+            build(SavedTask, entry, f"tasks[{i}]")
+        if "files" in meta and not isinstance(meta["files"], dict):
+            raise ConfigError(f"files: expected a mapping of file sizes, got {meta['files']!r}")
+    except ConfigError as exc:
+        raise CheckpointError(f"{path}: damaged: {exc}") from exc
     if isinstance(meta.get("files"), dict):
         _check_sizes(folder, meta["files"], META_FILE)
     return meta
+
+
+def check_files(path: str | Path) -> Path:
+    """Cheap checks of a checkpoint that read no weights: nlpkit.json (shape, file sizes), the backbone's
+    config.json and the tokenizer's JSON files, and the safetensors header. For --init-from, before any
+    folder is touched; ``load`` / ``load_backbone`` check the rest (shapes of every tensor)."""
+    folder = resolve(path)
+    read_meta(folder)
+    config = read_json(folder / "backbone" / "config.json")
+    if not isinstance(config, dict) or not isinstance(config.get("model_type"), str):
+        raise CheckpointError(f"{folder / 'backbone' / 'config.json'}: damaged: expected a JSON object with a "
+                              f"model_type, got {str(config)[:80]}")
+    tokenizer = folder / "tokenizer"
+    if not tokenizer.is_dir():
+        raise CheckpointError(f"{tokenizer}: missing (the checkpoint's tokenizer folder)")
+    for file in sorted(tokenizer.glob("*.json")):
+        read_json(file)
+    weight_names(folder)
+    return folder
+
+
+def weight_names(folder: str | Path) -> list[str]:
+    """The tensor names in the safetensors header (reads the header only)."""
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(folder) / WEIGHTS_FILE
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return list(f.keys())
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({exc}): the file is damaged") from exc
 
 
 def _task_class(entry: dict[str, Any]):
@@ -179,33 +257,78 @@ def _task_class(entry: dict[str, Any]):
 
 
 def load(folder: str | Path, only: Sequence[str] | None = None):
-    """Rebuild (model, tasks, meta) from a checkpoint without any network access."""
-    from .backbone import Backbone
+    """Rebuild (model, tasks, meta) from a checkpoint without any network access.
+
+    This is the complete check of a checkpoint: every file is read and every tensor matched by name and
+    shape, and any damage is a CheckpointError naming the file (never a traceback from a library).
+    """
     from .model import MultiTaskModel
+
     folder = resolve(folder)
     meta = read_meta(folder)
-    tasks = []
-    for entry in meta["tasks"]:
-        cls = _task_class(entry)
-        if entry.get("version", 1) > cls.version:
-            raise CheckpointError(
-                f"task {entry['name']!r} was saved by {entry['type']}.v{entry['version']}, "
-                f"but the installed plugin is v{cls.version}; upgrade it"
-            )
-        task = cls(entry["name"], entry["options"])
-        task.load_state_dict(entry["state"])
-        tasks.append(task)
-    backbone = Backbone.from_saved(folder, meta["backbone"]["spec"])
+    tasks = [_saved_task(entry, folder / META_FILE) for entry in meta["tasks"]]
+    backbone = load_backbone(folder, weights=False)
     heads = {}
     for task in tasks:
-        task.setup(backbone)
-        heads[task.name] = task.build_head(backbone)
+        with _damage(folder / META_FILE, f"task {task.name!r}: its head cannot be built from the saved state"):
+            task.setup(backbone)
+            heads[task.name] = task.build_head(backbone)
     model = MultiTaskModel(backbone, heads)
     load_weights(model, folder)
     model.eval()
     if only:
         tasks = [t for t in tasks if t.name in only]
     return model, tasks, meta
+
+
+def load_backbone(path: str | Path, weights: bool = True) -> Any:
+    """The backbone of a checkpoint (architecture, tokenizer and, with ``weights``, its tensors), checked
+    completely: for --init-from, call it before the run folder is touched and use what it returns."""
+    from .backbone import Backbone
+
+    folder = resolve(path)
+    meta = read_meta(folder)
+    backbone = Backbone.from_saved(folder, meta["backbone"]["spec"])
+    if weights:
+        load_prefixed(backbone, folder, "backbone.")
+    return backbone
+
+
+def _saved_task(entry: dict[str, Any], meta_path: Path) -> Any:
+    """A task object with its saved options and label state (plugin code: its errors name the file)."""
+    from .errors import ConfigError
+
+    cls = _task_class(entry)
+    if entry.get("version", 1) > cls.version:
+        raise CheckpointError(
+            f"task {entry['name']!r} was saved by {entry['type']}.v{entry['version']}, "
+            f"but the installed plugin is v{cls.version}; upgrade it"
+        )
+    try:
+        task = cls(entry["name"], entry["options"])
+    except ConfigError as exc:
+        raise CheckpointError(f"{meta_path}: damaged: {exc}") from exc
+    with _damage(meta_path, f"task {entry['name']!r}: its saved state cannot be loaded"):
+        task.load_state_dict(entry["state"])
+    return task
+
+
+class _damage:
+    """Turn what plugin or library code raises on damaged saved data into a CheckpointError naming ``path``
+    (NlpkitErrors, which already say what is wrong, pass through)."""
+
+    def __init__(self, path: Path, what: str):
+        self.path, self.what = path, what
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, tp, exc, tb) -> bool:
+        from .errors import NlpkitError
+
+        if exc is None or isinstance(exc, NlpkitError) or not isinstance(exc, Exception):
+            return False
+        raise CheckpointError(f"{self.path}: {self.what} ({type(exc).__name__}: {str(exc)[:200]})") from exc
 
 
 def load_weights(model: Any, folder: str | Path) -> None:
@@ -225,15 +348,24 @@ def load_weights(model: Any, folder: str | Path) -> None:
 
 
 def _tensors(folder: str | Path) -> dict[str, Any]:
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    return load_file(str(resolve(folder) / WEIGHTS_FILE))
+    path = resolve(folder) / WEIGHTS_FILE
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"{path}: cannot load the weights ({exc}): the file is damaged") from exc
 
 
 def load_prefixed(module: Any, folder: str | Path, prefix: str) -> None:
     """Load the checkpoint tensors under ``prefix`` (e.g. "backbone.") into ``module``."""
     tensors = {k[len(prefix):]: v for k, v in _tensors(folder).items() if k.startswith(prefix)}
-    missing, unexpected = module.load_state_dict(tensors, strict=False)
+    try:
+        missing, unexpected = module.load_state_dict(tensors, strict=False)
+    except RuntimeError as exc:  # a tensor of another shape
+        raise CheckpointError(f"{resolve(folder) / WEIGHTS_FILE} does not match the model: "
+                              f"{str(exc).strip().splitlines()[-1][:300]}") from exc
     # tied weights are saved once; the copies they share memory with are reported missing
     shared = {n for n, p in module.named_parameters(remove_duplicate=False)} - set(dict(module.named_parameters()))
     missing = [m for m in missing if m not in shared]

@@ -10,6 +10,17 @@ from typing import Any, Sequence
 from .errors import ConfigError, Interrupted, NlpkitError
 
 
+def positive_int(text: str) -> int:
+    """argparse type: a whole number >= 1 (batch sizes, beams, processes); argparse names the flag."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="nlpkit", description="Fine-tune one shared transformer on many NLP tasks.")
     p.add_argument("--version", action="version", version=f"nlpkit {__import__('nlpkit').__version__}")
@@ -35,7 +46,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
     t.add_argument("--init-from", metavar="DIR",
                    help="start from a trained checkpoint: its backbone, and the heads of tasks with the same name")
-    t.add_argument("--num-processes", type=int, metavar="N",
+    t.add_argument("--num-processes", type=positive_int, metavar="N",
                    help="train in N processes on this machine (data parallel; starts them through torchrun)")
     t.add_argument("--resume", metavar="DIR|auto|never",
                    help="continue from a run folder's newest checkpoint (or a checkpoints/step-N folder); with no "
@@ -50,7 +61,7 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--split", help="recipe split to evaluate (default: test if the recipe names one, else dev)")
     e.add_argument("--no-report", action="store_true", help="do not write report.md / report.json")
     e.add_argument("--task", help="task of the checkpoint to evaluate (default: the only one)")
-    e.add_argument("--batch-size", type=int, default=64)
+    e.add_argument("--batch-size", type=positive_int, default=64)
     e.add_argument("--json", action="store_true", help="print JSON")
     e.add_argument("--plugin", action="append", default=[], metavar="MODULE")
 
@@ -59,8 +70,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("texts", nargs="*", help="input texts (default: read stdin, plain lines or JSON objects)")
     r.add_argument("--task", help="task of the checkpoint (default: the only one)")
     r.add_argument("--json", action="store_true", help="print one JSON object per input")
-    r.add_argument("--batch-size", type=int, default=64)
-    r.add_argument("--num-beams", type=int, help="beam size for generation tasks")
+    r.add_argument("--batch-size", type=positive_int, default=64)
+    r.add_argument("--num-beams", type=positive_int, help="beam size for generation tasks")
     r.add_argument("--plugin", action="append", default=[], metavar="MODULE")
 
     ls = sub.add_parser("tasks", help="list registered tasks and where they come from")
@@ -112,11 +123,28 @@ def did_you_mean(flag: str, choices: Sequence[str]) -> str:
     return f" (did you mean {close[0]}?)" if close else ""
 
 
+def subcommand(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return action.choices[name]
+
+
+def flags_of(parser: argparse.ArgumentParser) -> list[str]:
+    return [s for action in parser._actions for s in action.option_strings if s.startswith("--")]
+
+
+def did_you_mean(flag: str, choices: Sequence[str]) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(flag.split("=", 1)[0], list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
 # ---- train -----------------------------------------------------------------------------------------
-def _split_prefixed(value: str, names: Sequence[str], flag: str) -> tuple[str | None, str, str]:
+def _split_prefixed(value: str, names: Sequence[str], flag: str,
+                    form: str = "[TASK:]KEY=VALUE") -> tuple[str | None, str, str]:
     """'[TASK:]KEY=VALUE' -> (task or None, key, value)."""
     if "=" not in value:
-        raise ConfigError(f"{flag} {value!r}: expected [TASK:]KEY=VALUE")
+        raise ConfigError(f"{flag} {value!r}: expected {form}")
     left, right = value.split("=", 1)
     task = None
     if ":" in left:
@@ -146,16 +174,13 @@ def build_config(args: argparse.Namespace) -> "Any":
             type_, _, name = spec.partition(":")
             entries.append({"type": type_, "name": name or type_})
         data["tasks"] = entries
-    if not data.get("tasks"):
-        raise ConfigError("no task given: use --task TYPE (see `nlpkit tasks`) or --recipe FILE")
-    tasks = data["tasks"]
-    if not isinstance(tasks, list) or not all(isinstance(t, dict) for t in tasks):
-        raise ConfigError(f"{source or 'config'}: 'tasks' must be a list of mappings with a 'type'")
+    where = f"{source}: " if source else ""
+    tasks = check_tasks(data, where)
     names = [t.get("name") or t.get("type") for t in tasks]
     by_name = {n: t for n, t in zip(names, tasks)}
     recipe_data = RecipeData(data, args.recipe, args.data_dir) if args.recipe else None
     for value in args.data:
-        task, split, path = _split_prefixed(value, names, "--data")
+        task, split, path = _split_prefixed(value, names, "--data", "[TASK:]SPLIT=PATH")
         by_name[task or names[0]].setdefault("data", {})[split] = path
         if recipe_data:
             recipe_data.written.pop((task or names[0], split), None)
@@ -163,27 +188,75 @@ def build_config(args: argparse.Namespace) -> "Any":
         recipe_data.require(("train", "dev"))
     for value in args.option:
         task, key, raw = _split_prefixed(value, names, "--option")
-        import yaml
-
-        by_name[task or names[0]].setdefault("options", {})[key] = yaml.safe_load(raw)
-    trainer = data.setdefault("trainer", {})
+        by_name[task or names[0]].setdefault("options", {})[key] = _yaml_value(raw, f"--option {value!r}")
+    trainer = _section(data, "trainer", where)
     for flag, key in [("epochs", "epochs"), ("max_steps", "max_steps"), ("batch_size", "batch_size"), ("lr", "lr"), ("seed", "seed")]:
         if getattr(args, flag) is not None:
             trainer[key] = getattr(args, flag)
     if args.no_progress or not sys.stderr.isatty():  # a bar in a log file is noise: print log lines
         trainer["progress"] = False
     if args.backbone:
-        data.setdefault("backbone", {})["spec"] = args.backbone
+        _section(data, "backbone", where)["spec"] = args.backbone
     if args.output_dir:
         data["output_dir"] = args.output_dir
     if args.init_from:
         data["init_from"] = args.init_from
     if resume:
         trainer["resume"] = resume
-    data["plugins"] = list(data.get("plugins") or []) + args.plugin
+    if args.plugin:
+        plugins = data.get("plugins") or []
+        if not isinstance(plugins, list):
+            raise ConfigError(f"{where}plugins: expected a list of module names, got {plugins!r}")
+        data["plugins"] = plugins + args.plugin
     for assignment in args.set:
         apply_override(data, assignment)
     return RunConfig.from_dict(data, source)
+
+
+def check_tasks(data: dict[str, Any], where: str = "") -> list[dict[str, Any]]:
+    """The config's task entries, each checked as a TaskEntry (the one type checker, options.build) before
+    flags are merged into them, so a recipe of the wrong shape is one line naming the key and the file."""
+    from .config import RunConfig, TaskEntry
+    from .options import build, unknown_key
+
+    def named(exc: ConfigError) -> ConfigError:
+        return ConfigError(f"{where}{exc}")
+
+    if not data.get("tasks"):
+        try:
+            unknown_key(RunConfig, data)  # `taks:` is a typo, not a missing task
+        except ConfigError as exc:
+            raise named(exc) from None
+        raise ConfigError(f"{where}no task given: use --task TYPE (see `nlpkit tasks`) or a recipe with "
+                          "'tasks: [{type: TYPE}]'")
+    tasks = data["tasks"]
+    if not isinstance(tasks, list):
+        raise ConfigError(f"{where}tasks: expected a list of task mappings ({{type: TYPE, ...}}), got {tasks!r}")
+    for i, entry in enumerate(tasks):
+        try:
+            build(TaskEntry, dict(entry) if isinstance(entry, dict) else entry, f"tasks[{i}]")
+        except ConfigError as exc:
+            raise named(exc) from None
+    return tasks
+
+
+def _section(data: dict[str, Any], name: str, where: str) -> dict[str, Any]:
+    """The mapping flags are merged into (created when absent); anything else there is the recipe's mistake."""
+    value = data.get(name)
+    if value is None:
+        value = data[name] = {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}{name}: expected a mapping, got {value!r}")
+    return value
+
+
+def _yaml_value(raw: str, where: str) -> Any:
+    import yaml
+
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{where}: the value is not valid YAML ({str(exc).splitlines()[0]})") from exc
 
 
 class RecipeData:
@@ -194,6 +267,8 @@ class RecipeData:
         from pathlib import Path
 
         default = data.pop("data_dir", None)
+        if default is not None and not isinstance(default, str):
+            raise ConfigError(f"{recipe}: data_dir: expected a folder name, got {default!r}")
         self.recipe = recipe
         self.folder = data_dir or (str(Path(recipe).parent / default) if default else None)
         self.written: dict[tuple[str, str], str] = {}  # (task, split) -> path as the recipe wrote it
@@ -290,6 +365,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         from .config import load_recipe
 
         recipe = load_recipe(args.recipe)
+        check_tasks(recipe, f"{args.recipe}: ")
         recipe_data = RecipeData(recipe, args.recipe, args.data_dir)
         for entry in recipe.get("tasks") or []:
             name = entry.get("name") or entry.get("type")
@@ -305,7 +381,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                 jobs.append((name, split, files["train"] + " (dev_split)"))  # the hold-out training used
                 carved[(name, split)] = carve_dev(pipe.task(name), entry)
     for value in args.data:
-        task, split, path = _split_prefixed(value, pipe.task_names if not args.task else [args.task], "--data")
+        task, split, path = _split_prefixed(value, pipe.task_names if not args.task else [args.task], "--data",
+                                            "[TASK:]SPLIT=PATH")
         jobs.append((task or args.task or pipe.task().name, split, path))
     if not jobs:
         raise ConfigError("nothing to evaluate: give --data [TASK:]SPLIT=PATH or --recipe FILE")
@@ -335,6 +412,7 @@ def cmd_predict(args: argparse.Namespace, extra: list[str]) -> int:
         import_plugin_module(module)
     fields, more_texts = _parse_fields(extra)
     pipe = load(args.checkpoint)
+    _check_predict_flags(pipe, args, fields)
     items: list[str | dict] = list(args.texts) + more_texts
     if fields:
         items.append(fields)
@@ -364,21 +442,50 @@ def cmd_predict(args: argparse.Namespace, extra: list[str]) -> int:
     return 0
 
 
-def _parse_fields(extra: list[str]) -> tuple[dict[str, str], list[str]]:
+def _parse_fields(extra: list[str]) -> tuple[dict[str, str | None], list[str]]:
     """``--question Q --context C`` style fields for tasks whose input is a record; other leftovers are
-    texts that argparse could not place (a text after an option)."""
-    fields, texts, i = {}, [], 0
+    texts that argparse could not place (a text after an option). A flag with no value maps to None:
+    whether it is a misspelled flag or a field without its value is told once the task is known."""
+    fields: dict[str, str | None] = {}
+    texts, i = [], 0
     while i < len(extra):
         key = extra[i]
         if not key.startswith("--"):
             texts.append(key)
             i += 1
             continue
-        if i + 1 >= len(extra):
-            raise ConfigError(f"{key} needs a value (fields are given as --NAME VALUE)")
-        fields[key[2:].replace("-", "_")] = extra[i + 1]
-        i += 2
+        name, eq, inline = key[2:].partition("=")
+        if eq:
+            fields[name.replace("-", "_")] = inline
+            i += 1
+            continue
+        has_value = i + 1 < len(extra) and not extra[i + 1].startswith("--")
+        fields[name.replace("-", "_")] = extra[i + 1] if has_value else None
+        i += 2 if has_value else 1
     return fields, texts
+
+
+def _check_predict_flags(pipe: Any, args: argparse.Namespace, fields: dict[str, str | None]) -> None:
+    """Flags argparse left over must be fields of the task's input (``Task.input_fields``), each with a
+    value; --num-beams only means something to a task that generates text."""
+    if not fields and not args.num_beams:
+        return
+    task = pipe.task(args.task)
+    allowed = tuple(getattr(task, "input_fields", ()))
+    flags = [f for f in flags_of(subcommand(_parser(), "predict")) if f != "--help"]
+    for name, value in fields.items():
+        flag = "--" + name.replace("_", "-")
+        if name not in allowed:
+            takes = (f"its input fields are {', '.join('--' + f.replace('_', '-') for f in allowed)}" if allowed
+                     else "its input is plain text (texts as arguments or one per line on stdin)")
+            hint = did_you_mean(flag, flags + ["--" + f.replace("_", "-") for f in allowed])
+            raise ConfigError(f"unknown flag {flag}{hint}: predict takes {', '.join(flags)}; for task "
+                              f"{task.name!r} {takes}")
+        if value is None:
+            raise ConfigError(f"{flag} needs a value (fields are given as --NAME VALUE)")
+    if args.num_beams and not getattr(task, "generative", False):
+        raise ConfigError(f"--num-beams is for tasks that generate text (translation, summarization); "
+                          f"task {task.name!r} ({task.type_name}) does not")
 
 
 # ---- tasks -----------------------------------------------------------------------------------------
@@ -434,8 +541,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args, extra = parser.parse_known_args(argv)
     args.argv = argv
-    if extra and args.command != "predict":
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra and args.command != "predict":  # predict takes --FIELD VALUE pairs: checked against its task
+        command = subcommand(parser, args.command)
+        flag = next((x for x in extra if x.startswith("-")), extra[0])
+        command.error(f"unrecognized arguments: {' '.join(extra)}{did_you_mean(flag, flags_of(command))}")
     try:
         if args.command == "train":
             return cmd_train(args)

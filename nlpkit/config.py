@@ -7,11 +7,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional
 
 from . import options
 from .errors import ConfigError
-from .options import require
+from .options import Range, require
+
+#: what torch, numpy and random all accept as a seed
+SEED = Annotated[int, Range(0, 2**32 - 1)]
 
 
 @dataclass
@@ -73,7 +76,7 @@ class TrainerConfig:
     grad_accum: int = 1
     #: clip the gradient norm to this value (null: no clipping)
     max_grad_norm: Optional[float] = 1.0
-    seed: int = 42
+    seed: SEED = 42
     #: "auto" picks bf16 on GPUs that support it, fp16 on other GPUs, fp32 on CPU (autocast via Accelerate)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     #: evaluate every N optimizer steps (default: at the end of each epoch)
@@ -153,6 +156,12 @@ class RunConfig:
         require(not dupes, f"{key}tasks", f"task names must be unique; give entries of one type a 'name' ({dupes})")
         require(self.selection == "mean" or self.selection in names, f"{key}selection",
                 f"must be 'mean' or the name of a task of this run ({', '.join(names)}), got {self.selection!r}")
+        if self.output_dir is not None:
+            check_output_dir(self.output_dir, f"{key}output_dir")
+        if self.init_from is not None:
+            from .checkpoint import check_files
+
+            check_files(self.init_from)  # cheap (no weights read): a broken start fails before any folder is touched
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str | None = None) -> "RunConfig":
@@ -167,18 +176,49 @@ class RunConfig:
         return options.to_dict(self)
 
 
+def check_output_dir(path: str, key: str) -> None:
+    """The run folder must be a folder, or creatable: its nearest existing ancestor is a writable folder.
+
+    Checked at validation, before anything is created, so a file in the way, a path under a file, or a
+    place the user may not write (permissions, /proc, a read-only mount) is one line naming the key. A
+    probe folder is made and removed in that ancestor: permission bits alone do not tell (root, procfs).
+    """
+    import os
+    import tempfile
+
+    target = Path(path).expanduser()
+    if target.exists() and not target.is_dir():
+        raise ConfigError(f"{key}: {path!r} is a file, not a folder; choose another --output-dir")
+    ancestor = target.absolute()
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise ConfigError(f"{key}: {path!r} cannot be created: {str(ancestor)!r} is a file, not a folder")
+    try:
+        if not os.access(ancestor, os.W_OK | os.X_OK):
+            raise PermissionError(f"no permission to write in {str(ancestor)!r}")
+        os.rmdir(tempfile.mkdtemp(prefix=".nlpkit-probe-", dir=ancestor))
+    except OSError as exc:
+        raise ConfigError(f"{key}: {path!r} cannot be created in {str(ancestor)!r} "
+                          f"({exc.strerror or exc}); choose another --output-dir") from exc
+
+
 def load_recipe(path: str | Path) -> dict[str, Any]:
     import yaml
 
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"recipe {str(path)!r} is a folder; give a recipe file in it (e.g. recipes/NAME.yaml)")
     if not path.is_file():
         raise ConfigError(f"recipe {str(path)!r} does not exist")
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if data == {}:
+        raise ConfigError(f"{path}: the recipe is empty; it needs at least 'tasks: [{{type: TYPE}}]'")
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: a recipe must be a mapping at the top level")
+        raise ConfigError(f"{path}: a recipe must be a mapping at the top level, got {type(data).__name__}")
     return data
 
 
@@ -189,32 +229,57 @@ def apply_override(data: dict[str, Any], assignment: str) -> None:
     if "=" not in assignment:
         raise ConfigError(f"--set {assignment!r}: expected KEY=VALUE, e.g. trainer.lr=3e-5")
     key, raw = assignment.split("=", 1)
-    value = yaml.safe_load(raw) if raw else ""
     parts = key.split(".")
-    node: Any = data
-    for i, part in enumerate(parts[:-1]):
-        if isinstance(node, list):
-            node = _list_item(node, part, key)
-        else:
-            node = node.setdefault(part, [] if part == "tasks" else {})
+    if not all(parts):
+        raise ConfigError(f"--set {assignment!r}: the key has an empty part; expected KEY=VALUE, e.g. trainer.lr=3e-5")
+    try:
+        value = yaml.safe_load(raw) if raw else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {assignment!r}: the value is not valid YAML ({exc})") from exc
+    node = walk(data, parts[:-1], f"--set {key}: ")
     last = parts[-1]
     if isinstance(node, list):
-        idx = _index(node, last, key)
+        idx = _index(node, last, f"--set {key}: ")
         node[idx] = value
     else:
         node[last] = value
 
 
+def walk(data: dict[str, Any], parts: list[str], where: str = "") -> Any:
+    """The mapping (or list) at dotted ``parts`` of ``data``, creating empty mappings on the way.
+
+    What is in the way (a number where ``trainer.lr.x`` needs a mapping) is a ConfigError naming the
+    key: the CLI merges flags and ``--set`` into recipes through here, so a recipe of the wrong shape
+    is reported, not a TypeError.
+    """
+    node: Any = data
+    for i, part in enumerate(parts):
+        if isinstance(node, list):
+            node = _list_item(node, part, where)
+            continue
+        child = node.get(part)
+        if child is None:
+            child = node[part] = [] if part == "tasks" and i == 0 else {}
+        if not isinstance(child, (dict, list)):
+            path = ".".join(parts[: i + 1])
+            raise ConfigError(f"{where}{path}: expected a mapping, got {child!r}")
+        node = child
+    return node
+
+
 def _index(node: list, part: str, key: str) -> int:
     if not part.isdigit() or int(part) >= len(node):
-        raise ConfigError(f"--set {key}: {part!r} is not an index into a list of {len(node)}")
+        raise ConfigError(f"{key}{part!r} is not an index into a list of {len(node)}")
     return int(part)
 
 
 def _list_item(node: list, part: str, key: str) -> Any:
     if part.isdigit():
-        return node[_index(node, part, key)]
-    for item in node:  # tasks.ner.options... addresses a task entry by name
-        if isinstance(item, dict) and (item.get("name") or item.get("type")) == part:
-            return item
-    raise ConfigError(f"--set {key}: no list entry named {part!r}")
+        item = node[_index(node, part, key)]
+    else:
+        item = next((i for i in node if isinstance(i, dict) and (i.get("name") or i.get("type")) == part), None)
+        if item is None:  # tasks.ner.options... addresses a task entry by name
+            raise ConfigError(f"{key}no list entry named {part!r}")
+    if not isinstance(item, dict):
+        raise ConfigError(f"{key}entry {part!r}: expected a mapping, got {item!r}")
+    return item

@@ -1,7 +1,9 @@
 """Build typed dataclasses from plain dicts (YAML, JSON, CLI), failing early with the key at fault.
 
-One small checker instead of a config framework: it covers the types our configs use
-(bool, int, float, str, Optional, Literal, list, dict) and names the full dotted key on error.
+One small checker instead of a config framework. It is total over the field types our configs use
+(bool, int, float, str, Any, Optional/Union, Literal, list, tuple, dict, nested dataclasses, and
+``Annotated[int, Range(lo, hi)]`` for bounded integers): whatever a recipe holds, the result is either
+a well-typed object or a ConfigError naming the full dotted key and what was expected.
 """
 from __future__ import annotations
 
@@ -9,9 +11,29 @@ import dataclasses
 import math
 import types
 import typing
-from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+from typing import Annotated, Any, Literal, Union, get_args, get_origin, get_type_hints
 
 from .errors import ConfigError
+
+
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """``Annotated[int, Range(0, 2**32 - 1)]``: a bound that holds for every value of the field, wherever it
+    comes from (recipe, flag, --set), checked with the type instead of in each ``validate``."""
+
+    lo: float | None = None
+    hi: float | None = None
+
+    def check(self, value: Any, key: str) -> None:
+        if (self.lo is not None and value < self.lo) or (self.hi is not None and value > self.hi):
+            lo = "" if self.lo is None else f"{self.lo:g}" if isinstance(self.lo, float) else str(self.lo)
+            hi = "" if self.hi is None else f"{self.hi:g}" if isinstance(self.hi, float) else str(self.hi)
+            what = f"between {lo} and {hi}" if lo and hi else f"at least {lo}" if lo else f"at most {hi}"
+            raise ConfigError(f"{key}: must be {what}, got {value!r}")
+
+
+def _is_scalar(tp: Any) -> bool:
+    return tp in (bool, int, float, str) or get_origin(tp) is Literal
 
 
 def _type_name(tp: Any) -> str:
@@ -24,8 +46,12 @@ def _describe(tp: Any) -> str:
         return "null"
     if get_origin(tp) is Literal:
         return "one of " + ", ".join(map(repr, get_args(tp)))
+    if get_origin(tp) is Annotated:
+        return _describe(get_args(tp)[0])
     names = {bool: "true or false", int: "an integer", float: "a finite number", str: "a string", list: "a list",
-             dict: "a mapping"}
+             tuple: "a list", dict: "a mapping"}
+    if dataclasses.is_dataclass(tp):
+        return "a mapping"
     return names.get(tp) or names.get(get_origin(tp)) or _type_name(tp)
 
 
@@ -34,18 +60,25 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
     origin = get_origin(tp)
     if tp is Any:
         return value
+    if origin is Annotated:
+        base, *metadata = get_args(tp)
+        value = coerce(value, base, key)
+        for meta in metadata:
+            if isinstance(meta, Range):
+                meta.check(value, key)
+        return value
     if origin in (Union, types.UnionType):
         args = get_args(tp)
         if value is None and type(None) in args:
             return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
+        choices = [a for a in args if a is not type(None)]
+        if len(choices) == 1 and not _is_scalar(choices[0]):
+            return coerce(value, choices[0], key)  # Optional[X]: X's own message (a range, a nested key)
+        for arg in choices:
             try:
                 return coerce(value, arg, key)
-            except ConfigError as exc:
-                errors.append(str(exc))
+            except ConfigError:
+                pass
         raise ConfigError(f"{key}: expected {' or '.join(_describe(a) for a in args)}, got {value!r}")
     if origin is Literal:
         allowed = get_args(tp)
@@ -53,18 +86,14 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
             raise ConfigError(f"{key}: expected one of {', '.join(map(repr, allowed))}, got {value!r}")
         return value
     if origin in (list, tuple) or tp in (list, tuple):
-        if isinstance(value, str):
-            value = [v for v in value.split(",") if v]
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}: expected a list, got {value!r}")
-        (item_tp,) = get_args(tp)[:1] or (Any,)
-        return [coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+        return _sequence(value, tp, key)
     if origin is dict or tp is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping, got {value!r}")
         args = get_args(tp)
-        val_tp = args[1] if len(args) == 2 else Any
-        return {str(k): coerce(v, val_tp, f"{key}.{k}") for k, v in value.items()}
+        key_tp, val_tp = args if len(args) == 2 else (Any, Any)
+        return {(str(k) if key_tp in (str, Any) else coerce(k, key_tp, f"{key} (key {k!r})")): coerce(v, val_tp, f"{key}.{k}")
+                for k, v in value.items()}
     if dataclasses.is_dataclass(tp):
         return build(tp, value, key)
     if tp is bool:
@@ -109,25 +138,51 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
     return value
 
 
+def _sequence(value: Any, tp: Any, key: str) -> list[Any]:
+    """list[X], tuple[X, ...] and fixed tuples; a comma-separated string is a list of scalars (--set a=x,y)."""
+    args = get_args(tp)
+    if isinstance(value, str) and all(a in (str, int, float, Any) for a in args if a is not Ellipsis):
+        value = [v for v in value.split(",") if v]
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError(f"{key}: expected a list, got {value!r}")
+    if get_origin(tp) is tuple and args and Ellipsis not in args:  # tuple[int, str]: one type per place
+        if len(value) != len(args):
+            raise ConfigError(f"{key}: expected a list of {len(args)} items, got {value!r}")
+        return [coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args))]
+    item_tp = args[0] if args else Any
+    return [coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+
+
+def unknown_key(cls: type, data: dict[str, Any], key: str = "") -> None:
+    """Raise for the first key of ``data`` that ``cls`` has no field for, suggesting the closest field."""
+    import difflib
+
+    fields = [f.name for f in dataclasses.fields(cls) if f.init]
+    prefix = f"{key}." if key else ""
+    for k in data:
+        if k not in fields:
+            close = difflib.get_close_matches(str(k), fields, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"unknown key {prefix}{k}{hint}; known keys: {', '.join(fields)}")
+
+
 def build(cls: type, data: Any, key: str = "") -> Any:
-    """Instantiate dataclass ``cls`` from a mapping; unknown keys and bad types raise ConfigError."""
+    """Instantiate dataclass ``cls`` from a mapping; unknown keys, missing required keys and bad types
+    raise ConfigError naming the dotted key."""
     if isinstance(data, cls):
         return data
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{key or cls.__name__}: expected a mapping, got {data!r}")
-    hints = get_type_hints(cls)
+    hints = get_type_hints(cls, include_extras=True)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     prefix = f"{key}." if key else ""
-    unknown = [k for k in data if k not in fields]
-    if unknown:
-        import difflib
-
-        k = unknown[0]
-        close = difflib.get_close_matches(k, list(fields), n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ConfigError(f"unknown key {prefix}{k}{hint}; known keys: {', '.join(fields)}")
+    unknown_key(cls, data, key)
+    for name, f in fields.items():
+        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        if required and name not in data:
+            raise ConfigError(f"{prefix}{name}: missing; it is required ({_describe(hints[name])})")
     kwargs = {name: coerce(value, hints[name], prefix + name) for name, value in data.items()}
     try:
         obj = cls(**kwargs)
@@ -137,6 +192,20 @@ def build(cls: type, data: Any, key: str = "") -> Any:
     if callable(check):
         check(key)
     return obj
+
+
+def replace(obj: Any, changes: dict[str, Any], key: str = "") -> Any:
+    """``dataclasses.replace`` with the checks of ``build``: unknown keys, types, ranges and ``validate``
+    (e.g. ``num_beams`` given to one ``predict`` call)."""
+    cls = type(obj)
+    unknown_key(cls, changes, key)
+    hints = get_type_hints(cls, include_extras=True)
+    prefix = f"{key}." if key else ""
+    new = dataclasses.replace(obj, **{k: coerce(v, hints[k], prefix + k) for k, v in changes.items()})
+    check = getattr(new, "validate", None)
+    if callable(check):
+        check(key)
+    return new
 
 
 def to_dict(obj: Any) -> Any:
@@ -155,4 +224,4 @@ def require(condition: bool, key: str, message: str) -> None:
         raise ConfigError(f"{key}: {message}")
 
 
-__all__ = ["build", "coerce", "to_dict", "require", "typing"]
+__all__ = ["Range", "build", "coerce", "replace", "to_dict", "require", "unknown_key", "typing"]

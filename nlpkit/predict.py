@@ -43,9 +43,9 @@ class Pipeline:
         t = self.task(task)
         saved = t.options
         if options:
-            import dataclasses
+            from . import options as _options
 
-            t.options = dataclasses.replace(t.options, **options)
+            t.options = _options.replace(t.options, options, f"tasks.{t.name}.options")
         try:
             examples = [t.parse_input(item) for item in items]
             if not examples:

@@ -120,10 +120,17 @@ def _load(info: TaskInfo) -> type[Task]:
 
 def import_plugin_module(module: str) -> None:
     """Import a user module (``--plugin my_pkg.my_task``) so its decorators run."""
+    if not module or module.startswith("."):
+        raise NlpkitError(f"plugin module {module!r}: expected an absolute module name, e.g. my_package.my_task")
     try:
         importlib.import_module(module)
     except ImportError as exc:
         raise NlpkitError(f"cannot import plugin module {module!r}: {exc}") from exc
+    except Exception as exc:  # noqa: BLE001 - the plugin's own code failed while importing: say which one
+        where = ""
+        if isinstance(exc, SyntaxError) and exc.filename:
+            where = f" ({exc.filename}:{exc.lineno})"
+        raise NlpkitError(f"plugin module {module!r} failed while importing{where}: {type(exc).__name__}: {exc}") from exc
 
 
 def get_task_class(name: str) -> type[Task]:

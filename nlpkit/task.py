@@ -65,6 +65,9 @@ class Task:
     #: True when a from-scratch preset learns next to nothing of this task on small data (span extraction,
     #: multiple choice): such a run says so at its start and end and names the flag for a pretrained backbone
     needs_pretrained: ClassVar[bool] = False
+    #: fields of a record input that ``nlpkit predict DIR --FIELD VALUE`` may give (``--question Q --context
+    #: C``); () means the input is plain text, and any --FIELD is then an unknown flag
+    input_fields: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, name: str | None = None, options: Any = None):
         self.name = name or self.type_name

@@ -171,6 +171,7 @@ class ClassificationTask(Task):
     description = "text classification: single-label, multi-label, sentence pairs (CSV/TSV/JSONL)"
     Options = ClassificationOptions
     main_score = "accuracy"
+    input_fields = ("text", "pair")  # predict DIR --text T --pair P for sentence-pair models
 
     def __init__(self, name=None, options=None):
         super().__init__(name, options)

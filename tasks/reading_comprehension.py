@@ -159,6 +159,7 @@ class ReadingComprehensionTask(Task):
     description = "multiple-choice reading comprehension (JSONL or RACE files; accuracy)"
     Options = ReadingComprehensionOptions
     main_score = "accuracy"
+    input_fields = (*CONTEXT_FIELDS, "question", "options", "id")  # predict --context C --question Q --options 'a|b'
     needs_pretrained = True  # from scratch on the bundled data: chance-level accuracy
 
     def default_data(self) -> dict[str, str]:

@@ -266,6 +266,7 @@ class RelationExtractionTask(Task):
     description = "relation extraction between two marked entities (SemEval-2010 Task 8 format, JSONL spans)"
     Options = RelationOptions
     main_score = "macro_f1"
+    input_fields = ("text", "head", "tail", "id")  # or one text with <e1>..</e1> <e2>..</e2> markers
 
     def __init__(self, name=None, options=None):
         super().__init__(name, options)

@@ -69,6 +69,7 @@ class QaTask(Task):
     description = "extractive question answering (SQuAD v1.1/v2.0 JSON or JSONL; exact match and F1)"
     Options = QaOptions
     main_score = "f1"
+    input_fields = ("question", "context", "id", "title")  # nlpkit predict DIR --question Q --context C
     needs_pretrained = True  # span extraction from scratch on the bundled data: EM near 16
 
     def __init__(self, name=None, options=None):
