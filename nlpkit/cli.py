@@ -123,22 +123,6 @@ def did_you_mean(flag: str, choices: Sequence[str]) -> str:
     return f" (did you mean {close[0]}?)" if close else ""
 
 
-def subcommand(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
-    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    return action.choices[name]
-
-
-def flags_of(parser: argparse.ArgumentParser) -> list[str]:
-    return [s for action in parser._actions for s in action.option_strings if s.startswith("--")]
-
-
-def did_you_mean(flag: str, choices: Sequence[str]) -> str:
-    import difflib
-
-    close = difflib.get_close_matches(flag.split("=", 1)[0], list(choices), n=1, cutoff=0.6)
-    return f" (did you mean {close[0]}?)" if close else ""
-
-
 # ---- train -----------------------------------------------------------------------------------------
 def _split_prefixed(value: str, names: Sequence[str], flag: str,
                     form: str = "[TASK:]KEY=VALUE") -> tuple[str | None, str, str]:
