@@ -36,6 +36,7 @@ import contextlib
 import copy
 import functools
 import gzip
+import inspect
 import io
 import json
 import math
@@ -521,16 +522,19 @@ def _registered(cls: type[Task]) -> Iterator[str]:
 @contextlib.contextmanager
 def _instrumented(cls: type[Task], prepared: dict[str, list[dict]], captured: list) -> Iterator[None]:
     """While training: ``read`` returns the prepared slices, ``build_head`` records what it built."""
-    original_read, original_build = cls.read, cls.build_head
+    # the attributes as defined (function, staticmethod or classmethod), bound per call as Python would
+    original_read, original_build = inspect.getattr_static(cls, "read"), inspect.getattr_static(cls, "build_head")
 
-    @functools.wraps(original_read)
+    @functools.wraps(cls.read)
     def read(self, path):
         key = str(path)
-        return copy.deepcopy(prepared[key]) if key in prepared else original_read(self, path)
+        if key in prepared:
+            return copy.deepcopy(prepared[key])
+        return original_read.__get__(self, type(self))(path)
 
-    @functools.wraps(original_build)
+    @functools.wraps(cls.build_head)
     def build_head(self, backbone):
-        head = original_build(self, backbone)
+        head = original_build.__get__(self, type(self))(backbone)
         captured.append((self, backbone, head))
         return head
 
