@@ -269,6 +269,12 @@ def test_bad_settings_are_one_line_errors(run_dir, tmp_path, capsys):
     assert "max_items must be >= 1" in capsys.readouterr().err
 
 
+def test_missing_fastapi_names_the_extra(run_dir, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "fastapi", None)
+    assert main(["serve", str(run_dir)]) == 2
+    assert "pip install 'nlpkit[serve]'" in capsys.readouterr().err
+
+
 # ---- SIGTERM ----------------------------------------------------------------------------------------
 def test_sigterm_finishes_in_flight_requests_refuses_new_ones_and_exits_0(run_dir):
     port = free_port()
