@@ -28,7 +28,8 @@ A plugin class that is not registered is registered under a temporary name for t
 unregistered afterwards. While training runs, the class's ``read`` and ``build_head`` are wrapped (and
 restored afterwards): ``read`` hands the trainer the prepared slices, ``build_head`` keeps a reference
 to the head and backbone being trained, so the model in memory at the end of training can be compared
-with the reloaded one. Importing this module is cheap; torch is imported when a check runs.
+with the reloaded one (where it cannot be followed, a first load of the checkpoint stands in for it, and
+the two loads, under different seeds, must agree). Importing this module is cheap; torch is imported when a check runs.
 """
 from __future__ import annotations
 
@@ -205,21 +206,23 @@ class _Contract:
         self.eval_batch_size = 16
         self._memory: tuple[Task, Any, list[Any]] | None = None
         self.pipeline: Any = None
+        self.run_dir = Path()
 
     # -- running -------------------------------------------------------------------------------------
     def run_all(self, config: dict[str, Any], run_dir: Path, scratch: Path, train: Any, dev: Any,
                 bad: Mapping[str | Path, int | None] | None, raw_input: Any) -> None:
-        self.eval_batch_size = config["trainer"]["eval_batch_size"]
+        self.eval_batch_size, self.run_dir = config["trainer"]["eval_batch_size"], run_dir
         self._run("read", lambda: self.check_read(train, dev))
         self._run("state_dict", self.check_state_dict, needs=["read"])
         self._run("bad_input", lambda: self.check_bad_input(bad, scratch), needs=["read"])
         config["tasks"][0]["data"] = dict(self.files)
         self._run("train", lambda: self.check_train(config), needs=["read"])
-        # the model in memory exists once build_head ran, even if training failed later (at scoring)
+        # the model in memory exists once build_head ran, even if training failed later (at scoring);
+        # without it, these checks use the saved checkpoint
         captured = ["read"] if self.captured else ["read", "train"]
         self._run("main_score", self.check_main_score, needs=captured)
         self._run("json", self.check_json, needs=captured)
-        self._run("reload", lambda: self.check_reload(run_dir), needs=["train"])
+        self._run("reload", self.check_reload, needs=["train"])
         self._run("predict", lambda: self.check_predict(raw_input), needs=["reload"])
 
     def _run(self, name: str, fn: Callable[[], str | None], needs: Sequence[str] = ()) -> None:
@@ -378,16 +381,29 @@ class _Contract:
 
     # -- scores and predictions of the model in memory -----------------------------------------------
     def memory(self) -> tuple[Task, Any, list[Any]]:
-        """(task, model, predictions on the dev examples) of the model trained in memory."""
+        """(task, model, predictions on the dev examples) of the trained model: the one in memory, or, when
+        build_head could not be followed (a hook set on the instance), the saved checkpoint loaded once."""
         if self._memory is None:
-            if not self.captured:
-                raise _Fail("the trained head was never built (build_head was not called through the class)")
-            from .model import MultiTaskModel
+            if self.captured:
+                from .model import MultiTaskModel
 
-            task, backbone, head = self.captured[-1]
-            model = MultiTaskModel(backbone, {task.name: head})
+                task, backbone, head = self.captured[-1]
+                model = MultiTaskModel(backbone, {task.name: head})
+            elif self.metrics is not None:
+                pipeline = self._load(seed=12345)
+                task, model = pipeline.task(self.type_name), pipeline.model
+            else:
+                raise _Fail("training failed before it built the head")
             self._memory = (task, model, _predict(task, model, self.dev_examples, self.eval_batch_size))
         return self._memory
+
+    def _load(self, seed: int) -> Any:
+        import torch
+
+        import nlpkit
+
+        torch.manual_seed(seed)  # a head that draws fresh random weights when built draws other ones each time
+        return nlpkit.load(self.run_dir, device="cpu")
 
     def check_main_score(self) -> str:
         task, _, predictions = self.memory()
@@ -420,34 +436,21 @@ class _Contract:
         return f"{len(predictions)} predictions"
 
     # -- reload --------------------------------------------------------------------------------------
-    def check_reload(self, run_dir: Path) -> str:
-        import torch
-
-        import nlpkit
-
-        torch.manual_seed(12345)  # a head that draws fresh random weights at load draws other ones than in training
-        self.pipeline = nlpkit.load(run_dir, device="cpu")
+    def check_reload(self) -> str:
+        self.pipeline = self._load(seed=54321)
         task = self.pipeline.task(self.type_name)
         if type(task) is not self.cls:
             raise _Fail(f"nlpkit.load built {type(task).__qualname__}, not {self.cls.__qualname__}")
         predictions = _predict(task, self.pipeline.model, self.dev_examples, self.eval_batch_size)
-        problems = []
-        if self.captured:
-            mem_task, mem_model, mem_predictions = self.memory()
-            problems += _weight_differences(mem_model, self.pipeline.model)
-            diff = _first_prediction_difference(mem_predictions, predictions, self.dev_examples)
-            if diff:
-                problems.append(f"predictions after reload differ from the trained model's in memory: {diff}")
-            state_diff = _difference(_plain(mem_task.state_dict()), _plain(task.state_dict()))
-            if state_diff:
-                problems.append(f"the reloaded task's state_dict() differs from the trained one's: {state_diff}")
-        else:  # no model in memory: a second fresh load must agree with the first
-            torch.manual_seed(54321)
-            second = nlpkit.load(run_dir, device="cpu")
-            again = _predict(second.task(self.type_name), second.model, self.dev_examples, self.eval_batch_size)
-            diff = _first_prediction_difference(predictions, again, self.dev_examples)
-            if diff:
-                problems.append(f"two loads of the same checkpoint predict differently: {diff}")
+        trained_task, trained_model, trained_predictions = self.memory()
+        trained = "the trained model's in memory" if self.captured else "a first load's (no model in memory)"
+        problems = _weight_differences(trained_model, self.pipeline.model)
+        diff = _first_prediction_difference(trained_predictions, predictions, self.dev_examples)
+        if diff:
+            problems.append(f"predictions after reload differ from {trained}: {diff}")
+        state_diff = _difference(_plain(trained_task.state_dict()), _plain(task.state_dict()))
+        if state_diff:
+            problems.append(f"the reloaded task's state_dict() differs from the trained one's: {state_diff}")
         recorded = (self.metrics or {}).get("tasks", {}).get(task.name)
         if isinstance(recorded, dict):
             scores = task.score(predictions, copy.deepcopy(self.dev_examples))

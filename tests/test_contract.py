@@ -151,6 +151,20 @@ def test_a_head_that_comes_back_random_fails_reload(lines_tsv):
     assert "nn.Parameter" in message  # says what to do
 
 
+def test_without_the_model_in_memory_two_loads_must_agree(lines_tsv, monkeypatch):
+    """When build_head cannot be followed, the saved checkpoint stands in for the model in memory."""
+    import nlpkit.testing as testing
+
+    follow = testing._instrumented
+    monkeypatch.setattr(testing, "_instrumented", lambda cls, prepared, captured: follow(cls, prepared, []))
+    report = check_task(IsQuestionTask, train=lines_tsv)
+    assert report.passed
+    with pytest.raises(ContractError) as excinfo:
+        check_task(RandomAfterReload, train=lines_tsv)
+    assert failed(excinfo) == {"reload"}
+    assert "predictions after reload differ from a first load's (no model in memory)" in str(excinfo.value)
+
+
 class ForgetfulState(IsQuestionTask):
     def load_state_dict(self, state):
         self.labels = sorted(state["labels"], reverse=True)  # the label order is lost
