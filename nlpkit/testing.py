@@ -277,7 +277,8 @@ class _Contract:
             if "dev" not in self.files:  # the training file doubles as dev
                 self.files["dev"] = self.files["train"]
             self.train_examples = train_slice
-            dev_slice = self._read_slice(task, self.files["dev"])
+            same = self.files["dev"] == self.files["train"]
+            dev_slice = train_slice if same else self._read_slice(task, self.files["dev"])
         task.fit(copy.deepcopy(self.train_examples))
         self.fitted = task
         self.prepared = {self.files["train"]: train_slice}
