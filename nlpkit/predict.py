@@ -38,6 +38,7 @@ class Pipeline:
 
         Extra keyword options (e.g. ``num_beams``) are set on the task's options for this call.
         """
+        _check_batch_size(batch_size)
         single = isinstance(inputs, (str, dict))
         items = [inputs] if single else list(inputs)
         t = self.task(task)
@@ -60,6 +61,7 @@ class Pipeline:
     def evaluate(self, path: str, task: str | None = None, batch_size: int = 64, progress: bool = False,
                  examples: list[dict] | None = None) -> dict[str, Any]:
         """Metrics of one task on a labelled file in any format the task reads (or on ``examples``)."""
+        _check_batch_size(batch_size)
         t = self.task(task)
         from .trainer import read_any
 
@@ -74,6 +76,14 @@ class Pipeline:
 
     def format(self, prediction: Any, task: str | None = None) -> str:
         return self.task(task).format_prediction(prediction)
+
+
+def _check_batch_size(batch_size: Any) -> None:
+    """The Python API's twin of the CLI's positive_int: 0 or -1 would fail deep in batching."""
+    from .errors import ConfigError
+
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"batch_size must be a whole number >= 1, got {batch_size!r}")
 
 
 def load(path: str | Path, device: str | None = None, tasks: Sequence[str] | None = None) -> Pipeline:

@@ -3,6 +3,10 @@ from __future__ import annotations
 
 import pytest
 
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal, Optional
+
+from nlpkit import options
 from nlpkit.cli import main
 from nlpkit.config import RunConfig, TrainerConfig
 from nlpkit.errors import ConfigError
@@ -88,3 +92,118 @@ def test_python_api_rejects_the_same_mistakes():
         RunConfig.from_dict({"tasks": [{"type": "ner"}], "trainer": {"max_grad_norm": 0}})
     with pytest.raises(ConfigError, match=r"unknown key trainer.epoch \(did you mean 'epochs'\?\)"):
         RunConfig.from_dict({"tasks": [{"type": "ner"}], "trainer": {"epoch": 1}})
+
+
+# ---- the checker is total: every field type, every shape a recipe can hold ---------------------------
+@dataclass
+class Inner:
+    k: int = 1
+
+
+@dataclass
+class Outer:
+    name: str
+    inner: Inner = field(default_factory=Inner)
+    pair: tuple[int, str] = (1, "a")
+    tags: list[str] = field(default_factory=list)
+    table: dict[str, float] = field(default_factory=dict)
+    mode: Literal["a", "b"] = "a"
+    bounded: Optional[Annotated[int, options.Range(0, 10)]] = None
+    free: Any = None
+
+
+def test_build_checks_every_field_type():
+    ok = options.build(Outer, {"name": "x", "inner": {"k": "3"}, "pair": [2, "b"], "tags": "p,q",
+                               "table": {"a": 1}, "bounded": 10})
+    assert (ok.inner.k, ok.pair, ok.tags, ok.table, ok.bounded) == (3, [2, "b"], ["p", "q"], {"a": 1.0}, 10)
+    for data, message in [
+        ({}, "name: missing; it is required"),
+        ({"name": "x", "inner": [1]}, "inner: expected a mapping, got [1]"),
+        ({"name": "x", "inner": {"k": [1]}}, "inner.k: expected an integer"),
+        ({"name": "x", "pair": [1]}, "pair: expected a list of 2 items"),
+        ({"name": "x", "pair": [1, [2]]}, "pair[1]: expected a string"),
+        ({"name": "x", "pair": ["one", "a"]}, "pair[0]: expected an integer"),
+        ({"name": "x", "tags": [[1]]}, "tags[0]: expected a string"),
+        ({"name": "x", "table": [1]}, "table: expected a mapping"),
+        ({"name": "x", "table": {"a": "b"}}, "table.a: expected a finite number"),
+        ({"name": "x", "mode": "c"}, "mode: expected one of 'a', 'b'"),
+        ({"name": "x", "bounded": 11}, "bounded: must be between 0 and 10, got 11"),
+        ({"name": "x", "bounded": "many"}, "bounded: expected an integer"),
+        ({"name": {"a": 1}}, "name: expected a string"),
+    ]:
+        with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
+            options.build(Outer, data)
+
+
+@pytest.mark.parametrize("seed", [-1, 2**32, 99999999999999999999])
+def test_seed_range(seed):
+    with pytest.raises(ConfigError, match="trainer.seed: must be between 0 and 4294967295"):
+        RunConfig.from_dict({"tasks": [{"type": "ner"}], "trainer": {"seed": seed}})
+    assert RunConfig.from_dict({"tasks": [{"type": "ner"}], "trainer": {"seed": 2**32 - 1}}).trainer.seed == 2**32 - 1
+
+
+def test_options_replace_checks_like_build():
+    from nlpkit import options
+
+    trainer = TrainerConfig()
+    assert options.replace(trainer, {"lr": "0.5"}, "trainer").lr == 0.5
+    with pytest.raises(ConfigError, match="unknown key trainer.num_beams"):
+        options.replace(trainer, {"num_beams": 4}, "trainer")
+    with pytest.raises(ConfigError, match="trainer.lr: must be between 0 and 1"):
+        options.replace(trainer, {"lr": 3}, "trainer")
+
+
+@pytest.mark.parametrize(
+    "recipe, message",
+    [
+        ("tasks: [{type: ner}]\ntrainer: [1, 2]\n", "trainer: expected a mapping, got [1, 2]"),
+        ("tasks: [{type: ner}]\nbackbone: 3\n", "backbone: expected a mapping, got 3"),
+        ("tasks: [{type: ner, options: [1]}]\n", "tasks[0].options: expected a mapping, got [1]"),
+        ("tasks: [{type: ner, data: [a]}]\n", "tasks[0].data: expected a mapping, got ['a']"),
+        ("tasks: {type: ner}\n", "tasks: expected a list"),
+        ("tasks: [ner]\n", "tasks[0]: expected a mapping, got 'ner'"),
+        ("tasks: [{name: x}]\n", "tasks[0].type: missing; it is required"),
+        ("taks: [{type: ner}]\n", "unknown key taks (did you mean 'tasks'?)"),
+        ("", "the recipe is empty"),
+        ("# only a comment\n", "the recipe is empty"),
+    ],
+)
+def test_recipe_shapes_name_the_file_and_key(recipe, message, tmp_path, capsys):
+    path = tmp_path / "r.yaml"
+    path.write_text(recipe)
+    args = ["--backbone", "mini", "--option", "max_length=64", "--data", f"dev={tmp_path / 'd.conll'}"]
+    assert main(["train", "--recipe", str(path), "--output-dir", str(tmp_path / "run"), *args]) == 2
+    err = capsys.readouterr().err
+    assert f"nlpkit: error: {path}: {message}" in err, err
+    assert not (tmp_path / "run").exists()
+
+
+def test_recipe_that_is_a_folder(tmp_path, capsys):
+    assert main(["train", "--recipe", str(tmp_path)]) == 2
+    assert f"recipe {str(tmp_path)!r} is a folder" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("assignment, message", [
+    ("trainer.lr.x=1", "--set trainer.lr.x: trainer.lr: expected a mapping, got 0.1"),
+    ("tasks.0.options.x.y=1", "unknown key tasks.ner.options.x"),  # options.x is created, then rejected by the task
+    ("tasks.3.weight=1", "--set tasks.3.weight: '3' is not an index into a list of 1"),
+    ("trainer.lr=[1", "--set 'trainer.lr=[1': the value is not valid YAML"),
+    ("trainer..lr=1", "the key has an empty part"),
+])
+def test_set_never_walks_into_a_value(assignment, message, tmp_path, capsys):
+    code = main(["train", "--task", "ner", "--lr", "0.1", "--set", assignment, "--output-dir", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err, err
+
+
+def test_output_dir_must_be_creatable(tmp_path):
+    from nlpkit.config import check_output_dir
+
+    (tmp_path / "f.txt").write_text("x")
+    for path, message in [(tmp_path / "f.txt", "is a file, not a folder"),
+                          (tmp_path / "f.txt" / "run", "is a file, not a folder"),
+                          ("/proc/nlpkit-test/run", "cannot be created in '/proc'")]:
+        with pytest.raises(ConfigError, match=f"output_dir: .*{message}"):
+            check_output_dir(str(path), "output_dir")
+    check_output_dir(str(tmp_path / "new" / "run"), "output_dir")  # creatable: fine, and nothing is made
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.txt"]
