@@ -5,7 +5,7 @@ import argparse
 import json
 import os
 import sys
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from .errors import ConfigError, Interrupted, NlpkitError
 
@@ -72,6 +72,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--json", action="store_true", help="print one JSON object per input")
     r.add_argument("--batch-size", type=positive_int, default=64)
     r.add_argument("--num-beams", type=positive_int, help="beam size for generation tasks")
+    r.add_argument("--encoding", default="utf-8",
+                   help="encoding of stdin (default utf-8; a byte-order mark overrides it)")
     r.add_argument("--plugin", action="append", default=[], metavar="MODULE")
 
     ls = sub.add_parser("tasks", help="list registered tasks and where they come from")
@@ -403,15 +405,14 @@ def cmd_predict(args: argparse.Namespace, extra: list[str]) -> int:
     if not items:
         if sys.stdin.isatty():
             print("reading one input per line from stdin (Ctrl-D to end)", file=sys.stderr)
-        for line in sys.stdin:
-            line = line.rstrip("\n")
+        for line in _stdin_lines(args.encoding):
             if not line.strip():
                 continue
             if line.lstrip().startswith("{"):
                 try:
                     items.append(json.loads(line))
                     continue
-                except json.JSONDecodeError:
+                except (json.JSONDecodeError, RecursionError):
                     pass
             items.append(line)
     if not items:
@@ -424,6 +425,17 @@ def cmd_predict(args: argparse.Namespace, extra: list[str]) -> int:
         else:
             print(pipe.format(pred, args.task))
     return 0
+
+
+def _stdin_lines(encoding: str) -> Iterator[str]:
+    """stdin's lines, decoded as data files are (a BOM decides, else strict ``encoding``; NUL = binary)."""
+    from .data import check_encoding, stream_lines
+
+    check_encoding(encoding, "--encoding")
+    binary = getattr(sys.stdin, "buffer", None)
+    if binary is None:  # already text (a StringIO in tests): nothing left to decode
+        return (line.rstrip("\r\n") for line in sys.stdin)
+    return stream_lines(binary, "<stdin>", encoding, hint="--encoding latin-1")
 
 
 def _parse_fields(extra: list[str]) -> tuple[dict[str, str | None], list[str]]:

@@ -206,13 +206,15 @@ def check_output_dir(path: str, key: str) -> None:
 def load_recipe(path: str | Path) -> dict[str, Any]:
     import yaml
 
+    from .data import open_text
+
     path = Path(path)
     if path.is_dir():
         raise ConfigError(f"recipe {str(path)!r} is a folder; give a recipe file in it (e.g. recipes/NAME.yaml)")
     if not path.is_file():
         raise ConfigError(f"recipe {str(path)!r} does not exist")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(open_text(path, hint="").read()) or {}  # the data files' encoding policy
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
     if data == {}:

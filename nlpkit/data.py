@@ -1,41 +1,311 @@
-"""Pieces that several plugins share: opening (gzipped) files, padding, length-grouped batching."""
+"""Pieces that several plugins share: reading text files (one encoding policy), padding, batching.
+
+Every reader of a data file goes through ``open_text`` / ``read_text_lines`` / ``read_jsonl`` here, so
+one policy holds for every task and for ``nlpkit predict``'s stdin:
+
+- a ``.gz`` file (or any file starting with the gzip magic bytes) is un-gzipped; a fake or truncated
+  one is a DataError, not a traceback;
+- a byte-order mark (UTF-8, UTF-16 LE/BE, UTF-32 LE/BE) decides the encoding and is stripped;
+- otherwise the text is decoded strictly in the given encoding (UTF-8 by default, the task option
+  ``encoding``); the first undecodable byte is a DataError naming the line and the byte offset;
+- NUL bytes mean a binary file (or UTF-16 without a BOM) and are a DataError too;
+- lines holding only a byte-order mark (U+FEFF, left by concatenating files; the WNUT-17 dev release
+  has one) are skipped, with one warning per file.
+"""
 from __future__ import annotations
 
+import codecs
+import csv
 import gzip
 import io
 import json
+import logging
 import random
+import re
+import zlib
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import IO, Any, Iterable, Iterator, Sequence
 
 import torch
 
-from .errors import DataError
+from .errors import ConfigError, DataError
+
+log = logging.getLogger("nlpkit.data")
+
+GZIP_MAGIC = b"\x1f\x8b"
+#: longest first: the UTF-32 LE mark begins with the UTF-16 LE one
+BOMS = ((codecs.BOM_UTF32_LE, "utf-32-le"), (codecs.BOM_UTF32_BE, "utf-32-be"), (codecs.BOM_UTF8, "utf-8"),
+        (codecs.BOM_UTF16_LE, "utf-16-le"), (codecs.BOM_UTF16_BE, "utf-16-be"))
+BOM_CHAR = "\ufeff"
+_LONE_CR = re.compile(r"(?<=\r)(?!\n)")  # split points after a \r that does not start \r\n
+_BOM_ONLY = re.compile(r"[\s\ufeff]*\ufeff[\s\ufeff]*")
 
 
-def open_text(path: str | Path, encoding: str = "utf-8") -> io.TextIOBase:
-    """Open a text file, transparently un-gzipping ``.gz``; a missing file is a DataError."""
+def check_encoding(encoding: str, key: str = "encoding") -> str:
+    """The codec's canonical name; an unknown name is a ConfigError naming ``key``."""
+    try:
+        return codecs.lookup(encoding).name
+    except LookupError:
+        raise ConfigError(f"{key}: unknown encoding {encoding!r} (e.g. utf-8, latin-1, cp1252, utf-16)") from None
+
+
+def _wide(encoding: str) -> bool:
+    """UTF-16/32: a byte 0x0A is not always a newline, so such text is decoded whole."""
+    return codecs.lookup(encoding).name.startswith(("utf-16", "utf-32"))
+
+
+#: how a user names another encoding: a task option for data files (``--encoding`` for predict's stdin;
+#: "" where there is no such setting, as for recipes)
+OPTION_HINT = "--option encoding=latin-1"
+
+
+def _undecodable(exc: UnicodeDecodeError, encoding: str, offset: int, line: int, name: str, hint: str) -> DataError:
+    bad = exc.object[exc.start:exc.start + 1].hex().upper()
+    if codecs.lookup(encoding).name == "utf-8":
+        message = (f"not UTF-8 at byte {offset} (line {line}, byte 0x{bad}); re-encode it "
+                   f"(e.g. iconv -f latin1 -t utf-8){f' or pass {hint}' if hint else ''}")
+    else:
+        message = (f"not valid {encoding} at byte {offset} (line {line}, byte 0x{bad}); re-encode it"
+                   f"{' or give another encoding' if hint else ''}")
+    return DataError(message, name, line)
+
+
+def _binary(offset: int, line: int, name: str, hint: str) -> DataError:
+    fix = f"then give {hint.replace('latin-1', 'utf-16')}" if hint else "then re-encode it as UTF-8"
+    return DataError(f"a NUL byte at byte {offset} (line {line}): this is a binary file, not text (or UTF-16/UTF-32 "
+                     f"without a byte-order mark: {fix})", name, line)
+
+
+class _GuardedStream:
+    """Reads from a binary stream; gzip and I/O failures become DataErrors naming the file and line."""
+
+    def __init__(self, raw: IO[bytes], name: str, gzipped: bool):
+        self.raw, self.name, self.gzipped, self.line = raw, name, gzipped, None
+
+    def _call(self, fn, *args):
+        try:
+            return fn(*args)
+        except EOFError:
+            raise DataError("truncated gzip file (it ends before the end-of-stream marker: an interrupted "
+                            "download or copy?)", self.name, self.line) from None
+        except (gzip.BadGzipFile, zlib.error) as exc:
+            what = ("not a gzip file, though its name ends in .gz (if it is plain text, drop the .gz)"
+                    if "Not a gzipped file" in str(exc) else f"damaged gzip file ({exc})")
+            raise DataError(what, self.name, self.line) from None
+        except OSError as exc:
+            raise DataError(f"cannot read the file: {exc.strerror or exc}", self.name, self.line) from None
+
+    def readline(self) -> bytes:
+        return self._call(self.raw.readline)
+
+    def read(self) -> bytes:
+        return self._call(self.raw.read)
+
+    def close(self) -> None:
+        self.raw.close()
+
+
+def _open_binary(path: str | Path) -> _GuardedStream:
     path = Path(path)
     if not path.is_file():
         raise DataError("file not found" if not path.exists() else "not a file", str(path))
-    if path.suffix == ".gz":
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding=encoding, errors="strict", newline="")
-    return open(path, encoding=encoding, newline="")
+    try:
+        f = open(path, "rb")
+        gzipped = path.suffix.lower() == ".gz" or f.peek(2)[:2] == GZIP_MAGIC
+    except OSError as exc:
+        raise DataError(f"cannot open the file: {exc.strerror or exc}", str(path)) from None
+    return _GuardedStream(gzip.GzipFile(fileobj=f) if gzipped else f, str(path), gzipped)
 
 
-def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
-    """Yield (line number, record) for every non-blank line; bad JSON names the line."""
-    with open_text(path) as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
+def decode_lines(stream: Any, name: str, encoding: str = "utf-8", hint: str = OPTION_HINT) -> Iterator[str]:
+    """Decoded lines of a binary stream, line ends kept (\\n, \\r\\n or a lone \\r, as ``newline=""``).
+
+    ``name`` is what errors say (a path, or ``<stdin>``); ``hint`` how to name another encoding. A
+    byte-order mark overrides ``encoding``.
+    """
+    guarded = stream if isinstance(stream, _GuardedStream) else _GuardedStream(stream, name, False)
+    guarded.line = 1
+    first = guarded.readline()
+    for bom, bom_encoding in BOMS:
+        if first.startswith(bom):
+            first, encoding = first[len(bom):], bom_encoding
+            break
+    else:
+        if first.startswith(GZIP_MAGIC) and not guarded.gzipped:
+            raise DataError("this is gzip-compressed data: un-gzip it (or give a file ending in .gz)", name, 1)
+    if _wide(encoding):
+        yield from _decode_whole(first + guarded.read(), name, encoding, hint)
+        return
+    offset, line, raw = 0, 1, first
+    while raw:
+        guarded.line = line
+        nul = raw.find(b"\x00")
+        if nul != -1:
+            raise _binary(offset + nul, line, name, hint)
+        try:
+            text = raw.decode(encoding)
+        except UnicodeDecodeError as exc:
+            raise _undecodable(exc, encoding, offset + exc.start, line, name, hint) from None
+        for part in _LONE_CR.split(text) if "\r" in text else (text,):
+            if part:
+                yield part
+                line += 1
+        offset += len(raw)
+        guarded.line = line
+        raw = guarded.readline()
+
+
+def _decode_whole(data: bytes, name: str, encoding: str, hint: str) -> Iterator[str]:
+    try:
+        text = data.decode(encoding)
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].decode(encoding, errors="replace").count("\n") + 1
+        raise _undecodable(exc, encoding, exc.start, line, name, hint) from None
+    nul = text.find("\x00")
+    if nul != -1:
+        raise _binary(len(text[:nul].encode(encoding)), text.count("\n", 0, nul) + 1, name, hint)
+    yield from io.StringIO(text, newline="")
+
+
+class _StrayMarks:
+    """Counts lines holding only byte-order marks; warns once per file, when the file is done."""
+
+    def __init__(self, name: str):
+        self.name, self.count, self.first = name, 0, None
+
+    def is_stray(self, text: str, line: int) -> bool:
+        if BOM_CHAR not in text or not _BOM_ONLY.fullmatch(text):
+            return False
+        self.count += 1
+        self.first = self.first or line
+        return True
+
+    def warn(self) -> None:
+        if self.count:
+            log.warning(f"{self.name}: skipped {self.count} line(s) holding only a byte-order mark (U+FEFF), "
+                        f"first at line {self.first}")
+
+
+def _text_lines(source: Iterable[str], name: str, blank_stray: bool) -> Iterator[tuple[int, str]]:
+    stray = _StrayMarks(name)
+    for line, text in enumerate(source, 1):
+        if stray.is_stray(text, line):
+            if not blank_stray:
                 continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"invalid JSON: {exc.msg} (column {exc.colno})", str(path), lineno) from None
-            if not isinstance(record, dict):
-                raise DataError("expected a JSON object per line", str(path), lineno)
-            yield lineno, record
+            text = text[len(text.rstrip("\r\n")):]  # keep the line end: csv line numbers stay right
+        yield line, text
+    stray.warn()
+
+
+def read_text_lines(path: str | Path, encoding: str = "utf-8") -> Iterator[tuple[int, str]]:
+    """(line number, line without its line end) for every line of a text file, under the policy above.
+
+    Lines holding only byte-order marks are left out (their numbers are skipped), with one warning.
+    """
+    stream = _open_binary(path)
+    try:
+        for line, text in _text_lines(decode_lines(stream, str(path), encoding), str(path), blank_stray=False):
+            yield line, text.rstrip("\r\n")
+    finally:
+        stream.close()
+
+
+def stream_lines(stream: Any, name: str, encoding: str = "utf-8", hint: str = OPTION_HINT) -> Iterator[str]:
+    """Lines (line ends stripped) of an open binary stream such as ``sys.stdin.buffer``, under the same
+    policy as files; lines holding only byte-order marks are left out, with one warning."""
+    for _, text in _text_lines(decode_lines(stream, name, encoding, hint), name, blank_stray=False):
+        yield text.rstrip("\r\n")
+
+
+class TextFile:
+    """What ``open_text`` returns: iterate its lines (line ends kept), or ``read()`` it whole.
+
+    Enough of a text file for ``csv.reader``, ``json.load`` and ``for line in f``; decoding errors are
+    DataErrors raised where the bad line is read.
+    """
+
+    def __init__(self, path: str | Path, encoding: str = "utf-8", hint: str = OPTION_HINT):
+        self.name = str(path)
+        self._stream = _open_binary(path)
+        decoded = decode_lines(self._stream, self.name, encoding, hint)
+        self._lines = (text for _, text in _text_lines(decoded, self.name, blank_stray=True))
+
+    def __iter__(self) -> Iterator[str]:
+        return self._lines
+
+    def __next__(self) -> str:
+        return next(self._lines)
+
+    def readline(self) -> str:
+        return next(self._lines, "")
+
+    def read(self) -> str:
+        return "".join(self._lines)
+
+    def close(self) -> None:
+        self._stream.close()
+
+    def __enter__(self) -> "TextFile":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def open_text(path: str | Path, encoding: str = "utf-8", hint: str = OPTION_HINT) -> TextFile:
+    """Open a text file under the policy above (gzip, BOM, strict decoding); a missing file is a DataError.
+
+    Lines holding only byte-order marks read as blank lines, so line numbers stay those of the file.
+    ``hint`` tells the user how to name another encoding ("" where there is no setting for it).
+    """
+    return TextFile(path, encoding, hint)
+
+
+def read_jsonl(path: str | Path, encoding: str = "utf-8") -> Iterator[tuple[int, dict]]:
+    """Yield (line number, record) for every non-blank line; bad JSON names the line."""
+    for lineno, line in read_text_lines(path, encoding):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"invalid JSON: {exc.msg} (column {exc.colno})", str(path), lineno) from None
+        except RecursionError:
+            raise DataError("invalid JSON: nested too deeply", str(path), lineno) from None
+        if not isinstance(record, dict):
+            raise DataError("expected a JSON object per line", str(path), lineno)
+        yield lineno, record
+
+
+def load_json(f: TextFile | str, path: str | Path) -> Any:
+    """A whole JSON document (a TextFile or its text); bad JSON names the line and column."""
+    text = f if isinstance(f, str) else f.read()
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DataError(f"invalid JSON: {exc.msg} (column {exc.colno})", str(path), exc.lineno) from None
+    except RecursionError:
+        raise DataError("invalid JSON: nested too deeply", str(path)) from None
+
+
+#: CSV fields may be as long as a document; Python's default limit (128 KiB) would refuse long ones
+CSV_FIELD_LIMIT = 2**31 - 1
+
+
+def csv_rows(lines: Iterable[str], path: str | Path, **fmt: Any) -> Iterator[tuple[int, list[str]]]:
+    """(line number of the row's first line, cells) for each CSV row; a malformed row is a DataError."""
+    csv.field_size_limit(CSV_FIELD_LIMIT)
+    reader = csv.reader(lines, **fmt)
+    start = 1
+    while True:
+        try:
+            cells = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            raise DataError(f"malformed CSV: {exc}", str(path), reader.line_num or start) from None
+        yield start, cells
+        start = reader.line_num + 1
 
 
 HUB_PREFIX = "hub:"

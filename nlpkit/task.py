@@ -39,8 +39,14 @@ class TaskOptions:
     dev_split: float = 0.0
     #: seed of that hold-out, apart from the training seed so runs with other seeds score the same split
     dev_split_seed: int = 0
+    #: text encoding of the data files, used unless a file starts with a byte-order mark (then that
+    #: decides); reading stops at the first byte that does not decode (nlpkit.data explains the policy)
+    encoding: str = "utf-8"
 
     def validate(self, key: str) -> None:
+        from .data import check_encoding
+
+        check_encoding(self.encoding, f"{key}.encoding")
         _options.require(8 <= self.max_length <= 100_000, f"{key}.max_length", "must be between 8 and 100000")
         _options.require(0 <= self.dev_split < 1, f"{key}.dev_split", "must be in [0, 1)")
 

@@ -7,13 +7,12 @@ data; a sub-class (``sentiment``) may map raw labels (``0``/``1``) onto names th
 """
 from __future__ import annotations
 
-import csv
 import re
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator, Literal, Sequence
+from typing import Any, ClassVar, Iterable, Iterator, Literal, Sequence
 
 from nlpkit import DataError, Task, TaskOptions, register_task
-from nlpkit.data import open_text, pad_encodings, read_jsonl
+from nlpkit.data import csv_rows, open_text, pad_encodings, read_jsonl, read_text_lines
 from nlpkit.options import require
 
 from . import DATA_DIR
@@ -24,6 +23,8 @@ TEXT_COLUMNS: list[tuple[str, str | None]] = [
     ("premise", "hypothesis"), ("question1", "question2"), ("question", "sentence"), ("sentence", None),
     ("review", None), ("content", None), ("document", None),
 ]
+#: the TREC release's encoding, used for format label-first unless the option encoding names another
+LABEL_FIRST_ENCODING = "latin-1"
 LABEL_COLUMNS = ["label", "labels", "gold_label", "class", "category", "sentiment", "target"]
 
 SINGLE_SCORES = ("accuracy", "macro_f1", "weighted_f1", "macro_precision", "macro_recall")
@@ -78,28 +79,27 @@ def detect_format(path: str) -> str:
                     "set the option format=csv|tsv|jsonl", str(path))
 
 
-def read_label_first(path: str, coarse: bool) -> Iterator[tuple[int, dict[str, Any]]]:
+def read_label_first(path: str, coarse: bool, encoding: str = LABEL_FIRST_ENCODING) -> Iterator[tuple[int, dict[str, Any]]]:
     """(line, row) for ``LABEL text ...`` lines, as in the TREC question classification release."""
     yield 0, {"__header__": ["label", "text"]}
-    with open_text(path, encoding="latin-1") as f:
-        for lineno, raw in enumerate(f, 1):
-            line = raw.strip()
-            if not line:
-                continue
-            label, _, text = line.partition(" ")
-            if not text.strip():
-                raise DataError("expected a label, a space and the text", path, lineno)
-            yield lineno, {"label": label.split(":")[0] if coarse else label, "text": text.strip()}
+    for lineno, raw in read_text_lines(path, encoding):
+        line = raw.strip()
+        if not line:
+            continue
+        label, _, text = line.partition(" ")
+        if not text.strip():
+            raise DataError("expected a label, a space and the text", path, lineno)
+        yield lineno, {"label": label.split(":")[0] if coarse else label, "text": text.strip()}
 
 
-def read_table(path: str, fmt: str) -> Iterator[tuple[int, dict[str, Any]]]:
+def read_table(path: str, fmt: str, encoding: str = "utf-8") -> Iterator[tuple[int, dict[str, Any]]]:
     """(line, row) for a CSV file or a GLUE-style TSV file, whose first non-blank line is the header.
 
     TSV is split on tabs only: GLUE's files hold unbalanced quotes that a CSV reader would swallow.
     """
-    with open_text(path, encoding="utf-8-sig") as f:
+    with open_text(path, encoding) as f:
         if fmt == "csv":
-            rows = ((reader.line_num, cells) for reader in [csv.reader(f)] for cells in reader)
+            rows = csv_rows(f, path)
         else:
             rows = ((n, raw.rstrip("\r\n").split("\t")) for n, raw in enumerate(f, 1))
         header = None
@@ -165,6 +165,24 @@ def label_text(value: Any) -> str:
     return str(value).strip()
 
 
+def scalar_label(value: Any, column: str, path: str, line: int | None) -> str:
+    """One label as text: a string, an integer, a boolean or a whole number (1.0). Anything else (an
+    object, a fraction, null inside a list) would silently become a class named after its repr."""
+    if isinstance(value, str) or isinstance(value, (bool, int)) or (isinstance(value, float) and value.is_integer()):
+        return label_text(value)
+    if value is None:
+        got = "null"
+    else:
+        what = {dict: "a JSON object", list: "a list", float: "a fractional number"}.get(type(value), type(value).__name__)
+        got = f"{what} {_short(value)}"
+    raise DataError(f"field {column!r}: a label must be a string or an integer, got {got}", path, line)
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 # ---- the plugin ------------------------------------------------------------------------------------
 @register_task("classification")
 class ClassificationTask(Task):
@@ -189,11 +207,14 @@ class ClassificationTask(Task):
     # ---- reading -------------------------------------------------------------------------------------
     def read(self, path: str) -> list[dict]:
         fmt = self.options.format if self.options.format != "auto" else detect_format(path)
+        encoding = self.options.encoding
         if fmt == "jsonl":
-            return self._records(read_jsonl(path), path)
+            return self._records(read_jsonl(path, encoding), path)
         if fmt == "label-first":
-            return self._records(read_label_first(path, self.options.label_part == "coarse"), path)
-        return self._records(read_table(path, fmt), path)
+            if encoding == "utf-8":  # the option's default: the format's own encoding
+                encoding = LABEL_FIRST_ENCODING
+            return self._records(read_label_first(path, self.options.label_part == "coarse", encoding), path)
+        return self._records(read_table(path, fmt, encoding), path)
 
     def read_hub(self, rows: Any, spec: str) -> list[dict]:
         """Rows of a ``datasets`` split; ClassLabel ids become their names."""
@@ -246,20 +267,24 @@ class ClassificationTask(Task):
                             else f"expected text in column {column!r}, got {value!r}", path, line)
         return value
 
+    #: what to do about a list where one label is expected (sentiment has no multi-label mode)
+    list_label_hint: ClassVar[str] = "set multi_label: true (--option multi_label=true) for several labels per text"
+
     def _label(self, value: Any, column: str, path: str, line: int | None) -> str | list[str]:
         if self.options.multi_label:
             if isinstance(value, (list, tuple)):
-                labels = [label_text(v) for v in value]
+                labels = [scalar_label(v, column, path, line) for v in value]
             elif value is None:
                 labels = []
             else:
-                labels = [part.strip() for part in label_text(value).split(self.options.label_separator)]
+                labels = [part.strip() for part in
+                          scalar_label(value, column, path, line).split(self.options.label_separator)]
             labels = [lab for lab in labels if lab]
             return list(dict.fromkeys(labels))  # an example may have no label at all
         if isinstance(value, (list, tuple)):
-            raise DataError(f"column {column!r} holds a list {value!r}; set multi_label: true for "
-                            "several labels per text", path, line)
-        label = "" if value is None else label_text(value)
+            raise DataError(f"field {column!r} holds a list {_short(value)}, but a single label is expected: "
+                            f"{self.list_label_hint}", path, line)
+        label = "" if value is None else scalar_label(value, column, path, line)
         if not label:
             raise DataError(f"empty label in column {column!r}", path, line)
         return label

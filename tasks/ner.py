@@ -5,16 +5,18 @@ default conlleval-compatible mode (``strict: true`` switches to seqeval's strict
 """
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
 from typing import Any, Literal, Sequence
 
 from nlpkit import DataError, Task, TaskOptions, register_task
-from nlpkit.data import open_text, pad_encodings
+from nlpkit.data import pad_encodings, read_text_lines
 
 from . import DATA_DIR
 
 TAG_RE = re.compile(r"^(?:O|[BIESLU]-.+)$")
+log = logging.getLogger("nlpkit.tasks.ner")
 WORD_RE = re.compile(r"\w+(?:[-'’.]\w+)*|[^\w\s]")
 
 
@@ -28,27 +30,25 @@ class NerOptions(TaskOptions):
 
 
 # ---- reading ---------------------------------------------------------------------------------------
-def read_conll(path: str) -> list[dict]:
+def read_conll(path: str, encoding: str = "utf-8") -> list[dict]:
     """Sentences of a CoNLL file: any number of columns, the word first and the tag last."""
     sentences, tokens, tags, start = [], [], [], None
-    with open_text(path) as f:
-        for lineno, raw in enumerate(f, 1):
-            line = raw.rstrip("\r\n")
-            if not line.strip() or line.startswith("-DOCSTART-"):
-                if tokens:
-                    sentences.append({"tokens": tokens, "tags": tags, "line": start})
-                tokens, tags, start = [], [], None
-                continue
-            cols = line.split()
-            if len(cols) < 2:
-                raise DataError(f"expected at least 2 columns (WORD ... TAG), got {line!r}", path, lineno)
-            tag = cols[-1]
-            if not TAG_RE.match(tag):
-                raise DataError(f"expected a tag like O, B-PER or I-LOC in the last column, got {tag!r}", path, lineno)
-            if start is None:
-                start = lineno
-            tokens.append(cols[0])
-            tags.append(tag)
+    for lineno, line in read_text_lines(path, encoding):
+        if not line.strip() or line.startswith("-DOCSTART-"):
+            if tokens:
+                sentences.append({"tokens": tokens, "tags": tags, "line": start})
+            tokens, tags, start = [], [], None
+            continue
+        cols = line.split()
+        if len(cols) < 2:
+            raise DataError(f"expected at least 2 columns (WORD ... TAG), got {line[:200]!r}", path, lineno)
+        tag = cols[-1]
+        if not TAG_RE.match(tag):
+            raise DataError(f"expected a tag like O, B-PER or I-LOC in the last column, got {tag[:100]!r}", path, lineno)
+        if start is None:
+            start = lineno
+        tokens.append(cols[0])
+        tags.append(tag)
     if tokens:
         sentences.append({"tokens": tokens, "tags": tags, "line": start})
     return sentences
@@ -121,7 +121,7 @@ class NerTask(Task):
         return {"train": str(DATA_DIR / "ner" / "train.conll"), "dev": str(DATA_DIR / "ner" / "dev.conll")}
 
     def read(self, path: str) -> list[dict]:
-        sentences = read_conll(path)
+        sentences = read_conll(path, self.options.encoding)
         scheme = self.options.scheme if self.options.scheme != "auto" else detect_scheme(sentences)
         for s in sentences:
             s["tags"] = to_iob2(s["tags"], scheme)
@@ -170,9 +170,11 @@ class NerTask(Task):
         label_id = {t: i for i, t in enumerate(self.labels)}
         enc = self.tokenizer([s["tokens"] for s in examples], is_split_into_words=True, truncation=True,
                              max_length=self.options.max_length)
-        features = []
+        features, cut = [], []
         for i, s in enumerate(examples):
             word_ids = enc.word_ids(i)
+            if self._was_cut(s, word_ids, len(enc["input_ids"][i])):
+                cut.append(i)
             feature = {"example_index": i, "input_ids": enc["input_ids"][i], "word_ids": word_ids}
             if "tags" in s:
                 labels, prev = [], None
@@ -181,7 +183,18 @@ class NerTask(Task):
                     prev = w
                 feature["labels"] = labels
             features.append(feature)
+        if cut:
+            line = examples[cut[0]].get("line")
+            log.warning(f"{self.name}: {len(cut)} of {len(examples)} sentence(s) longer than max_length="
+                        f"{self.options.max_length} tokens were cut: their last words are not trained on and "
+                        f"are predicted O" + (f" (first at line {line})" if line is not None else "")
+                        + "; raise the option max_length")
         return features
+
+    def _was_cut(self, sentence: dict, word_ids: Sequence[int | None], length: int) -> bool:
+        """Truncation dropped words: the encoding is full and its last word is not the sentence's last."""
+        last = max((w for w in word_ids if w is not None), default=-1)
+        return length >= self.options.max_length and last < len(sentence["tokens"]) - 1
 
     def collate(self, features: Sequence[dict]) -> dict:
         batch = pad_encodings(features, self.tokenizer.pad_token_id)

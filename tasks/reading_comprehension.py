@@ -16,7 +16,7 @@ from typing import Any, Literal, Sequence
 import torch
 
 from nlpkit import DataError, Task, TaskOptions, register_task
-from nlpkit.data import open_text, pad, pad_encodings, read_jsonl
+from nlpkit.data import load_json, open_text, pad, pad_encodings, read_jsonl
 
 from . import DATA_DIR
 
@@ -35,32 +35,29 @@ class ReadingComprehensionOptions(TaskOptions):
 
 
 # ---- reading ---------------------------------------------------------------------------------------
-def read_rc(path: str) -> list[dict]:
+def read_rc(path: str, encoding: str = "utf-8") -> list[dict]:
     """JSONL (one question per line) or the RACE release: one JSON article per file, or a folder of them."""
     p = Path(path)
     if p.is_dir():
         files = sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith("."))
         if not files:
             raise DataError("folder holds no files (expected RACE article files)", path)
-        return [ex for f in files for ex in _read_race_file(str(f))]
-    with open_text(path) as f:
+        return [ex for f in files for ex in _read_race_file(str(f), encoding)]
+    with open_text(path, encoding) as f:
         text = f.read()
     try:
         document = json.loads(text)
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):
         document = None  # JSONL: several objects, one per line
     if isinstance(document, dict) and "questions" in document:
         return _race_article(document, path)
     return [make_example(record, path, line, None, f"{Path(path).stem}-{i}")
-            for i, (line, record) in enumerate(read_jsonl(path))]
+            for i, (line, record) in enumerate(read_jsonl(path, encoding))]
 
 
-def _read_race_file(path: str) -> list[dict]:
-    with open_text(path) as f:
-        try:
-            document = json.load(f)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"invalid JSON: {exc.msg} (column {exc.colno})", path, exc.lineno) from None
+def _read_race_file(path: str, encoding: str = "utf-8") -> list[dict]:
+    with open_text(path, encoding) as f:
+        document = load_json(f, path)
     if not isinstance(document, dict) or "questions" not in document:
         raise DataError("expected a RACE article: {\"article\", \"questions\": [...], \"options\": [[...]], "
                         "\"answers\": [...]}", path)
@@ -167,7 +164,7 @@ class ReadingComprehensionTask(Task):
         return {"train": str(folder / "train.jsonl"), "dev": str(folder / "dev.jsonl")}
 
     def read(self, path: str) -> list[dict]:
-        return read_rc(path)
+        return read_rc(path, self.options.encoding)
 
     def read_hub(self, rows, spec: str) -> list[dict]:
         """Rows with article/context, question, options and answer (as the ``ehovy/race`` dataset)."""

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Iterator, Mapping, Sequence
 
 from nlpkit import DataError, Task, TaskOptions, register_task
-from nlpkit.data import open_text, pad_encodings, read_jsonl
+from nlpkit.data import pad_encodings, read_jsonl, read_text_lines
 from nlpkit.options import require
 
 MARKERS = ("[E1]", "[/E1]", "[E2]", "[/E2]")
@@ -110,18 +110,17 @@ def official_scores(key: Mapping[Any, str], proposed: Mapping[Any, str], other: 
     }
 
 
-def read_answer_file(path: str) -> dict[str, str]:
+def read_answer_file(path: str, encoding: str = "utf-8") -> dict[str, str]:
     """An answer key or proposed answer file of the scorer: ``ID<TAB>LABEL`` per line, official labels only."""
     answers: dict[str, str] = {}
-    with open_text(path) as f:
-        for lineno, raw in enumerate(f, 1):
-            m = re.match(r"^([0-9]+)\t([^\r\n]+)\r?\n?$", raw)
-            if not m or m.group(2) not in SEMEVAL_LABELS:
-                raise DataError(f"expected ID<TAB>LABEL with one of the 19 SemEval labels, got {raw.rstrip()!r}",
-                                path, lineno)
-            if m.group(1) in answers:
-                raise DataError(f"ID {m.group(1)} is already defined", path, lineno)
-            answers[m.group(1)] = m.group(2)
+    for lineno, raw in read_text_lines(path, encoding):
+        m = re.match(r"^([0-9]+)\t([^\r\n]+)$", raw)
+        if not m or m.group(2) not in SEMEVAL_LABELS:
+            raise DataError(f"expected ID<TAB>LABEL with one of the 19 SemEval labels, got {raw.rstrip()[:100]!r}",
+                            path, lineno)
+        if m.group(1) in answers:
+            raise DataError(f"ID {m.group(1)} is already defined", path, lineno)
+        answers[m.group(1)] = m.group(2)
     return answers
 
 
@@ -167,25 +166,26 @@ def check_spans(text: str, head: list[int], tail: list[int], path: str | None, l
         raise DataError(f"head {head} and tail {tail} overlap", path, line)
 
 
-def read_semeval(path: str) -> list[dict]:
+def read_semeval(path: str, encoding: str = "utf-8") -> list[dict]:
     """The SemEval-2010 Task 8 release format; the Comment line is optional."""
-    with open_text(path) as f:
-        lines = [raw.rstrip("\r\n") for raw in f]
+    numbered = list(read_text_lines(path, encoding))  # (line number, text): BOM-only lines are left out
+    lines = [text for _, text in numbered]
     examples, i = [], 0
     while i < len(lines):
         if not lines[i].strip():
             i += 1
             continue
+        lineno = numbered[i][0]
         m = SEMEVAL_SENTENCE_RE.match(lines[i])
         if not m:
             raise DataError(f'expected a sentence line ID<TAB>"... <e1>..</e1> ... <e2>..</e2> ...", got '
-                            f"{lines[i][:80]!r}", path, i + 1)
-        text, head, tail = parse_marked(m.group(2), path, i + 1)
+                            f"{lines[i][:80]!r}", path, lineno)
+        text, head, tail = parse_marked(m.group(2), path, lineno)
         label = lines[i + 1].strip() if i + 1 < len(lines) else ""
         if not SEMEVAL_LABEL_RE.match(label):
             raise DataError(f"expected the relation (Other or Type(e1,e2) / Type(e2,e1)) after the sentence, "
-                            f"got {label!r}", path, i + 2)
-        examples.append({"id": m.group(1), "text": text, "head": head, "tail": tail, "label": label, "line": i + 1})
+                            f"got {label[:80]!r}", path, numbered[i + 1][0] if i + 1 < len(lines) else lineno + 1)
+        examples.append({"id": m.group(1), "text": text, "head": head, "tail": tail, "label": label, "line": lineno})
         i += 3 if i + 2 < len(lines) and lines[i + 2].startswith("Comment") else 2
     return examples
 
@@ -226,6 +226,10 @@ def parse_record(record: dict, path: str | None, line: int | None, labelled: boo
     example = {"text": text, "head": head, "tail": tail, "line": line}
     label = record.get("label", record.get("relation"))
     if labelled:
+        if label is not None and not isinstance(label, str):
+            what = {dict: "a JSON object", list: "a list"}.get(type(label), type(label).__name__)
+            raise DataError(f"field \"label\" must be the relation's name (a string), got {what} {str(label)[:80]}",
+                            path, line)
         if not isinstance(label, str) or not label.strip():
             raise DataError("missing or empty \"label\"", path, line)
         example["label"] = label.strip()
@@ -277,8 +281,8 @@ class RelationExtractionTask(Task):
         if fmt == "auto":
             fmt = "jsonl" if re.search(r"\.(jsonl|json|ndjson)(\.gz)?$", str(path).lower()) else "semeval"
         if fmt == "semeval":
-            return read_semeval(path)
-        return [parse_record(rec, path, lineno, labelled=True) for lineno, rec in read_jsonl(path)]
+            return read_semeval(path, self.options.encoding)
+        return [parse_record(rec, path, lineno, labelled=True) for lineno, rec in read_jsonl(path, self.options.encoding)]
 
     def read_hub(self, rows: Any, spec: str) -> list[dict]:
         """Rows with a marked ``sentence`` (or ``text``) and a ``relation`` ClassLabel, as the hub's sem_eval_2010_task_8."""

@@ -51,6 +51,7 @@ class SentimentOptions(ClassificationOptions):
 class SentimentTask(ClassificationTask):
     description = "sentiment analysis: negative/positive (optional neutral or 5-point), label + probability"
     Options = SentimentOptions
+    list_label_hint = "sentiment has one label per text (the classification task takes multi-label data)"
 
     def default_data(self) -> dict[str, str]:
         folder = DATA_DIR / "sentiment"

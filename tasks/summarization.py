@@ -12,14 +12,13 @@ its data cannot be downloaded offline), so Lsum measures summary-level LCS as in
 """
 from __future__ import annotations
 
-import csv
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Optional, Sequence
 
 from nlpkit import DataError, register_task
-from nlpkit.data import open_text, read_jsonl
+from nlpkit.data import csv_rows, open_text, read_jsonl
 from nlpkit.generation import GenerationOptions, Seq2SeqTask, hub_records, pair, warn_skipped
 
 from . import DATA_DIR
@@ -96,9 +95,9 @@ class SummarizationTask(Seq2SeqTask):
     def read(self, path: str) -> list[dict]:
         kind = Path(path[:-3] if path.endswith(".gz") else path).suffix.lower()
         if kind in (".csv", ".tsv"):
-            records = read_csv(path, "\t" if kind == ".tsv" else ",")
+            records = read_csv(path, "\t" if kind == ".tsv" else ",", self.options.encoding)
         elif kind in (".jsonl", ".json"):
-            records = read_jsonl(path)
+            records = read_jsonl(path, self.options.encoding)
         else:
             raise DataError("expected a .jsonl, .json, .csv or .tsv file (optionally .gz) or hub:DATASET:SPLIT", path)
         return self._examples(records, path)
@@ -147,17 +146,20 @@ class SummarizationTask(Seq2SeqTask):
         return super().parse_input(item)
 
 
-def read_csv(path: str, delimiter: str = ","):
-    """(line, record) per CSV row; the header names the fields; quoted fields may span lines."""
-    with open_text(path) as f:
-        reader = csv.DictReader(f, delimiter=delimiter)
-        if not reader.fieldnames:
+def read_csv(path: str, delimiter: str = ",", encoding: str = "utf-8"):
+    """(line, record) per CSV row; the header (the first non-blank row) names the fields; quoted fields
+    may span lines."""
+    with open_text(path, encoding) as f:
+        header = None
+        for line, cells in csv_rows(f, path, delimiter=delimiter):
+            if not cells:  # a blank line
+                continue
+            if header is None:
+                header = cells
+                continue
+            if len(cells) != len(header):
+                more = "more" if len(cells) > len(header) else "fewer"
+                raise DataError(f"row has {more} cells than the header ({len(header)})", path, line)
+            yield line, dict(zip(header, cells))
+        if header is None:
             raise DataError("expected a header row naming the fields", path, 1)
-        line = reader.line_num + 1
-        for row in reader:
-            if None in row:
-                raise DataError(f"row has more cells than the header ({len(reader.fieldnames)})", path, line)
-            if any(v is None for v in row.values()):
-                raise DataError(f"row has fewer cells than the header ({len(reader.fieldnames)})", path, line)
-            yield line, row
-            line = reader.line_num + 1

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from nlpkit import ConfigError, DataError, register_task
-from nlpkit.data import open_text, read_jsonl
+from nlpkit.data import open_text, read_jsonl, read_text_lines
 from nlpkit.generation import GenerationOptions, Seq2SeqTask, hub_records, pair, warn_skipped
 
 from . import DATA_DIR
@@ -72,11 +72,13 @@ def parallel_files(path: str, src: str, tgt: str) -> tuple[str, str]:
     raise DataError(f"file not found (nor {path}.{src} / {path}.{tgt} as a prefix)", path)
 
 
-def read_parallel(src_path: str, tgt_path: str, skip_empty: bool = False) -> tuple[list[dict], int]:
-    """Line i of one file aligns with line i of the other; counts must match."""
-    with open_text(src_path) as f:
+def read_parallel(src_path: str, tgt_path: str, skip_empty: bool = False, encoding: str = "utf-8"
+                  ) -> tuple[list[dict], int]:
+    """Line i of one file aligns with line i of the other; counts must match (lines holding only a
+    byte-order mark count as lines here, as blank ones: skipping them would misalign the sides)."""
+    with open_text(src_path, encoding) as f:
         sources = [line.rstrip("\r\n") for line in f]
-    with open_text(tgt_path) as f:
+    with open_text(tgt_path, encoding) as f:
         targets = [line.rstrip("\r\n") for line in f]
     if len(sources) != len(targets):
         raise DataError(f"misaligned parallel files: {src_path} has {len(sources)} lines but {tgt_path} has "
@@ -91,33 +93,34 @@ def read_parallel(src_path: str, tgt_path: str, skip_empty: bool = False) -> tup
     return examples, skipped
 
 
-def read_tsv(path: str, src: str, tgt: str, skip_empty: bool = False) -> tuple[list[dict], int]:
+def read_tsv(path: str, src: str, tgt: str, skip_empty: bool = False, encoding: str = "utf-8"
+             ) -> tuple[list[dict], int]:
     """SOURCE<TAB>TARGET per line; a first line naming the columns (en<TAB>de, source<TAB>target) picks them."""
     examples, skipped, cols = [], 0, (0, 1)
-    with open_text(path) as f:
-        for lineno, raw in enumerate(f, 1):
-            line = raw.rstrip("\r\n")
-            if not line.strip():
-                continue
-            parts = line.split("\t")
-            if lineno == 1:
-                header = [p.strip().lower() for p in parts]
-                for names in ((src, tgt), ("source", "target"), ("src", "tgt")):
-                    if names[0] in header and names[1] in header:
-                        cols = (header.index(names[0]), header.index(names[1]))
-                        break
-                else:
-                    header = None
-                if header is not None:
-                    continue
-            if len(parts) <= max(cols):
-                raise DataError(f"expected at least {max(cols) + 1} tab-separated columns (source, target), "
-                                f"got {len(parts)}", path, lineno)
-            ex = pair(parts[cols[0]], parts[cols[1]], (path, lineno), skip_empty)
-            if ex is None:
-                skipped += 1
+    first = True
+    for lineno, line in read_text_lines(path, encoding):
+        if not line.strip():
+            continue
+        parts = line.split("\t")
+        if first:
+            first = False
+            header = [p.strip().lower() for p in parts]
+            for names in ((src, tgt), ("source", "target"), ("src", "tgt")):
+                if names[0] in header and names[1] in header:
+                    cols = (header.index(names[0]), header.index(names[1]))
+                    break
             else:
-                examples.append(ex)
+                header = None
+            if header is not None:
+                continue
+        if len(parts) <= max(cols):
+            raise DataError(f"expected at least {max(cols) + 1} tab-separated columns (source, target), "
+                            f"got {len(parts)}", path, lineno)
+        ex = pair(parts[cols[0]], parts[cols[1]], (path, lineno), skip_empty)
+        if ex is None:
+            skipped += 1
+        else:
+            examples.append(ex)
     return examples, skipped
 
 
@@ -165,11 +168,11 @@ class TranslationTask(Seq2SeqTask):
         src, tgt = o.source_lang, o.target_lang
         kind = Path(_base(path)).suffix.lower()
         if kind == ".tsv":
-            examples, skipped = read_tsv(path, src, tgt, o.skip_empty)
+            examples, skipped = read_tsv(path, src, tgt, o.skip_empty, o.encoding)
         elif kind in (".jsonl", ".json"):
-            examples, skipped = read_records(read_jsonl(path), path, src, tgt, o.skip_empty)
+            examples, skipped = read_records(read_jsonl(path, o.encoding), path, src, tgt, o.skip_empty)
         else:
-            examples, skipped = read_parallel(*parallel_files(path, src, tgt), o.skip_empty)
+            examples, skipped = read_parallel(*parallel_files(path, src, tgt), o.skip_empty, o.encoding)
         warn_skipped(self.name, skipped, path)
         return examples
 

@@ -81,7 +81,7 @@ class QaTask(Task):
         return {"train": str(DATA_DIR / "qa" / "train.json"), "dev": str(DATA_DIR / "qa" / "dev.json")}
 
     def read(self, path: str) -> list[dict]:
-        return read_squad(path)
+        return read_squad(path, self.options.encoding)
 
     def read_hub(self, rows, spec: str) -> list[dict]:
         return read_hub_rows(rows, spec)

@@ -20,7 +20,7 @@ from nlpkit.data import open_text, read_jsonl
 # ---- reading ---------------------------------------------------------------------------------------
 
 
-def read_squad(path: str) -> list[dict]:
+def read_squad(path: str, encoding: str = "utf-8") -> list[dict]:
     """Questions of a SQuAD JSON file (data → paragraphs → qas) or of a JSONL file (one per line).
 
     ``.json`` files must be the SQuAD layout and ``.jsonl`` files one question per line; for other names
@@ -28,21 +28,23 @@ def read_squad(path: str) -> list[dict]:
     """
     name = Path(path).name.lower().removesuffix(".gz")
     if name.endswith(".jsonl"):
-        return _read_jsonl(path)
-    with open_text(path) as f:
+        return _read_jsonl(path, encoding)
+    with open_text(path, encoding) as f:
         text = f.read()
     try:
         document = json.loads(text)
     except json.JSONDecodeError as exc:
         if name.endswith(".json"):
             raise DataError(f"invalid JSON: {exc.msg} (column {exc.colno})", path, exc.lineno) from None
-        return _read_jsonl(path)  # several objects, one per line
+        return _read_jsonl(path, encoding)  # several objects, one per line
+    except RecursionError:
+        raise DataError("invalid JSON: nested too deeply", path) from None
     if isinstance(document, dict) and "data" in document:
         return _read_squad_document(document, path)
     if name.endswith(".json"):
         raise DataError("expected the SQuAD layout: an object with \"data\": [{\"paragraphs\": [{\"context\", "
                         "\"qas\": [...]}]}]", path)
-    return _read_jsonl(path)
+    return _read_jsonl(path, encoding)
 
 
 def _read_squad_document(document: dict, path: str) -> list[dict]:
@@ -72,8 +74,9 @@ def _read_squad_document(document: dict, path: str) -> list[dict]:
     return examples
 
 
-def _read_jsonl(path: str) -> list[dict]:
-    return [make_example(record, path, None, lineno, str(i)) for i, (lineno, record) in enumerate(read_jsonl(path))]
+def _read_jsonl(path: str, encoding: str = "utf-8") -> list[dict]:
+    return [make_example(record, path, None, lineno, str(i))
+            for i, (lineno, record) in enumerate(read_jsonl(path, encoding))]
 
 
 def read_hub_rows(rows: Iterable[dict], spec: str) -> list[dict]:
