@@ -361,6 +361,10 @@ class _Contract:
     def check_train(self, config: dict[str, Any]) -> str:
         import nlpkit
 
+        kinds = tuple(self.cls.backbone_kinds)
+        if config["backbone"].get("spec") == "mini" and "encoder" not in kinds:
+            raise _Fail(f"{self.cls.__qualname__} runs on {' or '.join(kinds)} backbones, not on the default "
+                        f"from-scratch mini encoder: pass backbone='PATH' (a small local {kinds[0]} model)")
         out = io.StringIO()
         redirect = (contextlib.redirect_stdout(out), contextlib.redirect_stderr(out)) if self.quiet else ()
         try:

@@ -261,6 +261,18 @@ def test_check_task_reports_every_check_with_its_time(lines_tsv):
     assert "all 8 checks passed" in report.summary()
 
 
+class DecoderOnly(IsQuestionTask):
+    backbone_kinds = ("decoder",)
+
+
+def test_a_task_that_cannot_run_on_the_default_backbone_is_told_to_pass_one(lines_tsv):
+    with pytest.raises(ContractError) as excinfo:
+        check_task(DecoderOnly, train=lines_tsv)
+    assert failed(excinfo) == {"train"}
+    assert "runs on decoder backbones, not on the default from-scratch mini encoder: pass backbone=" in str(
+        excinfo.value)
+
+
 def test_a_class_that_is_not_a_task_is_refused():
     with pytest.raises(TypeError, match="subclass of nlpkit.Task"):
         check_task(dict)
