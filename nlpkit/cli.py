@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from typing import Any, Iterator, Sequence
 
@@ -145,7 +146,7 @@ def _split_prefixed(value: str, names: Sequence[str], flag: str,
 def build_config(args: argparse.Namespace) -> "Any":
     from .config import RunConfig, apply_override, load_recipe
 
-    data: dict[str, Any] = load_recipe(args.recipe) if args.recipe else {}
+    data: dict[str, Any] = load_recipe(args.recipe) if args.recipe is not None else {}
     source = args.recipe
     resume = getattr(args, "resume", None)
     if resume and resume not in ("auto", "never") and not args.recipe and not args.task:
@@ -181,11 +182,11 @@ def build_config(args: argparse.Namespace) -> "Any":
             trainer[key] = getattr(args, flag)
     if args.no_progress or not sys.stderr.isatty():  # a bar in a log file is noise: print log lines
         trainer["progress"] = False
-    if args.backbone:
+    if args.backbone is not None:  # "" too: an empty flag is a mistake, not "use the default"
         _section(data, "backbone", where)["spec"] = args.backbone
-    if args.output_dir:
+    if args.output_dir is not None:
         data["output_dir"] = args.output_dir
-    if args.init_from:
+    if args.init_from is not None:
         data["init_from"] = args.init_from
     if resume:
         trainer["resume"] = resume
@@ -396,7 +397,10 @@ def cmd_predict(args: argparse.Namespace, extra: list[str]) -> int:
 
     for module in args.plugin:
         import_plugin_module(module)
-    fields, more_texts = _parse_fields(extra)
+    # argparse takes "--name=a value with spaces" for a text: it is a field (or a misspelled flag)
+    flagged = [t for t in args.texts if re.match(r"--[A-Za-z][\w-]*=", t)]
+    args.texts = [t for t in args.texts if t not in flagged]
+    fields, more_texts = _parse_fields(flagged + extra)
     pipe = load(args.checkpoint)
     _check_predict_flags(pipe, args, fields)
     items: list[str | dict] = list(args.texts) + more_texts

@@ -30,6 +30,7 @@ class BackboneConfig:
     attention: str = "sdpa"
 
     def validate(self, key: str) -> None:
+        require(bool(self.spec.strip()), f"{key}.spec", "must name a preset (tiny, mini, small), alias, folder or hub id")
         require(self.vocab_size is None or self.vocab_size >= 300, f"{key}.vocab_size", "must be at least 300")
         require(self.dropout is None or 0 <= self.dropout < 1, f"{key}.dropout", "must be in [0, 1)")
         require(self.attention in ("sdpa", "eager"), f"{key}.attention", "must be sdpa or eager")
@@ -156,6 +157,9 @@ class RunConfig:
         require(not dupes, f"{key}tasks", f"task names must be unique; give entries of one type a 'name' ({dupes})")
         require(self.selection == "mean" or self.selection in names, f"{key}selection",
                 f"must be 'mean' or the name of a task of this run ({', '.join(names)}), got {self.selection!r}")
+        require(self.output_dir is None or bool(self.output_dir.strip()), f"{key}output_dir",
+                "must name a folder (leave it out for runs/<tasks>-<time>)")
+        require(self.init_from is None or bool(self.init_from.strip()), f"{key}init_from", "must name a checkpoint")
         if self.output_dir is not None:
             check_output_dir(self.output_dir, f"{key}output_dir")
         if self.init_from is not None:
@@ -208,6 +212,8 @@ def load_recipe(path: str | Path) -> dict[str, Any]:
 
     from .data import open_text
 
+    if not str(path).strip():
+        raise ConfigError("recipe: the file name is empty")
     path = Path(path)
     if path.is_dir():
         raise ConfigError(f"recipe {str(path)!r} is a folder; give a recipe file in it (e.g. recipes/NAME.yaml)")
