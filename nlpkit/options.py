@@ -133,7 +133,10 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
         raise ConfigError(f"{key}: expected a string, got {value!r}")
-    if isinstance(tp, type) and not isinstance(value, tp):
+    if origin is not None or not isinstance(tp, type):  # a field type this checker does not know: a bug
+        raise TypeError(f"nlpkit.options cannot check {tp!r} (key {key}); field types are bool, int, float, "
+                        "str, Any, Optional, Literal, list, tuple, dict, Annotated[..., Range] or a dataclass")
+    if not isinstance(value, tp):
         raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
     return value
 

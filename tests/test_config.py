@@ -207,3 +207,19 @@ def test_output_dir_must_be_creatable(tmp_path):
             check_output_dir(str(path), "output_dir")
     check_output_dir(str(tmp_path / "new" / "run"), "output_dir")  # creatable: fine, and nothing is made
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f.txt"]
+
+
+def test_every_config_and_task_option_type_is_one_the_checker_knows():
+    """Every field of every config section and built-in task's options round-trips through the checker
+    (an unsupported field type would be a TypeError here, not on a user's machine)."""
+    from nlpkit.config import BackboneConfig, TaskEntry
+    from nlpkit.registry import get_task_class, list_tasks
+
+    classes = [TrainerConfig, BackboneConfig] + [get_task_class(info.name).Options for info in list_tasks()]
+    for cls in classes:
+        default = cls()
+        assert options.build(cls, options.to_dict(default)) == default, cls
+    entry = options.build(TaskEntry, {"type": "ner", "data": {"train": "a"}, "options": {"x": [1]}, "weight": 2})
+    assert (entry.name, entry.data, entry.weight) == ("ner", {"train": "a"}, 2.0)
+    with pytest.raises(TypeError, match="cannot check"):  # a plugin author's field type it does not know
+        options.coerce({1}, set[int], "tasks.x.options.odd")
