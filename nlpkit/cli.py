@@ -9,6 +9,7 @@ import sys
 from typing import Any, Iterator, Sequence
 
 from .errors import ConfigError, Interrupted, NlpkitError
+from .options import show
 
 
 def positive_int(text: str) -> int:
@@ -140,6 +141,8 @@ def _split_prefixed(value: str, names: Sequence[str], flag: str,
             raise ConfigError(f"{flag} {value!r}: no task named {task!r} in this run ({', '.join(names)})")
     elif len(names) > 1:
         raise ConfigError(f"{flag} {value!r}: several tasks are trained; write TASK:{left}=... ({', '.join(names)})")
+    if not right.strip() and form.endswith("=PATH"):
+        raise ConfigError(f"{flag} {value!r}: the path is empty")
     return task, left, right
 
 
@@ -193,7 +196,7 @@ def build_config(args: argparse.Namespace) -> "Any":
     if args.plugin:
         plugins = data.get("plugins") or []
         if not isinstance(plugins, list):
-            raise ConfigError(f"{where}plugins: expected a list of module names, got {plugins!r}")
+            raise ConfigError(f"{where}plugins: expected a list of module names, got {show(plugins)}")
         data["plugins"] = plugins + args.plugin
     for assignment in args.set:
         apply_override(data, assignment)
@@ -218,12 +221,14 @@ def check_tasks(data: dict[str, Any], where: str = "") -> list[dict[str, Any]]:
                           "'tasks: [{type: TYPE}]'")
     tasks = data["tasks"]
     if not isinstance(tasks, list):
-        raise ConfigError(f"{where}tasks: expected a list of task mappings ({{type: TYPE, ...}}), got {tasks!r}")
+        raise ConfigError(f"{where}tasks: expected a list of task mappings ({{type: TYPE, ...}}), got {show(tasks)}")
     for i, entry in enumerate(tasks):
         try:
-            build(TaskEntry, dict(entry) if isinstance(entry, dict) else entry, f"tasks[{i}]")
+            checked = build(TaskEntry, dict(entry) if isinstance(entry, dict) else entry, f"tasks[{i}]")
         except ConfigError as exc:
             raise named(exc) from None
+        if "data" in entry:
+            entry["data"] = dict(checked.data)  # paths as strings (`train: 123` is the file "123")
     return tasks
 
 
@@ -233,7 +238,7 @@ def _section(data: dict[str, Any], name: str, where: str) -> dict[str, Any]:
     if value is None:
         value = data[name] = {}
     if not isinstance(value, dict):
-        raise ConfigError(f"{where}{name}: expected a mapping, got {value!r}")
+        raise ConfigError(f"{where}{name}: expected a mapping, got {show(value)}")
     return value
 
 
@@ -242,7 +247,7 @@ def _yaml_value(raw: str, where: str) -> Any:
 
     try:
         return yaml.safe_load(raw)
-    except yaml.YAMLError as exc:
+    except (yaml.YAMLError, RecursionError) as exc:
         raise ConfigError(f"{where}: the value is not valid YAML ({str(exc).splitlines()[0]})") from exc
 
 
@@ -255,7 +260,7 @@ class RecipeData:
 
         default = data.pop("data_dir", None)
         if default is not None and not isinstance(default, str):
-            raise ConfigError(f"{recipe}: data_dir: expected a folder name, got {default!r}")
+            raise ConfigError(f"{recipe}: data_dir: expected a folder name, got {show(default)}")
         self.recipe = recipe
         self.folder = data_dir or (str(Path(recipe).parent / default) if default else None)
         self.written: dict[tuple[str, str], str] = {}  # (task, split) -> path as the recipe wrote it

@@ -51,6 +51,8 @@ class TaskEntry:
     def validate(self, key: str) -> None:
         self.name = self.name or self.type
         require(self.weight > 0, f"{key}.weight", "must be positive")
+        for split, path in self.data.items():
+            require(bool(path.strip()), f"{key}.data.{split}", "the path is empty")
 
 
 @dataclass
@@ -223,6 +225,8 @@ def load_recipe(path: str | Path) -> dict[str, Any]:
         data = yaml.safe_load(open_text(path, hint="").read()) or {}  # the data files' encoding policy
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    except RecursionError:
+        raise ConfigError(f"{path}: nested too deeply to be a recipe") from None
     if data == {}:
         raise ConfigError(f"{path}: the recipe is empty; it needs at least 'tasks: [{{type: TYPE}}]'")
     if not isinstance(data, dict):
@@ -242,7 +246,7 @@ def apply_override(data: dict[str, Any], assignment: str) -> None:
         raise ConfigError(f"--set {assignment!r}: the key has an empty part; expected KEY=VALUE, e.g. trainer.lr=3e-5")
     try:
         value = yaml.safe_load(raw) if raw else ""
-    except yaml.YAMLError as exc:
+    except (yaml.YAMLError, RecursionError) as exc:
         raise ConfigError(f"--set {assignment!r}: the value is not valid YAML ({exc})") from exc
     node = walk(data, parts[:-1], f"--set {key}: ")
     last = parts[-1]
@@ -270,7 +274,7 @@ def walk(data: dict[str, Any], parts: list[str], where: str = "") -> Any:
             child = node[part] = [] if part == "tasks" and i == 0 else {}
         if not isinstance(child, (dict, list)):
             path = ".".join(parts[: i + 1])
-            raise ConfigError(f"{where}{path}: expected a mapping, got {child!r}")
+            raise ConfigError(f"{where}{path}: expected a mapping, got {options.show(child)}")
         node = child
     return node
 
@@ -289,5 +293,5 @@ def _list_item(node: list, part: str, key: str) -> Any:
         if item is None:  # tasks.ner.options... addresses a task entry by name
             raise ConfigError(f"{key}no list entry named {part!r}")
     if not isinstance(item, dict):
-        raise ConfigError(f"{key}entry {part!r}: expected a mapping, got {item!r}")
+        raise ConfigError(f"{key}entry {part!r}: expected a mapping, got {options.show(item)}")
     return item

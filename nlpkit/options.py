@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import reprlib
 import types
 import typing
 from typing import Annotated, Any, Literal, Union, get_args, get_origin, get_type_hints
@@ -29,7 +30,16 @@ class Range:
             lo = "" if self.lo is None else f"{self.lo:g}" if isinstance(self.lo, float) else str(self.lo)
             hi = "" if self.hi is None else f"{self.hi:g}" if isinstance(self.hi, float) else str(self.hi)
             what = f"between {lo} and {hi}" if lo and hi else f"at least {lo}" if lo else f"at most {hi}"
-            raise ConfigError(f"{key}: must be {what}, got {value!r}")
+            raise ConfigError(f"{key}: must be {what}, got {show(value)}")
+
+
+_SHOW = reprlib.Repr()
+_SHOW.maxlevel, _SHOW.maxlist, _SHOW.maxdict, _SHOW.maxstring, _SHOW.maxother = 2, 5, 5, 80, 80
+
+
+def show(value: Any) -> str:
+    """A value for an error message, cut short: a recipe may hold a huge (or YAML-alias-bombed) structure."""
+    return _SHOW.repr(value)
 
 
 def _is_scalar(tp: Any) -> bool:
@@ -79,17 +89,17 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
                 return coerce(value, arg, key)
             except ConfigError:
                 pass
-        raise ConfigError(f"{key}: expected {' or '.join(_describe(a) for a in args)}, got {value!r}")
+        raise ConfigError(f"{key}: expected {' or '.join(_describe(a) for a in args)}, got {show(value)}")
     if origin is Literal:
         allowed = get_args(tp)
         if value not in allowed:
-            raise ConfigError(f"{key}: expected one of {', '.join(map(repr, allowed))}, got {value!r}")
+            raise ConfigError(f"{key}: expected one of {', '.join(map(repr, allowed))}, got {show(value)}")
         return value
     if origin in (list, tuple) or tp in (list, tuple):
         return _sequence(value, tp, key)
     if origin is dict or tp is dict:
         if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+            raise ConfigError(f"{key}: expected a mapping, got {show(value)}")
         args = get_args(tp)
         key_tp, val_tp = args if len(args) == 2 else (Any, Any)
         return {(str(k) if key_tp in (str, Any) else coerce(k, key_tp, f"{key} (key {k!r})")): coerce(v, val_tp, f"{key}.{k}")
@@ -101,10 +111,10 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
             return value
         if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
             return value.lower() in ("true", "yes", "1")
-        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        raise ConfigError(f"{key}: expected true or false, got {show(value)}")
     if tp is int:
         if isinstance(value, bool):
-            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+            raise ConfigError(f"{key}: expected an integer, got {show(value)}")
         if isinstance(value, int):
             return value
         if isinstance(value, float) and value.is_integer():
@@ -114,10 +124,10 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
                 return int(value)
             except ValueError:
                 pass
-        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        raise ConfigError(f"{key}: expected an integer, got {show(value)}")
     if tp is float:
         if isinstance(value, bool):
-            raise ConfigError(f"{key}: expected a number, got {value!r}")
+            raise ConfigError(f"{key}: expected a number, got {show(value)}")
         number = None
         if isinstance(value, (int, float)):
             number = float(value)
@@ -128,16 +138,16 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
                 pass
         if number is not None and math.isfinite(number):
             return number
-        raise ConfigError(f"{key}: expected a finite number, got {value!r}")
+        raise ConfigError(f"{key}: expected a finite number, got {show(value)}")
     if tp is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
-        raise ConfigError(f"{key}: expected a string, got {value!r}")
+        raise ConfigError(f"{key}: expected a string, got {show(value)}")
     if origin is not None or not isinstance(tp, type):  # a field type this checker does not know: a bug
         raise TypeError(f"nlpkit.options cannot check {tp!r} (key {key}); field types are bool, int, float, "
                         "str, Any, Optional, Literal, list, tuple, dict, Annotated[..., Range] or a dataclass")
     if not isinstance(value, tp):
-        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {show(value)}")
     return value
 
 
@@ -147,10 +157,10 @@ def _sequence(value: Any, tp: Any, key: str) -> list[Any]:
     if isinstance(value, str) and all(a in (str, int, float, Any) for a in args if a is not Ellipsis):
         value = [v for v in value.split(",") if v]
     if not isinstance(value, (list, tuple)):
-        raise ConfigError(f"{key}: expected a list, got {value!r}")
+        raise ConfigError(f"{key}: expected a list, got {show(value)}")
     if get_origin(tp) is tuple and args and Ellipsis not in args:  # tuple[int, str]: one type per place
         if len(value) != len(args):
-            raise ConfigError(f"{key}: expected a list of {len(args)} items, got {value!r}")
+            raise ConfigError(f"{key}: expected a list of {len(args)} items, got {show(value)}")
         return [coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args))]
     item_tp = args[0] if args else Any
     return [coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
@@ -177,7 +187,7 @@ def build(cls: type, data: Any, key: str = "") -> Any:
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{key or cls.__name__}: expected a mapping, got {data!r}")
+        raise ConfigError(f"{key or cls.__name__}: expected a mapping, got {show(data)}")
     hints = get_type_hints(cls, include_extras=True)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     prefix = f"{key}." if key else ""
@@ -227,4 +237,4 @@ def require(condition: bool, key: str, message: str) -> None:
         raise ConfigError(f"{key}: {message}")
 
 
-__all__ = ["Range", "build", "coerce", "replace", "to_dict", "require", "unknown_key", "typing"]
+__all__ = ["Range", "build", "coerce", "replace", "show", "to_dict", "require", "unknown_key", "typing"]
