@@ -37,7 +37,6 @@ GZIP_MAGIC = b"\x1f\x8b"
 BOMS = ((codecs.BOM_UTF32_LE, "utf-32-le"), (codecs.BOM_UTF32_BE, "utf-32-be"), (codecs.BOM_UTF8, "utf-8"),
         (codecs.BOM_UTF16_LE, "utf-16-le"), (codecs.BOM_UTF16_BE, "utf-16-be"))
 BOM_CHAR = "\ufeff"
-_LONE_CR = re.compile(r"(?<=\r)(?!\n)")  # split points after a \r that does not start \r\n
 _BOM_ONLY = re.compile(r"[\s\ufeff]*\ufeff[\s\ufeff]*")
 
 
@@ -95,11 +94,15 @@ class _GuardedStream:
         except OSError as exc:
             raise DataError(f"cannot read the file: {exc.strerror or exc}", self.name, self.line) from None
 
-    def readline(self) -> bytes:
-        return self._call(self.raw.readline)
+    def read(self, size: int = -1) -> bytes:
+        return self._call(self.raw.read, size)
 
-    def read(self) -> bytes:
-        return self._call(self.raw.read)
+    def chunk(self) -> bytes:
+        """About CHUNK_BYTES, up to the end of a line (so no character or \\r\\n is split)."""
+        data = self.read(CHUNK_BYTES)
+        if data and not data.endswith(b"\n"):
+            data += self._call(self.raw.readline)
+        return data
 
     def close(self) -> None:
         self.raw.close()
@@ -117,42 +120,52 @@ def _open_binary(path: str | Path) -> _GuardedStream:
     return _GuardedStream(gzip.GzipFile(fileobj=f) if gzipped else f, str(path), gzipped)
 
 
+#: bytes decoded at a time; a chunk is extended to the end of its last line
+CHUNK_BYTES = 1 << 16
+_BREAK = re.compile(r"\r\n|\r|\n")
+
+
 def decode_lines(stream: Any, name: str, encoding: str = "utf-8", hint: str = OPTION_HINT) -> Iterator[str]:
     """Decoded lines of a binary stream, line ends kept (\\n, \\r\\n or a lone \\r, as ``newline=""``).
 
     ``name`` is what errors say (a path, or ``<stdin>``); ``hint`` how to name another encoding. A
-    byte-order mark overrides ``encoding``.
+    byte-order mark overrides ``encoding``. Whole lines are decoded a chunk at a time (the codecs run in
+    C); only on a fault is the line and byte offset worked out.
     """
     guarded = stream if isinstance(stream, _GuardedStream) else _GuardedStream(stream, name, False)
     guarded.line = 1
-    first = guarded.readline()
+    chunk = guarded.chunk()
     for bom, bom_encoding in BOMS:
-        if first.startswith(bom):
-            first, encoding = first[len(bom):], bom_encoding
+        if chunk.startswith(bom):
+            chunk, encoding = chunk[len(bom):], bom_encoding
             break
     else:
-        if first.startswith(GZIP_MAGIC) and not guarded.gzipped:
+        if chunk.startswith(GZIP_MAGIC) and not guarded.gzipped:
             raise DataError("this is gzip-compressed data: un-gzip it (or give a file ending in .gz)", name, 1)
     if _wide(encoding):
-        yield from _decode_whole(first + guarded.read(), name, encoding, hint)
+        yield from _decode_whole(chunk + guarded.read(), name, encoding, hint)
         return
-    offset, line, raw = 0, 1, first
-    while raw:
-        guarded.line = line
-        nul = raw.find(b"\x00")
+    offset, line = 0, 1
+    while chunk:
+        nul = chunk.find(b"\x00")
         if nul != -1:
-            raise _binary(offset + nul, line, name, hint)
+            raise _binary(offset + nul, line + _breaks(chunk[:nul], encoding), name, hint)
         try:
-            text = raw.decode(encoding)
+            text = chunk.decode(encoding)
         except UnicodeDecodeError as exc:
-            raise _undecodable(exc, encoding, offset + exc.start, line, name, hint) from None
-        for part in _LONE_CR.split(text) if "\r" in text else (text,):
-            if part:
-                yield part
-                line += 1
-        offset += len(raw)
+            where = line + _breaks(chunk[:exc.start], encoding)
+            raise _undecodable(exc, encoding, offset + exc.start, where, name, hint) from None
+        for part in io.StringIO(text, newline=""):
+            yield part
+            line += 1
+        offset += len(chunk)
         guarded.line = line
-        raw = guarded.readline()
+        chunk = guarded.chunk()
+
+
+def _breaks(data: bytes, encoding: str) -> int:
+    """Line ends in the (decodable) bytes before a fault, counted as a text file counts them."""
+    return len(_BREAK.findall(data.decode(encoding, errors="replace")))
 
 
 def _decode_whole(data: bytes, name: str, encoding: str, hint: str) -> Iterator[str]:
@@ -286,6 +299,18 @@ def load_json(f: TextFile | str, path: str | Path) -> Any:
         raise DataError(f"invalid JSON: {exc.msg} (column {exc.colno})", str(path), exc.lineno) from None
     except RecursionError:
         raise DataError("invalid JSON: nested too deeply", str(path)) from None
+
+
+def input_text(value: Any, field: str = "text") -> str:
+    """A text given to ``predict`` (an argument, a stdin line or a JSON record's field): a non-empty
+    string. A wrong type names the field instead of reading as "empty"."""
+    if value is not None and not isinstance(value, str):
+        shown = repr(value) if len(repr(value)) <= 80 else repr(value)[:80] + "..."
+        what = {dict: "a JSON object", list: "a list"}.get(type(value), type(value).__name__)
+        raise DataError(f"field {field!r} of the input must be a string, got {what} {shown}")
+    if not value or not value.strip():
+        raise DataError("empty input text")
+    return value
 
 
 #: CSV fields may be as long as a document; Python's default limit (128 KiB) would refuse long ones

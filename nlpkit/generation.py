@@ -191,11 +191,11 @@ class Seq2SeqTask(Task):
 
     # ---- raw input ----------------------------------------------------------------------------------
     def parse_input(self, item: str | dict) -> dict:
+        from .data import input_text
+
         if isinstance(item, dict):
             item = item.get("source", item.get("text", ""))
-        if not isinstance(item, str) or not item.strip():
-            raise DataError("empty input text")
-        return {"source": item.strip()}
+        return {"source": input_text(item, "source").strip()}
 
     def format_prediction(self, prediction: dict) -> str:
         return prediction["text"]

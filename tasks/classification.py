@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Iterable, Iterator, Literal, Sequence
 
 from nlpkit import DataError, Task, TaskOptions, register_task
-from nlpkit.data import csv_rows, open_text, pad_encodings, read_jsonl, read_text_lines
+from nlpkit.data import csv_rows, input_text, open_text, pad_encodings, read_jsonl, read_text_lines
 from nlpkit.options import require
 
 from . import DATA_DIR
@@ -433,10 +433,11 @@ class ClassificationTask(Task):
             text, pair = item, None
             if self.pair and isinstance(item, str) and "\t" in item:
                 text, pair = item.split("\t", 1)
-        if not isinstance(text, str) or not text.strip():
-            raise DataError("empty input text")
+        text = input_text(text, "text")
         example = {"text": text}
         if self.pair:
+            if pair is not None and not isinstance(pair, str):
+                input_text(pair, "pair")
             if not isinstance(pair, str) or not pair.strip():
                 raise DataError("this model classifies text pairs: give TEXT<TAB>PAIR, a JSON record with "
                                 "\"text\" and \"pair\", or --text ... --pair ...")

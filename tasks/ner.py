@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, Sequence
 
 from nlpkit import DataError, Task, TaskOptions, register_task
-from nlpkit.data import pad_encodings, read_text_lines
+from nlpkit.data import input_text, pad_encodings, read_text_lines
 
 from . import DATA_DIR
 
@@ -257,10 +257,14 @@ class NerTask(Task):
     def parse_input(self, item) -> dict:
         if isinstance(item, dict):
             if "tokens" in item:
-                return {"tokens": list(item["tokens"])}
+                tokens = item["tokens"]
+                if not isinstance(tokens, list) or not tokens or not all(isinstance(t, str) and t.strip() and
+                                                                         not any(c.isspace() for c in t) for t in tokens):
+                    raise DataError(f"field 'tokens' of the input must be a non-empty list of words (strings "
+                                    f"without spaces), got {str(tokens)[:80]}")
+                return {"tokens": list(tokens)}
             item = item.get("text", "")
-        if not isinstance(item, str) or not item.strip():
-            raise DataError("empty input text")
+        item = input_text(item)
         matches = list(WORD_RE.finditer(item))
         return {"tokens": [m.group() for m in matches], "offsets": [m.span() for m in matches], "text": item}
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional, Sequence
 
 from nlpkit import DataError, register_task
-from nlpkit.data import csv_rows, open_text, read_jsonl
+from nlpkit.data import csv_rows, input_text, open_text, read_jsonl
 from nlpkit.generation import GenerationOptions, Seq2SeqTask, hub_records, pair, warn_skipped
 
 from . import DATA_DIR
@@ -141,7 +141,7 @@ class SummarizationTask(Seq2SeqTask):
             o = self.options
             for key in (o.document_field, *(d for d, _ in PRESETS.values()), "text"):
                 if key and key in item:
-                    item = item[key]
+                    item = input_text(item[key], key)
                     break
         return super().parse_input(item)
 

@@ -8,6 +8,7 @@ import codecs
 import gzip
 import io
 import logging
+import re
 
 import pytest
 
@@ -237,3 +238,68 @@ def test_bounded_pieces_keeps_short_texts_and_cuts_long_ones():
     pieces = list(bounded_pieces(["word " * 1000, "x" * 1000], size=100))
     assert "".join(pieces[:-10]) == "word " * 1000 and all(len(p) <= 100 for p in pieces)
     assert pieces[-10:] == ["x" * 100] * 10
+
+
+def test_ner_warns_once_with_the_count_when_sentences_are_cut_at_max_length(caplog):
+    from nlpkit.backbone import train_tokenizer
+    from nlpkit_tasks.ner import NerTask
+
+    task = NerTask(options={"max_length": 8})
+    task.tokenizer = train_tokenizer(["EU rejects German call to boycott British lamb"] * 5, vocab_size=300)
+    task.labels = ["O"]
+    long = {"tokens": "EU rejects German call to boycott British lamb again".split(), "line": 7}
+    short = {"tokens": ["EU"], "line": 1}
+    with caplog.at_level(logging.WARNING, logger="nlpkit.tasks.ner"):
+        task.encode([short, long, dict(long, line=9)])
+    warnings = [r.getMessage() for r in caplog.records if r.name == "nlpkit.tasks.ner"]
+    assert len(warnings) == 1
+    assert "2 of 3 sentence(s) longer than max_length=8 tokens were cut" in warnings[0]
+    assert "(first at line 7)" in warnings[0]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="nlpkit.tasks.ner"):
+        task.encode([short])
+    assert not [r for r in caplog.records if r.name == "nlpkit.tasks.ner"]
+
+
+@pytest.mark.parametrize("record,message", [
+    ({"text": "good", "label": {"name": "pos"}}, "field 'label': a label must be a string or an integer, got a JSON object"),
+    ({"text": "good", "label": 0.5}, "field 'label': a label must be a string or an integer, got a fractional number 0.5"),
+    ({"text": "good", "label": ["pos"]}, "field 'label' holds a list ['pos'], but a single label is expected"),
+])
+def test_classification_labels_of_the_wrong_type_name_file_line_and_field(tmp_path, record, message):
+    import json
+
+    from nlpkit_tasks.classification import ClassificationTask
+
+    path = write(tmp_path, "a.jsonl", (json.dumps({"text": "fine", "label": "pos"}) + "\n" + json.dumps(record) + "\n").encode())
+    with pytest.raises(DataError, match=re.escape(f"{path}:2: {message}")):
+        ClassificationTask().read(path)
+    assert ClassificationTask().read(write(tmp_path, "b.jsonl", b'{"text": "a", "label": 3}\n{"text": "b", "label": true}\n'))[1]["label"] == "true"
+
+
+def test_predict_inputs_of_the_wrong_type_name_the_field():
+    from nlpkit_tasks.classification import ClassificationTask
+    from nlpkit_tasks.ner import NerTask
+
+    with pytest.raises(DataError, match="field 'text' of the input must be a string, got a JSON object"):
+        ClassificationTask().parse_input({"text": {"a": 1}})
+    with pytest.raises(DataError, match="field 'tokens' of the input must be a non-empty list of words"):
+        NerTask().parse_input({"tokens": 5})
+    with pytest.raises(DataError, match="empty input text"):
+        NerTask().parse_input("  ")
+
+
+def test_offsets_and_lines_are_exact_beyond_the_first_chunk(tmp_path):
+    from nlpkit.data import CHUNK_BYTES
+
+    lines_before = 3 * CHUNK_BYTES // 4 + 17  # past several chunks, not on a chunk edge
+    data = b"ab\r\n" * lines_before + b"ok \xff\n"
+    path = write(tmp_path, "a.txt", data)
+    with pytest.raises(DataError) as info:
+        list(read_text_lines(path))
+    assert info.value.line == lines_before + 1
+    assert f"not UTF-8 at byte {4 * lines_before + 3} " in str(info.value)
+    gz = write(tmp_path, "b.txt.gz", gzip.compress(b"x\n" * lines_before + b"\x00\n"))
+    with pytest.raises(DataError, match=f"a NUL byte at byte {2 * lines_before} \\(line {lines_before + 1}\\)"):
+        list(read_text_lines(gz))
+    assert len(list(read_text_lines(write(tmp_path, "c.txt", b"ab\r\n" * lines_before)))) == lines_before
