@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 from .errors import CheckpointError
+from .options import show
 
 FORMAT_VERSION = 1
 META_FILE = "nlpkit.json"
@@ -180,7 +181,6 @@ class SavedBackbone:
 def read_meta(folder: str | Path) -> dict[str, Any]:
     """nlpkit.json, checked for shape (so later code can index it) and for the sizes of the files it lists."""
     from .errors import ConfigError
-    from .options import build
 
     folder = resolve(folder)
     path = folder / META_FILE
@@ -189,18 +189,32 @@ def read_meta(folder: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: unsupported checkpoint format {meta.get('format')!r}"
                               if isinstance(meta, dict) else f"{path}: not a checkpoint description")
     try:
-        build(SavedBackbone, meta.get("backbone") or None, "backbone")
+        meta["backbone"] = _known_fields(SavedBackbone, meta.get("backbone"), "backbone")
         if not isinstance(meta.get("tasks"), list) or not meta["tasks"]:
-            raise ConfigError(f"tasks: expected a list of task entries, got {meta.get('tasks')!r}")
-        for i, entry in enumerate(meta["tasks"]):
-            build(SavedTask, entry, f"tasks[{i}]")
+            raise ConfigError(f"tasks: expected a list of task entries, got {show(meta.get('tasks'))}")
+        meta["tasks"] = [_known_fields(SavedTask, entry, f"tasks[{i}]") for i, entry in enumerate(meta["tasks"])]
         if "files" in meta and not isinstance(meta["files"], dict):
-            raise ConfigError(f"files: expected a mapping of file sizes, got {meta['files']!r}")
+            raise ConfigError(f"files: expected a mapping of file sizes, got {show(meta['files'])}")
     except ConfigError as exc:
         raise CheckpointError(f"{path}: damaged: {exc}") from exc
     if isinstance(meta.get("files"), dict):
         _check_sizes(folder, meta["files"], META_FILE)
     return meta
+
+
+def _known_fields(cls: type, entry: Any, key: str) -> dict[str, Any]:
+    """``entry`` with the fields ``cls`` describes checked and typed (so ``version`` is an int to compare);
+    keys a later nlpkit may add are kept, not refused."""
+    import dataclasses
+
+    from .errors import ConfigError
+    from .options import build
+
+    if not isinstance(entry, dict):
+        raise ConfigError(f"{key}: expected a mapping, got {show(entry)}")
+    names = {f.name for f in dataclasses.fields(cls)}
+    checked = build(cls, {k: v for k, v in entry.items() if k in names}, key)
+    return {**entry, **dataclasses.asdict(checked)}
 
 
 def check_files(path: str | Path) -> Path:
@@ -301,7 +315,7 @@ def _saved_task(entry: dict[str, Any], meta_path: Path) -> Any:
     cls = _task_class(entry)
     if entry.get("version", 1) > cls.version:
         raise CheckpointError(
-            f"task {entry['name']!r} was saved by {entry['type']}.v{entry['version']}, "
+            f"{meta_path}: task {entry['name']!r} was saved by {entry['type']}.v{entry['version']}, "
             f"but the installed plugin is v{cls.version}; upgrade it"
         )
     try:

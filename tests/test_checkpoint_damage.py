@@ -108,7 +108,10 @@ def test_tokenizer_folder(ckpt):
 
 @pytest.mark.parametrize("change, message", [
     (lambda m: m.update(tasks=5), "tasks: expected a list"),
-    (lambda m: m.pop("backbone"), "backbone.spec: missing"),
+    (lambda m: m.pop("backbone"), "backbone: expected a mapping, got None"),
+    (lambda m: m["backbone"].pop("spec"), "backbone.spec: missing"),
+    (lambda m: m["tasks"][0].update(version="9"), "saved by ner.v9, but the installed plugin is v1"),
+    (lambda m: m["tasks"][0].update(version="new"), r"tasks\[0\].version: expected an integer"),
     (lambda m: m["tasks"][0].update(state=[1]), r"tasks\[0\].state: expected a mapping"),
     (lambda m: m["tasks"][0].update(state={}), "its saved state cannot be loaded"),
     (lambda m: m["tasks"][0].update(options={"max_length": "x"}), "max_length: expected an integer"),
@@ -129,3 +132,13 @@ def test_garbage_safetensors_header_is_found_without_reading_weights(ckpt):
     path.write_bytes(bytes(data))
     with pytest.raises(CheckpointError, match=r"model\.safetensors: not a readable safetensors file"):
         checkpoint.check_files(ckpt)
+
+
+def test_keys_a_later_version_adds_are_kept(ckpt):
+    meta = json.loads((ckpt / checkpoint.META_FILE).read_text())
+    meta["backbone"]["future"] = {"x": 1}
+    meta["tasks"][0]["future"] = [1]
+    (ckpt / checkpoint.META_FILE).write_text(json.dumps(meta))
+    loaded = checkpoint.read_meta(ckpt)
+    assert loaded["tasks"][0]["future"] == [1] and loaded["backbone"]["future"] == {"x": 1}
+    assert nlpkit.load(ckpt).predict(["Anna visited Lisbon ."])
