@@ -33,6 +33,10 @@ class CheckpointError(NlpkitError):
     pass
 
 
+class PluginError(NlpkitError):
+    """A task plugin broke the plugin contract; the message names the task and the hook."""
+
+
 class TrainingError(NlpkitError):
     """Training cannot go on (e.g. repeated non-finite losses)."""
 

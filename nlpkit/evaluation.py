@@ -59,7 +59,27 @@ def evaluate(task: Any, model: Any, examples: Sequence[dict], batch_size: int, a
     features = task.encode(examples) if features is None else features
     outputs = predict_features(task, model, features, batch_size, accelerator, progress, f"eval {task.name}")
     predictions = task.decode(examples, features, outputs)
-    return predictions, task.score(predictions, examples)
+    return predictions, checked_scores(task, task.score(predictions, examples))
+
+
+def checked_scores(task: Any, scores: Any) -> dict[str, Any]:
+    """A plugin's score() must hold its main_score as a number: model selection and early stopping read it.
+    Said here, naming the plugin, instead of as a KeyError deep in the trainer."""
+    import numbers
+
+    from .errors import PluginError
+
+    main = getattr(task, "main_score", None)
+    if not isinstance(scores, dict):
+        raise PluginError(f"task {task.name!r} ({type(task).__name__}): score() returned {type(scores).__name__}, "
+                          "not a dict of metric -> value")
+    if main not in scores:
+        raise PluginError(f"task {task.name!r} ({type(task).__name__}): score() returned {sorted(map(str, scores))}, "
+                          f"without its main_score {main!r}")
+    value = scores[main]
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise PluginError(f"task {task.name!r} ({type(task).__name__}): score()[{main!r}] is {value!r}, not a number")
+    return scores
 
 
 class _null:

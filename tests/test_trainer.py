@@ -862,3 +862,16 @@ def test_tasks_that_need_a_pretrained_backbone_say_so_at_start_and_end(ner_files
     trainer = Trainer(RunConfig.from_dict({"tasks": [{"type": "qa"}], "backbone": {"spec": "some/model"}}))
     trainer.tasks = [QaTask("qa")]
     assert trainer._pretrained_advice() is None
+
+
+def test_a_score_without_its_main_score_is_a_plugin_error_naming_the_task(ner_files, tmp_path, monkeypatch):
+    from nlpkit.errors import PluginError
+    from nlpkit_tasks.ner import NerTask
+
+    monkeypatch.setattr(NerTask, "score", lambda self, predictions, examples: {"acc": 1.0})
+    with pytest.raises(PluginError, match=r"task 'ner_a' \(NerTask\): score\(\) returned \['acc'\], without its "
+                                          r"main_score 'f1'"):
+        train(run_config(ner_files, tmp_path / "run", max_steps=1, grad_accum=1, eval_every=1))
+    monkeypatch.setattr(NerTask, "score", lambda self, predictions, examples: {"f1": "high"})
+    with pytest.raises(PluginError, match=r"score\(\)\['f1'\] is 'high', not a number"):
+        train(run_config(ner_files, tmp_path / "run2", max_steps=1, grad_accum=1, eval_every=1))
