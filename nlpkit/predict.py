@@ -26,7 +26,7 @@ class Pipeline:
         if name is None:
             if len(self.tasks) == 1:
                 return self.tasks[0]
-            raise NlpkitError(f"this checkpoint has several tasks ({', '.join(self.task_names)}); choose one with task=...")
+            raise NlpkitError(f"this checkpoint has several tasks ({', '.join(self.task_names)}); choose one with --task NAME (task=... in Python)")
         for t in self.tasks:
             if t.name == name:
                 return t
