@@ -125,13 +125,14 @@ CHUNK_BYTES = 1 << 16
 _BREAK = re.compile(r"\r\n|\r|\n")
 
 
-def decode_lines(stream: Any, name: str, encoding: str = "utf-8", hint: str = OPTION_HINT) -> Iterator[str]:
+def decode_lines(stream: Any, name: str, encoding: str | None = "utf-8", hint: str = OPTION_HINT) -> Iterator[str]:
     """Decoded lines of a binary stream, line ends kept (\\n, \\r\\n or a lone \\r, as ``newline=""``).
 
     ``name`` is what errors say (a path, or ``<stdin>``); ``hint`` how to name another encoding. A
     byte-order mark overrides ``encoding``. Whole lines are decoded a chunk at a time (the codecs run in
-    C); only on a fault is the line and byte offset worked out.
+    C); only on a fault is the line and byte offset worked out. ``encoding`` None means UTF-8.
     """
+    encoding = encoding or "utf-8"
     guarded = stream if isinstance(stream, _GuardedStream) else _GuardedStream(stream, name, False)
     guarded.line = 1
     chunk = guarded.chunk()

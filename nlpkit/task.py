@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, ClassVar, Iterable, Sequence
+from typing import Any, ClassVar, Iterable, Optional, Sequence
 
 from . import options as _options
 from .errors import DataError
@@ -41,12 +41,14 @@ class TaskOptions:
     dev_split_seed: int = 0
     #: text encoding of the data files, used unless a file starts with a byte-order mark (then that
     #: decides); reading stops at the first byte that does not decode (nlpkit.data explains the policy)
-    encoding: str = "utf-8"
+    #: (None: UTF-8, or the format's own encoding where it has one, e.g. Latin-1 for TREC's label-first)
+    encoding: Optional[str] = None
 
     def validate(self, key: str) -> None:
         from .data import check_encoding
 
-        check_encoding(self.encoding, f"{key}.encoding")
+        if self.encoding is not None:
+            check_encoding(self.encoding, f"{key}.encoding")
         _options.require(8 <= self.max_length <= 100_000, f"{key}.max_length", "must be between 8 and 100000")
         _options.require(0 <= self.dev_split < 1, f"{key}.dev_split", "must be in [0, 1)")
 

@@ -211,8 +211,7 @@ class ClassificationTask(Task):
         if fmt == "jsonl":
             return self._records(read_jsonl(path, encoding), path)
         if fmt == "label-first":
-            if encoding == "utf-8":  # the option's default: the format's own encoding
-                encoding = LABEL_FIRST_ENCODING
+            encoding = encoding or LABEL_FIRST_ENCODING  # not named: the format's own encoding
             return self._records(read_label_first(path, self.options.label_part == "coarse", encoding), path)
         return self._records(read_table(path, fmt, encoding), path)
 
