@@ -64,6 +64,8 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--no-report", action="store_true", help="do not write report.md / report.json")
     e.add_argument("--task", help="task of the checkpoint to evaluate (default: the only one)")
     e.add_argument("--batch-size", type=positive_int, default=64)
+    e.add_argument("--encoding", help="encoding of the data files without a byte-order mark (default: the "
+                                      "checkpoint's task option encoding, else UTF-8)")
     e.add_argument("--json", action="store_true", help="print JSON")
     e.add_argument("--plugin", action="append", default=[], metavar="MODULE")
 
@@ -351,6 +353,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     for module in args.plugin:
         import_plugin_module(module)
     pipe = load(args.checkpoint)
+    if args.encoding:
+        from .data import check_encoding
+        from .task import replace_options
+
+        encoding = check_encoding(args.encoding, "--encoding")
+        for name in pipe.task_names:
+            replace_options(pipe.task(name), encoding=encoding)
     jobs: list[tuple[str, str, str]] = []  # (task, split, path)
     carved: dict[tuple[str, str], list[dict]] = {}
     if args.recipe:

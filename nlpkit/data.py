@@ -55,7 +55,7 @@ def _wide(encoding: str) -> bool:
 
 #: how a user names another encoding: a task option for data files (``--encoding`` for predict's stdin;
 #: "" where there is no such setting, as for recipes)
-OPTION_HINT = "--option encoding=latin-1"
+OPTION_HINT = "--option encoding=latin-1 (nlpkit evaluate: --encoding latin-1)"
 
 
 def _undecodable(exc: UnicodeDecodeError, encoding: str, offset: int, line: int, name: str, hint: str) -> DataError:
