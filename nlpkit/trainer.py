@@ -48,6 +48,10 @@ from .train_state import (BACKBONE_KERNEL_KEYS, NEUTRAL_KEYS, ORDER_KEYS, LoopSt
                           set_rng_state)
 
 
+#: the run folder's tokenizer for a from-scratch preset (trained on the run's text, reused on resume)
+TOKENIZER_DIR = "tokenizer-scratch"
+
+
 def precision_name(accelerator: Any) -> str:
     """Accelerate calls full precision "no"; logs and metrics say fp32, the name users pass."""
     return "fp32" if accelerator.mixed_precision == "no" else str(accelerator.mixed_precision)
@@ -263,8 +267,12 @@ class Trainer:
         if spec not in PRESETS:
             return Backbone.from_pretrained(spec)
         # Learned from data before the model exists: built once on the main process and shared,
-        # so every process has the same vocabulary. A resumed run reuses the run's tokenizer.
-        tok_dir = out / "tokenizer-scratch"
+        # so every process has the same vocabulary. A resumed run reuses the run's tokenizer. A new one
+        # waits beside it until _setup_folder: a start that fails must not replace the tokenizer an
+        # earlier run's checkpoints resume with.
+        tok_dir = out / TOKENIZER_DIR
+        if src is None:
+            tok_dir = out / f".{TOKENIZER_DIR}.new"
         if acc.is_main_process:
             _make_folder(out)
             if src is not None and not (tok_dir / "tokenizer.json").is_file():
@@ -299,6 +307,11 @@ class Trainer:
         out, src = self.out, self.src
         if self.main:
             _make_folder(out)
+            new_tokenizer = out / f".{TOKENIZER_DIR}.new"
+            if src is None and new_tokenizer.is_dir():
+                checkpoint.atomic_folder(out / TOKENIZER_DIR,
+                                         lambda tmp: shutil.copytree(new_tokenizer, tmp, dirs_exist_ok=True))
+                shutil.rmtree(new_tokenizer)
             for partial in checkpoint.clean_partial(out):
                 self.notes.append(f"removed {partial}, a save that did not finish")
             if src is None and checkpoint.list_training_checkpoints(out):

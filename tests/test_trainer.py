@@ -875,3 +875,35 @@ def test_a_score_without_its_main_score_is_a_plugin_error_naming_the_task(ner_fi
     monkeypatch.setattr(NerTask, "score", lambda self, predictions, examples: {"f1": "high"})
     with pytest.raises(PluginError, match=r"score\(\)\['f1'\] is 'high', not a number"):
         train(run_config(ner_files, tmp_path / "run2", max_steps=1, grad_accum=1, eval_every=1))
+
+
+def test_a_start_over_that_fails_leaves_the_earlier_run_whole(reference, ner_files, tmp_path, monkeypatch):
+    """--resume never with an error after the new tokenizer was trained (here: encoding fails): the earlier
+    run's checkpoints, log and tokenizer are untouched, so it still resumes exactly."""
+    import shutil
+
+    from nlpkit.errors import DataError
+    from nlpkit_tasks.ner import NerTask
+
+    out = tmp_path / "run"
+    shutil.copytree(reference, out)
+
+    def snapshot() -> dict[str, bytes]:
+        return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+
+    before = snapshot()
+
+    def failing_encode(self, examples):
+        raise DataError("cannot encode", "train.conll", 3)
+
+    monkeypatch.setattr(NerTask, "encode", failing_encode)
+    other = tmp_path / "other"  # other text, so the new tokenizer differs from the run's
+    other.mkdir()
+    (other / "train.conll").write_text("Zyx B-ORG\nqwv O\n\n" * 20)
+    (other / "dev.conll").write_text("Zyx B-ORG\n")
+    with pytest.raises(DataError, match="cannot encode"):
+        train(run_config(other, out, resume="never", max_steps=14))
+    assert (out / ".tokenizer-scratch.new" / "tokenizer.json").read_bytes() != \
+        (out / "tokenizer-scratch" / "tokenizer.json").read_bytes()
+    left = {k: v for k, v in snapshot().items() if not k.startswith(".tokenizer-scratch.new")}
+    assert left == before
