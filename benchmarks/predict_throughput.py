@@ -21,6 +21,11 @@ in the text "words joined by one space" (both sides build that same text), in or
 probability of the entity's words) are compared with a tolerance and reported as the largest difference.
 Timed: the whole call, from word lists to entity lists (tokenisation, batching, the model, decoding).
 
+With onnx/onnxruntime installed (``nlpkit[onnx]``) a third row runs the checkpoint exported by
+``nlpkit export --format onnx`` under onnxruntime, inside nlpkit's own encoding, batching and decoding
+(``nlpkit.export.predict_onnx``), so it differs from the first row by the runtime alone; its entities
+are compared with nlpkit's the same way (``--no-onnx`` leaves it out).
+
     python benchmarks/predict_throughput.py                 # MiniLM, 2,000 sentences, 3 repeats
     python benchmarks/predict_throughput.py --quick
 """
@@ -108,9 +113,15 @@ def main(argv=None) -> int:
     p.add_argument("--train-steps", type=int, default=None, help="default 60 (20 with --quick)")
     p.add_argument("--train-lr", type=float, default=5e-4)
     p.add_argument("--tolerance", type=float, default=1e-3, help="largest allowed score difference")
+    p.add_argument("--onnx", action=argparse.BooleanOptionalAction, default=None,
+                   help="add an onnxruntime row (default: when onnxruntime is installed)")
     p.add_argument("--data-root")
     p.add_argument("--json")
     args = p.parse_args(argv)
+    if args.onnx is None:
+        import importlib.util
+
+        args.onnx = all(importlib.util.find_spec(m) for m in ("onnx", "onnxruntime", "onnxscript"))
     args.sentences = args.sentences or (200 if args.quick else 2000)
     args.repeats = args.repeats or (1 if args.quick else 3)
     args.train_steps = args.train_steps or (20 if args.quick else 60)
@@ -154,14 +165,19 @@ def main(argv=None) -> int:
     def run_hf():
         return hf(words, batch_size=hf_bs, is_split_into_words=True)
 
+    systems = [("nlpkit", run_nlpkit), ("hf", run_hf)]
+    if args.onnx:
+        run_onnx = onnx_runner(ckpt, nlp, words, args.batch_size)
+        systems.append(("onnxruntime", run_onnx))
+
     # warm-up: first calls allocate and pick kernels
     nlp.predict([{"tokens": w} for w in words[:64]], batch_size=args.batch_size)
     hf(words[:64], batch_size=hf_bs, is_split_into_words=True)
 
-    timings: dict[str, list[float]] = {"nlpkit": [], "hf": []}
+    timings: dict[str, list[float]] = {name: [] for name, _ in systems}
     outputs: dict[str, Any] = {}
     for r in range(args.repeats):
-        order = [("nlpkit", run_nlpkit), ("hf", run_hf)]
+        order = systems
         for name, fn in order if r % 2 == 0 else order[::-1]:
             if device == "cuda":
                 torch.cuda.synchronize()
@@ -184,7 +200,10 @@ def main(argv=None) -> int:
         [["nlpkit.load(DIR).predict", statistics.median(timings["nlpkit"]), min(timings["nlpkit"]), max(timings["nlpkit"]),
           statistics.median(timings["nlpkit"]) * n_tokens / len(words)],
          ["transformers.pipeline", statistics.median(timings["hf"]), min(timings["hf"]), max(timings["hf"]),
-          statistics.median(timings["hf"]) * n_tokens / len(words)]]))
+          statistics.median(timings["hf"]) * n_tokens / len(words)]]
+        + ([["nlpkit + onnxruntime (exported graph)", statistics.median(timings["onnxruntime"]),
+             min(timings["onnxruntime"]), max(timings["onnxruntime"]),
+             statistics.median(timings["onnxruntime"]) * n_tokens / len(words)]] if args.onnx else [])))
     lo, mid, hi = C.spread(ratios)
     print()
     print(C.markdown_table(["nlpkit / HF pipeline (per repeat)", "min", "median", "max"],
@@ -196,9 +215,35 @@ def main(argv=None) -> int:
           f"({'within' if result['scores_within_tolerance'] else 'OVER'} tolerance {args.tolerance:g})")
     for d in result["differences"]:
         print(f"   differs: sentence {d['sentence']}: {d['text']!r}\n      nlpkit {d['nlpkit']}\n      HF     {d['hf']}")
+    onnx_ok = True
+    if args.onnx:
+        onnx_result = compare(nlpkit_entities(outputs["nlpkit"]), nlpkit_entities(outputs["onnxruntime"]), words,
+                              args.tolerance)
+        onnx_ok = onnx_result["identical"] == onnx_result["sentences"] and onnx_result["scores_within_tolerance"]
+        print(f"onnxruntime: {onnx_result['identical']}/{onnx_result['sentences']} sentences with the same entity "
+              f"lists as nlpkit; largest score difference {onnx_result['max_score_diff']:.2e}")
+        result["onnxruntime"] = onnx_result
     C.save_json(args.json, {"device": info, "args": vars(args), "timings": timings, "ratios": ratios,
                             "comparison": result, "tokens": n_tokens})
-    return 0 if result["identical"] == result["sentences"] and result["scores_within_tolerance"] else 1
+    return 0 if result["identical"] == result["sentences"] and result["scores_within_tolerance"] and onnx_ok else 1
+
+
+def onnx_runner(ckpt: Path, nlp: Any, words: list[list[str]], batch_size: int):
+    """The checkpoint exported by ``nlpkit export --format onnx`` (cached), run by onnxruntime under
+    nlpkit's own encoding, batching and decoding: the row shows what the runtime alone changes."""
+    import torch
+
+    from nlpkit.export import OnnxRuntimeHead, export, predict_onnx
+
+    task = nlp.task()
+    out = C.CACHE / "predict-onnx" / ckpt.parent.name
+    if not (out / task.name / "model.onnx").is_file():
+        export(ckpt, "onnx", out, task=task.name)
+    head = OnnxRuntimeHead(out / task.name, threads=torch.get_num_threads())
+    print(f"onnx: {out / task.name / 'model.onnx'} (onnxruntime, {torch.get_num_threads()} threads)")
+    items = [{"tokens": w} for w in words]
+    predict_onnx(task, head, items[:64], batch_size)  # warm-up
+    return lambda: predict_onnx(task, head, items, batch_size)
 
 
 if __name__ == "__main__":

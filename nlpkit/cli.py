@@ -102,6 +102,8 @@ def _add_serve_export_parsers(sub: Any) -> None:
     s.add_argument("--max-text-chars", type=int, default=10_000, help="characters per text field (422 above)")
     s.add_argument("--drain-timeout", type=float, default=30.0,
                    help="seconds in-flight requests get to finish after SIGTERM (default 30)")
+    s.add_argument("--keep-alive", type=float, default=30.0,
+                   help="seconds an idle client connection stays open (default 30)")
     s.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     s.add_argument("--plugin", action="append", default=[], metavar="MODULE")
 
@@ -528,7 +530,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     key = args.api_key if args.api_key is not None else os.environ.get("NLPKIT_API_KEY") or None
     limits = Limits(args.max_body_bytes, args.max_items, args.max_text_chars)
     serve(args.checkpoint, host=args.host, port=args.port, api_key=key, max_batch_size=args.max_batch_size,
-          max_wait_ms=args.max_wait_ms, limits=limits, drain_timeout=args.drain_timeout, log_level=args.log_level)
+          max_wait_ms=args.max_wait_ms, limits=limits, drain_timeout=args.drain_timeout, keep_alive=args.keep_alive,
+          log_level=args.log_level)
     return 0
 
 

