@@ -12,8 +12,10 @@ fi
 stamp=".venv/.nlpkit-installed-$( (cat pyproject.toml; echo "$EXTRAS $TORCH") | sha256sum | cut -c1-16)"
 if [ ! -f "$stamp" ]; then
   echo "== installing nlpkit[$EXTRAS] into .venv (first run takes a few minutes)"
-  .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q "$TORCH" -e ".[$EXTRAS]"
+  # -qq: errors only. A machine's pip configuration can add a warning per package (an extra index that is
+  # not there), screens of it on a first install; a failed install still prints its error.
+  .venv/bin/python -m pip install -qq --upgrade pip
+  .venv/bin/python -m pip install -qq "$TORCH" -e ".[$EXTRAS]"
   rm -f .venv/.nlpkit-installed-*
   touch "$stamp"
 fi
