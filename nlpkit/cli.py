@@ -576,7 +576,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "export":
             return cmd_export(args)
     except Interrupted as exc:  # a signal: the checkpoint is saved, the message says how to resume
-        print(f"nlpkit: {exc}", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # every process of a run stopped; one says so
+            print(f"nlpkit: {exc}", file=sys.stderr)
         return exc.exit_code
     except NlpkitError as exc:
         print(f"nlpkit: error: {exc}", file=sys.stderr)

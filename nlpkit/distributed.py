@@ -174,6 +174,7 @@ def relaunch(argv: Sequence[str], num_processes: int) -> int:
     relaunching. On CPU each process gets an equal share of the cores unless OMP_NUM_THREADS is set
     (torchrun's own default is 1 thread).
     """
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args, run
 
@@ -186,6 +187,8 @@ def relaunch(argv: Sequence[str], num_processes: int) -> int:
         print(f"nlpkit: error: process {rank} of {num_processes} failed first (exit status {failure.exitcode}); "
               "its message is above", file=sys.stderr)
         return failure.exitcode if isinstance(failure.exitcode, int) and failure.exitcode > 0 else 1
+    except SignalException as exc:  # SIGTERM/SIGINT to torchrun: it passed the signal on to the children,
+        return 128 + int(exc.sigval)  # which saved, said how to resume, and stopped (nlpkit.preemption)
     return 0
 
 

@@ -6,12 +6,18 @@ Ctrl-C). A second signal aborts at once: a user pressing Ctrl-C twice does not w
 """
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
 from typing import Callable
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+def _main_process() -> bool:
+    """Rank 0, or no launcher: in a run of N processes one of them speaks (they all get the signal)."""
+    return os.environ.get("RANK", "0") == "0"
 
 
 def exit_code(signum: int) -> int:
@@ -49,12 +55,14 @@ class Preemption:
         if self.requested is not None:  # the second one: abort now
             self._restore()
             latest = self.describe_latest() if self.describe_latest else ""
-            print(f"\n{name} again: aborting at once, without a checkpoint of this step. {latest}",
-                  file=sys.stderr, flush=True)
+            if _main_process():
+                print(f"\n{name} again: aborting at once, without a checkpoint of this step. {latest}",
+                      file=sys.stderr, flush=True)
             if signum == signal.SIGINT:
                 raise KeyboardInterrupt
             raise SystemExit(exit_code(signum))
         self.requested = signum
         again = "Ctrl-C" if signum == signal.SIGINT else name
-        print(f"\n{name} received: finishing this step, then saving a resumable checkpoint "
-              f"({again} again aborts at once)", file=sys.stderr, flush=True)
+        if _main_process():
+            print(f"\n{name} received: finishing this step, then saving a resumable checkpoint "
+                  f"({again} again aborts at once)", file=sys.stderr, flush=True)

@@ -141,6 +141,39 @@ def test_two_process_evaluation_scores_every_dev_sentence_once(two_process_run, 
     assert sum(t["support"] for t in single["per_type"].values()) == gold_entities
 
 
+def test_sigterm_to_a_two_process_run_saves_one_checkpoint_and_exits_143(ner_files, tmp_path):
+    """torchrun passes SIGTERM on to both processes; they agree on the step, write one checkpoint
+    together, one of them says how to resume, and the launcher exits 143 without a traceback."""
+    import signal
+    import time
+
+    from nlpkit import checkpoint
+
+    out = tmp_path / "run"
+    args = _train_args(ner_files, out)
+    args[args.index("--max-steps") + 1] = "100000"  # far from done when the signal comes
+    proc = subprocess.Popen([sys.executable, "-m", "nlpkit", *args, "--num-processes", "2"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and proc.poll() is None:  # wait for a few real steps
+            log = out / "log.jsonl"
+            if log.exists() and sum('"loss/ner"' in line for line in log.read_text().splitlines()) >= 3:
+                break
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, stdout[-2000:] + stderr[-3000:]
+    assert "Traceback" not in stderr, stderr[-3000:]
+    assert stderr.count("nlpkit: interrupted by SIGTERM at step ") == 1, stderr[-3000:]
+    latest = checkpoint.latest_training(out)
+    assert latest is not None and f"Resume with: nlpkit train --resume {out}" in stderr
+    state = checkpoint.read_training_state(latest)
+    assert state["world_size"] == 2 and state["stop_reason"] == "interrupted by SIGTERM" and state["step"] >= 3
+
+
 def test_uneven_split_gathers_every_feature_exactly_once(tmp_path):
     """Through `accelerate launch --multi_gpu` (which starts the processes with torchrun; on a machine
     without GPUs nlpkit's Accelerator runs them on CPU with gloo): 37 features in batches of 8."""
