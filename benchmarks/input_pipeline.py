@@ -40,8 +40,6 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     steps = args.steps or (3 if args.quick else 10)
 
-    import torch
-
     import nlpkit
     from nlpkit.backbone import Backbone
     from nlpkit.data import LengthGroupedBatches

@@ -125,7 +125,7 @@ def _force_adamw_kind(kind: str) -> None:
 def hf_worker(spec: dict[str, Any]) -> dict[str, Any]:
     import numpy as np
     import torch
-    from transformers import AutoConfig, AutoTokenizer, Trainer, TrainerCallback, TrainingArguments, set_seed
+    from transformers import AutoTokenizer, Trainer, TrainerCallback, TrainingArguments, set_seed
 
     set_seed(spec["seed"])  # run_ner.py seeds before the model is built
     tokenizer = AutoTokenizer.from_pretrained(spec["backbone"])
