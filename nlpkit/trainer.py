@@ -71,6 +71,18 @@ class TrainResult:
 
 
 @dataclass
+class MicroBatch:
+    """One micro-batch of a step: which task, where its examples came from, and what it counted."""
+
+    task: str
+    where: str
+    samples: int
+    loss: float  # the global batch's mean loss
+    tokens: int
+    nonfinite: bool  # some process saw a non-finite loss: no backward, the step is skipped
+
+
+@dataclass
 class StepResult:
     """What one optimizer step did, for the log."""
 
@@ -437,40 +449,22 @@ class Trainer:
 
     def train_step(self) -> StepResult | None:
         """One optimizer step over ``grad_accum`` micro-batches; None when it was skipped."""
-        acc, tc, model, state = self.acc, self.tc, self.model, self.state
+        acc, tc, state = self.acc, self.tc, self.state
         t0 = time.perf_counter()
-        losses: list[tuple[str, float]] = []
-        wheres: list[str] = []
-        result = StepResult(lr=self.scheduler.get_last_lr()[0])  # the rate of this update
-        tokens = 0
+        lr = self.scheduler.get_last_lr()[0]  # the rate of this update
+        done: list[MicroBatch] = []
         bad: tuple[str, str, str] | None = None
         for micro in range(tc.grad_accum):
-            name = next(self.sampler)
-            stream = self.streams[name]
-            idx = stream.next_indices()
-            mine = idx[acc.process_index:: acc.num_processes]
-            batch = to_device(stream.task.collate([stream.features[i] for i in mine]), acc.device)
-            where = describe_batch(stream, idx, self.data[name]["train"], self.paths[name].get("train", "train data"))
-            sync = micro == tc.grad_accum - 1 or acc.num_processes == 1
-            with contextlib.nullcontext() if sync else acc.no_sync(model):
-                with acc.autocast():
-                    loss = model(name, batch)["loss"]
-                # one all-reduce: same skip decision everywhere, loss and tokens of the global batch
-                nonfinite, value, batch_tokens = step_stats(acc, loss, batch)
-                if not nonfinite:
-                    acc.backward(loss * self.weights[name] / tc.grad_accum)
-            if nonfinite:
-                bad = (name, where, f"loss {value}")
+            mb = self._forward_backward(last=micro == tc.grad_accum - 1)
+            if mb.nonfinite:
+                bad = (mb.task, mb.where, f"loss {mb.loss}")
                 break
-            losses.append((name, value))
-            wheres.append(where)
-            result.samples[name] = result.samples.get(name, 0) + len(idx)
-            tokens += batch_tokens
+            done.append(mb)
         if bad is None and tc.max_grad_norm:
-            norm = float(acc.clip_grad_norm_(model.parameters(), tc.max_grad_norm))
+            norm = float(acc.clip_grad_norm_(self.model.parameters(), tc.max_grad_norm))
             state.last_grad_norm = norm if math.isfinite(norm) else None
             if not math.isfinite(norm) and acc.scaler is None:  # fp16's scaler handles its own overflows
-                bad = (losses[-1][0], "; ".join(wheres), f"gradient norm {norm}")
+                bad = (done[-1].task, "; ".join(mb.where for mb in done), f"gradient norm {norm}")
         if bad is not None:
             self.optimizer.zero_grad(set_to_none=True)
             self._skip(bad)
@@ -482,12 +476,33 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         state.step += 1
         state.train_time += time.perf_counter() - t0
-        state.n_samples += sum(result.samples.values())
-        state.n_tokens += tokens
-        for name, value in losses:
-            state.running.setdefault(name, []).append(value)
+        result = StepResult(lr=lr)
+        for mb in done:
+            result.samples[mb.task] = result.samples.get(mb.task, 0) + mb.samples
+            state.n_samples += mb.samples
+            state.n_tokens += mb.tokens
+            state.running.setdefault(mb.task, []).append(mb.loss)
         self._log_step(result)
         return result
+
+    def _forward_backward(self, last: bool) -> MicroBatch:
+        """The next micro-batch: forward, one all-reduce (the same skip decision on every process, the loss
+        and token count of the global batch), and backward unless the loss is not finite. Gradients are
+        synchronised across processes on the ``last`` micro-batch of a step only."""
+        acc = self.acc
+        name = next(self.sampler)
+        stream = self.streams[name]
+        idx = stream.next_indices()
+        mine = idx[acc.process_index:: acc.num_processes]
+        batch = to_device(stream.task.collate([stream.features[i] for i in mine]), acc.device)
+        where = describe_batch(stream, idx, self.data[name]["train"], self.paths[name].get("train", "train data"))
+        with contextlib.nullcontext() if last or acc.num_processes == 1 else acc.no_sync(self.model):
+            with acc.autocast():
+                loss = self.model(name, batch)["loss"]
+            nonfinite, value, tokens = step_stats(acc, loss, batch)
+            if not nonfinite:
+                acc.backward(loss * self.weights[name] / self.tc.grad_accum)
+        return MicroBatch(name, where, len(idx), value, tokens, nonfinite)
 
     # ===============================================================================================
     # Pieces of the loop
