@@ -98,6 +98,14 @@ def _check_sizes(folder: Path, files: dict[str, int], listed_in: str) -> None:
                 "(a copy or save that did not finish?)")
 
 
+def is_checkpoint(path: str | Path) -> bool:
+    """Whether ``path`` is an nlpkit checkpoint or a run folder with one (``--backbone RUN``)."""
+    try:
+        return Path(path).exists() and bool(resolve(path))
+    except CheckpointError:
+        return False
+
+
 def resolve(path: str | Path) -> Path:
     """A checkpoint folder, or a run folder whose ``best/`` holds one."""
     path = Path(path)

@@ -35,7 +35,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--data", action="append", default=[], metavar="[TASK:]SPLIT=PATH",
                    help="data file for a split (train, dev); prefix TASK: when several tasks are trained")
     t.add_argument("--data-dir", help="folder that recipe data paths are relative to")
-    t.add_argument("--backbone", help="preset (tiny, mini, small), alias (minilm), local folder or hub id")
+    t.add_argument("--backbone", help="preset (tiny, mini, small), alias (minilm), local folder, hub id, or an nlpkit "
+                                      "run folder (a pretraining run: its backbone and tokenizer, as --init-from)")
     t.add_argument("--output-dir", help="run folder (default runs/<tasks>-<time>)")
     t.add_argument("--epochs", type=float)
     t.add_argument("--max-steps", type=int)

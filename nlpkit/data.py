@@ -377,6 +377,8 @@ def carve_dev_split(examples: Sequence[Any], fraction: float, seed: int, path: s
     order = list(range(n))
     random.Random(seed).shuffle(order)
     held = set(order[:k])
+    if callable(getattr(examples, "subset", None)):  # a lazy corpus: split it without reading its text
+        return (examples.subset([i for i in range(n) if i not in held]), examples.subset(sorted(held)))
     return ([ex for i, ex in enumerate(examples) if i not in held],
             [ex for i, ex in enumerate(examples) if i in held])
 

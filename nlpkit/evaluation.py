@@ -22,7 +22,7 @@ def predict_features(task: Any, model: Any, features: Sequence[dict], batch_size
     device = accelerator.device if accelerator is not None else next(model.parameters()).device
     rank = accelerator.process_index if accelerator is not None else 0
     world = accelerator.num_processes if accelerator is not None else 1
-    batches = sorted_batches([task.feature_length(f) for f in features], batch_size)
+    batches = sorted_batches(task.feature_lengths(features), batch_size)
     mine = batches[rank::world]
     head, backbone = model.heads[task.name], model.backbone
     results: list[tuple[int, Any]] = []

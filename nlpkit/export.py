@@ -669,7 +669,7 @@ def predict_onnx(task: Any, head: OnnxRuntimeHead, items: Sequence[Any], batch_s
     features = task.encode(examples)
     outputs: list[Any] = [None] * len(features)
     with torch.inference_mode():
-        for idx in sorted_batches([task.feature_length(f) for f in features], batch_size):
+        for idx in sorted_batches(task.feature_lengths(features), batch_size):
             batch = task.collate([features[i] for i in idx])
             for i, out in zip(idx, task.predict_batch(head, None, batch)):
                 outputs[i] = out

@@ -131,6 +131,11 @@ class Task:
         """Length used for length-grouped batching and token counts."""
         return len(feature["input_ids"])
 
+    def feature_lengths(self, features: Sequence[Feature]) -> Sequence[int]:
+        """Every feature's length at once: a task whose features are a lazy Sequence (pretraining blocks in a
+        memory-mapped cache) answers from an array instead of building each feature."""
+        return [self.feature_length(f) for f in features]
+
     def build_head(self, backbone: Any) -> Any:
         raise NotImplementedError
 

@@ -101,7 +101,7 @@ class TaskStream:
 
     def __init__(self, task: Task, features: list[dict], batch_size: int, seed: int, group: bool, world: int):
         self.task, self.features, self.world = task, features, world
-        self.sampler = LengthGroupedBatches([task.feature_length(f) for f in features], batch_size, seed, group=group)
+        self.sampler = LengthGroupedBatches(task.feature_lengths(features), batch_size, seed, group=group)
         self.epoch, self.position = 0, 0
         self._batches: list[list[int]] | None = None
 
@@ -131,7 +131,12 @@ class TaskStream:
 
 
 def data_fingerprint(examples: Sequence[dict]) -> str:
-    """Identifies the training data a checkpoint's data position refers to."""
+    """Identifies the training data a checkpoint's data position refers to.
+
+    A lazy collection of examples (a pretraining ``TextCorpus``) says itself what it is made of, through
+    ``fingerprint()``, instead of being read again here."""
+    if callable(getattr(examples, "fingerprint", None)):
+        return str(examples.fingerprint())
     digest = hashlib.sha256()
     for ex in examples:
         digest.update(json.dumps(ex, sort_keys=True, ensure_ascii=False, default=str).encode())

@@ -124,6 +124,8 @@ class Trainer:
         cfg, tc = self.config, self.tc
         for module in cfg.plugins:
             import_plugin_module(module)
+        if not cfg.init_from and checkpoint.is_checkpoint(cfg.backbone.spec):
+            cfg.init_from = cfg.backbone.spec  # --backbone RUN: a trained run (a pretraining run) is a backbone
         if cfg.init_from:  # the backbone is the checkpoint's, whatever backbone.spec says
             cfg.backbone.spec = checkpoint.read_meta(cfg.init_from)["backbone"]["spec"]
         self.acc = self._accelerator()
@@ -245,7 +247,8 @@ class Trainer:
             if backbone.kind not in t.backbone_kinds:
                 raise ConfigError(
                     f"task {t.name!r} ({t.type_name}) needs a backbone of kind {' or '.join(t.backbone_kinds)}, "
-                    f"but {backbone.spec!r} is {backbone.kind}: choose an encoder or encoder-decoder backbone")
+                    f"but {backbone.spec!r} is {backbone.kind}: choose {' or '.join(f'an {k}' for k in t.backbone_kinds)} "
+                    "backbone")
         if cfg.backbone.dropout is not None:
             backbone.set_dropout(cfg.backbone.dropout)
         backbone.set_attention(cfg.backbone.attention)
@@ -534,6 +537,7 @@ class Trainer:
         record = {"step": step, "epoch": step / self.steps_per_epoch, "lr": result.lr,
                   **{f"loss/{n}": sum(v) / len(v) for n, v in state.running.items() if v},
                   "samples_per_s": state.n_samples / max(state.train_time, 1e-9),
+                  "tokens_per_s": state.n_tokens / max(state.train_time, 1e-9),
                   **({f"samples_per_s/{n}": c / window_time for n, c in self.window.items()}
                      if len(self.tasks) > 1 else {})}
         self.window, self.window_start = {}, state.train_time
@@ -542,7 +546,7 @@ class Trainer:
         log.event(record)
         if self.bar is None:  # no bar (a log file): a line per log step instead
             log.info(f"step {step}/{self.total_steps}  loss {_mean_all(state.running):.4f}  lr {result.lr:.2e}  "
-                     f"{record['samples_per_s']:.1f} samples/s")
+                     f"{record['samples_per_s']:.1f} samples/s  {record['tokens_per_s']:,.0f} tokens/s")
         else:
             self.bar.set_postfix(loss=f"{_mean_all(state.running):.4f}", lr=f"{record['lr']:.2e}",
                                  sps=f"{record['samples_per_s']:.1f}")
