@@ -24,10 +24,14 @@ class Curve:
     loss: list[float] = field(default_factory=list)
     eval_steps: list[int] = field(default_factory=list)
     score: list[float] = field(default_factory=list)
+    #: the main score, when the plotted metric is another one (perplexity): the best step is the selected one
+    select_metric: str | None = None
+    selected: list[float] = field(default_factory=list)
 
     @property
     def best_step(self) -> int | None:
-        finite = [(s, st) for s, st in zip(self.score, self.eval_steps) if not math.isnan(s)]
+        series = self.selected if self.select_metric else self.score
+        finite = [(s, st) for s, st in zip(series, self.eval_steps) if not math.isnan(s)]
         return max(finite, key=lambda p: p[0])[1] if finite else None
 
 
@@ -46,9 +50,15 @@ def read_log(path: str | Path) -> list[dict[str, Any]]:
     return records
 
 
-def curves_from_log(records: Iterable[Mapping[str, Any]], main_scores: Mapping[str, str]) -> dict[str, Curve]:
-    """``main_scores``: task name -> the metric to plot for it (its ``main_score``)."""
-    curves = {name: Curve(name, metric) for name, metric in main_scores.items()}
+def curves_from_log(records: Iterable[Mapping[str, Any]], main_scores: Mapping[str, str],
+                    plot_metrics: Mapping[str, str] | None = None) -> dict[str, Curve]:
+    """``main_scores``: task name -> its ``main_score`` (selection, the best step); ``plot_metrics``: task name ->
+    the dev metric drawn when it is another one (a task's ``curve_metric``, such as perplexity)."""
+    plot_metrics = plot_metrics or {}
+    curves = {}
+    for name, metric in main_scores.items():
+        shown = plot_metrics.get(name) or metric
+        curves[name] = Curve(name, shown, select_metric=metric if shown != metric else None)
     for rec in records:
         step = rec.get("step")
         if not isinstance(step, int):
@@ -58,10 +68,14 @@ def curves_from_log(records: Iterable[Mapping[str, Any]], main_scores: Mapping[s
             if isinstance(loss, (int, float)):
                 curve.loss_steps.append(step)
                 curve.loss.append(float(loss))
-            value = (rec.get("eval") or {}).get(name, {}).get(curve.metric)
+            scores = (rec.get("eval") or {}).get(name, {})
+            value = scores.get(curve.metric)
             if isinstance(value, (int, float)):
                 curve.eval_steps.append(step)
                 curve.score.append(float(value))
+                if curve.select_metric:
+                    chosen = scores.get(curve.select_metric)
+                    curve.selected.append(float(chosen) if isinstance(chosen, (int, float)) else math.nan)
     return curves
 
 
@@ -97,9 +111,10 @@ def plot_curve(curve: Curve, path: str | Path, title: str | None = None) -> Path
     return path
 
 
-def plot_run(log_path: str | Path, out_dir: str | Path, main_scores: Mapping[str, str]) -> dict[str, Path]:
+def plot_run(log_path: str | Path, out_dir: str | Path, main_scores: Mapping[str, str],
+             plot_metrics: Mapping[str, str] | None = None) -> dict[str, Path]:
     """A ``<task>.png`` per task in ``out_dir`` from a run's log.jsonl; returns task -> file."""
-    curves = curves_from_log(read_log(log_path), main_scores)
+    curves = curves_from_log(read_log(log_path), main_scores, plot_metrics)
     return {name: plot_curve(c, Path(out_dir) / f"{_safe(name)}.png") for name, c in curves.items() if c.loss or c.score}
 
 

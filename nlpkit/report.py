@@ -64,7 +64,8 @@ def write_report(target: str | Path, pipe: Any, results: Mapping[str, dict[str, 
             from .curves import plot_run
 
             scores = {t.name: t.main_score for t in pipe.tasks}
-            written += list(plot_run(run / "log.jsonl", run / "curves", scores).values())
+            shown = {t.name: t.curve_metric for t in pipe.tasks if getattr(t, "curve_metric", None)}
+            written += list(plot_run(run / "log.jsonl", run / "curves", scores, shown).values())
         except ImportError:  # matplotlib is optional
             pass
     return written

@@ -105,7 +105,7 @@ class Board:
             self.writer = None
 
 
-def write_curves(out: Path, main_scores: dict[str, str], log: RunLog) -> None:
+def write_curves(out: Path, main_scores: dict[str, str], log: RunLog, plot_metrics: dict[str, str] | None = None) -> None:
     """Learning-curve PNGs in <run>/curves, when matplotlib is installed; never fails the run."""
     try:
         import matplotlib  # noqa: F401
@@ -115,7 +115,7 @@ def write_curves(out: Path, main_scores: dict[str, str], log: RunLog) -> None:
     from .curves import plot_run
 
     try:
-        written = plot_run(out / "log.jsonl", out / "curves", main_scores)
+        written = plot_run(out / "log.jsonl", out / "curves", main_scores, plot_metrics)
     except Exception as exc:  # a plot must never cost the user a finished run
         log.info(f"learning curves not written: {type(exc).__name__}: {exc}")
         return

@@ -64,8 +64,11 @@ class Task:
     version: ClassVar[int] = 1
     description: ClassVar[str] = ""
     Options: ClassVar[type] = TaskOptions
-    #: the metric used for model selection and early stopping
+    #: the metric used for model selection and early stopping (higher is better)
     main_score: ClassVar[str] = "score"
+    #: the dev metric the learning-curve PNG draws when it should not be main_score (pretraining tasks select
+    #: by a bounded accuracy but are read by their perplexity); the best step marked stays main_score's
+    curve_metric: ClassVar[Optional[str]] = None
     #: True for tasks that generate text (they need a decoder from the backbone)
     generative: ClassVar[bool] = False
     #: backbone kinds this task can run on ("encoder", "encoder-decoder", "decoder")

@@ -713,7 +713,8 @@ class Trainer:
         log, state = self.log, self.state
         if self.main:
             if self.tc.plots:
-                write_curves(self.out, {t.name: t.main_score for t in self.tasks}, log)
+                write_curves(self.out, {t.name: t.main_score for t in self.tasks}, log,
+                             {t.name: t.curve_metric for t in self.tasks if t.curve_metric})
             for t in self.tasks:
                 if t.name in result["tasks"]:
                     log.info(f"dev {t.name}: " + ", ".join(f"{k} {v:.4f}" for k, v in result["tasks"][t.name].items()
