@@ -272,3 +272,44 @@ def test_serve_load_quick_answers_every_request_and_every_malformed_one_4xx(quic
     assert off["max_batch"] == 1 and on["max_batch"] > 1  # 32 clients at once: batches form
     assert on["malformed"]["all_4xx"] and on["malformed"]["answered_4xx"] == 100
     assert on["after_malformed"]["errors"] == 0
+
+
+def test_pretrain_throughput_quick_runs_masked_lm_against_run_mlm(quick_env):
+    """Both sides do the same work in the timed window (full blocks, no padding), and both losses are the
+    mean cross-entropy over masked tokens: about ln(vocabulary) for a random model at step 1."""
+    import math
+
+    out, result = _run_quick("pretrain_throughput.py", quick_env)
+    assert "tokens/s ratio" in out and "train loss (mean of last 1 steps) difference" in out, out[-3000:]
+    runs = result["throughput"]["runs"]
+    assert sorted(runs) == ["HF Trainer", "nlpkit"], sorted(runs)
+    ours, theirs = runs["nlpkit"][0], runs["HF Trainer"][0]
+    for key in ("window_steps", "window_samples", "window_tokens"):
+        assert ours[key] == theirs[key], key
+    spec = result["throughput"]["spec"]
+    assert ours["window_tokens"] == (spec["steps"] - 1) * spec["batch_size"] * spec["block_size"]
+    from transformers import AutoTokenizer
+
+    vocab = math.log(len(AutoTokenizer.from_pretrained(spec["backbone"])))
+    for r in (ours, theirs):
+        assert r["tokens_per_s"] > 0 and r["padding_fraction"] == 0
+        assert abs(r["first_loss"] - vocab) < 1.0, (r["first_loss"], vocab)
+        assert math.isfinite(r["final_loss"])
+    assert ours["corpus_tokens"] > 0 and ours["cache_folder"], "nlpkit did not build its token cache"
+
+
+def test_pretrain_throughput_repeats_whole_lines_to_the_size(tmp_path, monkeypatch):
+    import pretrain_throughput
+
+    monkeypatch.setattr(C, "CACHE", tmp_path / "cache")
+    source = tmp_path / "text.txt"
+    source.write_text("first line\nsecond line without its newline")
+    big = pretrain_throughput.repeated_corpus(source, 0.001)  # 1,048 bytes: ~22 copies
+    lines = big.read_text().splitlines()
+    assert big.stat().st_size >= 0.001 * 2**20 and lines[:3] == ["first line", "second line without its newline",
+                                                                "first line"]
+    assert set(lines) == {"first line", "second line without its newline"}
+    small = pretrain_throughput.repeated_corpus(source, 5 / 2**20)  # smaller than the source: its first line
+    assert small.read_text() == "first line\n"
+    mtime = big.stat().st_mtime_ns
+    assert pretrain_throughput.repeated_corpus(source, 0.001) == big and big.stat().st_mtime_ns == mtime
