@@ -388,9 +388,14 @@ def load_prefixed(module: Any, folder: str | Path, prefix: str) -> None:
     except RuntimeError as exc:  # a tensor of another shape
         raise CheckpointError(f"{resolve(folder) / WEIGHTS_FILE} does not match the model: "
                               f"{str(exc).strip().splitlines()[-1][:300]}") from exc
-    # tied weights are saved once; the copies they share memory with are reported missing
-    shared = {n for n, p in module.named_parameters(remove_duplicate=False)} - set(dict(module.named_parameters()))
-    missing = [m for m in missing if m not in shared]
+    # tied weights are saved once, under whichever of their names safetensors kept: a missing name is
+    # loaded when another name of the same tensor was
+    aliases: dict[int, set[str]] = {}
+    for name, tensor in [*module.named_parameters(remove_duplicate=False), *module.named_buffers(remove_duplicate=False)]:
+        aliases.setdefault(id(tensor), set()).add(name)
+    loaded_ids = {i for i, names in aliases.items() if names & set(tensors)}
+    by_name = {n: i for i, names in aliases.items() for n in names}
+    missing = [m for m in missing if by_name.get(m) not in loaded_ids]
     if missing or unexpected:
         raise CheckpointError(f"{folder}: {prefix}* does not match: missing {missing[:5]}, unexpected {unexpected[:5]}")
 

@@ -144,8 +144,11 @@ def data_fingerprint(examples: Sequence[dict]) -> str:
     return f"{len(examples)}:{digest.hexdigest()[:16]}"
 
 
-def describe_batch(stream: "TaskStream", idx: Sequence[int], examples: Sequence[dict], path: str) -> str:
-    """Where a batch came from, in words a user can act on: its position and its examples' lines."""
+def describe_batch(stream: "TaskStream", idx: Sequence[int], examples: Sequence[dict], path: str,
+                   position: tuple[int, int] | None = None) -> str:
+    """Where a batch came from, in words a user can act on: its position and its examples' lines.
+
+    ``position`` is the stream's (epoch, position) after the batch was drawn, when this is asked later."""
     lines, records, numbers = [], [], []
     for i in idx:
         ex_index = stream.features[i].get("example_index", i)
@@ -160,6 +163,7 @@ def describe_batch(stream: "TaskStream", idx: Sequence[int], examples: Sequence[
     else:
         kind, values = "examples", numbers
     shown = ", ".join(str(v) for v in values[:8]) + (f" and {len(values) - 8} more" if len(values) > 8 else "")
-    return f"batch {stream.position} of epoch {stream.epoch + 1}: {kind} {shown} of {path}"
+    epoch, batch = position if position is not None else (stream.epoch, stream.position)
+    return f"batch {batch} of epoch {epoch + 1}: {kind} {shown} of {path}"
 
 

@@ -293,13 +293,18 @@ class _Contract:
         return (f"{len(self.train_examples)} train, {len(self.dev_examples)} dev examples"
                 + (f" ({dropped} dev examples with labels outside the training slice dropped)" if dropped else ""))
 
-    def _read_slice(self, task: Task, path: str) -> list[dict]:
+    def _read_slice(self, task: Task, path: str) -> Sequence[dict]:
+        """A list of example dicts, or a lazy Sequence of them that can ``subset()`` itself (a TextCorpus)."""
         examples = task.read(path)
-        if not isinstance(examples, list):
-            raise _Fail(f"read({path!r}) returned {type(examples).__name__}; it must return a list of example dicts")
-        if not examples:
+        lazy = callable(getattr(examples, "subset", None)) and callable(getattr(examples, "__len__", None))
+        if not isinstance(examples, list) and not lazy:
+            raise _Fail(f"read({path!r}) returned {type(examples).__name__}; it must return a list of example dicts "
+                        "(or a Sequence with subset(), as nlpkit.corpus.TextCorpus)")
+        if not len(examples):
             raise _Fail(f"read({path!r}) returned no examples")
-        return examples[: self.max_examples] if self.max_examples else examples
+        if not self.max_examples or len(examples) <= self.max_examples:
+            return examples
+        return examples.subset(range(self.max_examples)) if lazy else examples[: self.max_examples]
 
     # -- state_dict ----------------------------------------------------------------------------------
     def check_state_dict(self) -> str:

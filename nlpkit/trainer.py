@@ -27,7 +27,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -75,11 +75,15 @@ class MicroBatch:
     """One micro-batch of a step: which task, where its examples came from, and what it counted."""
 
     task: str
-    where: str
+    describe: Callable[[], str]  # where its examples came from, in words; built only for a batch that failed
     samples: int
     loss: float  # the global batch's mean loss
     tokens: int
     nonfinite: bool  # some process saw a non-finite loss: no backward, the step is skipped
+
+    @property
+    def where(self) -> str:
+        return self.describe()
 
 
 @dataclass
@@ -498,7 +502,9 @@ class Trainer:
         idx = stream.next_indices()
         mine = idx[acc.process_index:: acc.num_processes]
         batch = to_device(stream.task.collate([stream.features[i] for i in mine]), acc.device)
-        where = describe_batch(stream, idx, self.data[name]["train"], self.paths[name].get("train", "train data"))
+        position = (stream.epoch, stream.position)
+        where = lambda: describe_batch(stream, idx, self.data[name]["train"],  # noqa: E731 - on failure only
+                                       self.paths[name].get("train", "train data"), position)
         with contextlib.nullcontext() if last or acc.num_processes == 1 else acc.no_sync(self.model):
             with acc.autocast():
                 loss = self.model(name, batch)["loss"]

@@ -303,6 +303,7 @@ class DenoisingTask(Task):
     description = "denoising pretraining (BART text infilling) on raw text; perplexity and token accuracy"
     Options = DenoisingOptions
     main_score = "accuracy"
+    curve_metric = "perplexity"
     generative = True
     backbone_kinds = ("encoder-decoder", "encoder")
 
