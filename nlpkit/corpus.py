@@ -247,6 +247,8 @@ class TokenCache:
 
     def __init__(self, tokens: np.ndarray, doc_starts: np.ndarray, word_start: np.ndarray | None, folder: Path | None):
         self.tokens, self.doc_starts, self.word_start, self.folder = tokens, doc_starts, word_start, folder
+        self.reused = False  # opened from an earlier run's cache
+        self.seconds = 0.0  # spent tokenising in this process
 
     @classmethod
     def build(cls, corpus: TextCorpus | Sequence[dict], tokenizer: Any, word_starts: bool = False,
@@ -262,7 +264,7 @@ class TokenCache:
         if (folder / "meta.json").is_file():
             try:
                 cache = cls.open(folder)
-                log.info(f"token cache: reusing {folder} ({len(cache.tokens):,} tokens)")
+                cache.reused = True
                 return cache
             except (OSError, ValueError, KeyError) as exc:
                 log.warning(f"token cache {folder} is damaged ({exc}); tokenising again")
@@ -311,8 +313,9 @@ class TokenCache:
             bar = tqdm(total=len(corpus), desc="tokenise corpus", unit="doc", leave=False)
         try:
             for chunk in _chunks(corpus.texts(), TOKENIZE_CHUNK):
+                # verbose=False: whole documents are longer than model_max_length on purpose (blocks come later)
                 enc = tokenizer(chunk, add_special_tokens=False, return_attention_mask=False,
-                                return_token_type_ids=False)
+                                return_token_type_ids=False, verbose=False)
                 ids_parts, word_parts_chunk = [], []
                 for k, ids in enumerate(enc["input_ids"]):
                     starts.append(total)
@@ -346,7 +349,9 @@ class TokenCache:
         if folder is None:
             tokens = np.concatenate(tok_parts) if tok_parts else np.zeros(0, dtype=dtype)
             words = (np.concatenate(word_parts) if word_parts else np.zeros(0, dtype=np.uint8)) if word_starts else None
-            return cls(tokens, doc_starts, words, None)
+            cache = cls(tokens, doc_starts, words, None)
+            cache.seconds = time.perf_counter() - t0
+            return cache
         tok_out.close()
         if word_out is not None:
             word_out.close()
@@ -359,9 +364,9 @@ class TokenCache:
             os.replace(tmp, folder)
         except OSError:  # another process finished the same cache first: use theirs
             shutil.rmtree(tmp, ignore_errors=True)
-        log.info(f"token cache: {len(doc_starts):,} documents, {total:,} tokens in {time.perf_counter() - t0:.1f} s "
-                 f"-> {folder}")
-        return cls.open(folder)
+        cache = cls.open(folder)
+        cache.seconds = time.perf_counter() - t0
+        return cache
 
 
 def _chunks(items: Iterable[str], size: int) -> Iterator[list[str]]:
@@ -438,6 +443,14 @@ class TokenBlocks(Sequence[dict]):
                                                     self.cache.word_start[s:s + n].astype(bool),
                                                     frame(len(self.suffix))])
         return feature
+
+    def describe(self) -> str:
+        """One line for the run's log: documents, tokens, blocks, and where the cache is."""
+        cache = self.cache
+        where = ("in memory" if cache.folder is None else
+                 f"cache {cache.folder}, {'reused' if cache.reused else f'tokenised in {cache.seconds:.1f} s'}")
+        return (f"{len(cache.doc_starts):,} documents, {len(cache.tokens):,} tokens -> {len(self):,} blocks of "
+                f"up to {self.block_size} ({where})")
 
     def lengths(self) -> np.ndarray:
         """Each block's length with its frame (what collate pads to and batching groups by)."""

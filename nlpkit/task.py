@@ -139,6 +139,11 @@ class Task:
         memory-mapped cache) answers from an array instead of building each feature."""
         return [self.feature_length(f) for f in features]
 
+    def describe_features(self, features: Sequence[Feature]) -> Optional[str]:
+        """A line the run's log prints about a split's features (a pretraining corpus: its token count and
+        cache); None says nothing."""
+        return None
+
     def build_head(self, backbone: Any) -> Any:
         raise NotImplementedError
 

@@ -309,6 +309,11 @@ class Trainer:
         """Features, one endless batch stream per task, the task sampler, and the step budget."""
         tc, world = self.tc, self.acc.num_processes
         self.features = {t.name: {s: t.encode(ex) for s, ex in self.data[t.name].items()} for t in self.tasks}
+        for t in self.tasks:
+            for split, features in self.features[t.name].items():
+                said = t.describe_features(features)
+                if said:
+                    self.notes.append(f"{t.name} {split}: {said}")
         self.streams = {t.name: TaskStream(t, self.features[t.name]["train"], tc.batch_size, tc.seed,
                                            tc.group_by_length, world) for t in self.tasks}
         batches_per_epoch = sum(len(s) for s in self.streams.values())

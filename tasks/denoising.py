@@ -382,6 +382,10 @@ class DenoisingTask(Task):
                         "have been truncated")
         return [{"example_index": i, "input_ids": x, "predict": True} for i, x in enumerate(ids)]
 
+    def describe_features(self, features: Any) -> Optional[str]:
+        describe = getattr(features, "describe", None)
+        return describe() if callable(describe) else None
+
     def feature_lengths(self, features: Any) -> Sequence[int]:
         lengths = getattr(features, "lengths", None)
         return lengths().tolist() if callable(lengths) else [len(f["input_ids"]) for f in features]

@@ -30,7 +30,7 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Literal, Sequence
+from typing import Any, Iterable, Literal, Optional, Sequence
 
 import numpy as np
 import torch
@@ -336,6 +336,10 @@ class MaskedLmTask(Task):
                                 "and was cut; shorten the text or raise the option max_length")
             features.append({"example_index": i, "input_ids": ids, "fill": True})
         return features
+
+    def describe_features(self, features: Any) -> Optional[str]:
+        describe = getattr(features, "describe", None)
+        return describe() if callable(describe) else None
 
     def feature_lengths(self, features: Sequence[dict]) -> Sequence[int]:
         lengths = getattr(features, "lengths", None)
