@@ -394,3 +394,51 @@ def test_resume_mid_run_masks_exactly_as_the_uninterrupted_run(corpus_files, tmp
     a = load_file(tmp_path / "whole" / "checkpoints" / "step-6" / "model.safetensors")
     b = load_file(tmp_path / "resumed" / "checkpoints" / "step-6" / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+# ---- the three uses: pretrain, then fine-tune from the run; and as an auxiliary task -----------------
+def _ner_files(folder, lines):
+    """A NER file whose sentences are the corpus's: two tags, so a few steps can learn something."""
+    rows = []
+    for line in lines:
+        rows += [f"{w} {'B-X' if w[0].isupper() or w in ('river', 'mills') else 'O'}" for w in line.split()] + [""]
+    path = folder / "ner.conll"
+    path.write_text("\n".join(rows) + "\n")
+    return str(path)
+
+
+def test_a_pretraining_run_is_the_backbone_of_a_fine_tuning_run(corpus_files, tmp_path):
+    trainer = {"batch_size": 8, "progress": False, "tensorboard": False, "plots": False, "lr": 3e-3}
+    pre = nlpkit.train({"tasks": [{"type": "masked-lm", "data": corpus_files, "options": {"max_length": 32}}],
+                        "backbone": {"spec": "mini", "vocab_size": 300}, "trainer": {**trainer, "max_steps": 4},
+                        "output_dir": str(tmp_path / "pre")})
+    ner = _ner_files(tmp_path, Path(corpus_files["train"]).read_text().splitlines()[:40])
+    config = {"tasks": [{"type": "ner", "data": {"train": ner, "dev": ner}}],
+              "backbone": {"spec": str(pre.output_dir)}, "trainer": {**trainer, "max_steps": 1, "lr": 1e-9},
+              "output_dir": str(tmp_path / "ner")}
+    nlpkit.train(config)
+    pretrained, tuned = nlpkit.load(pre.output_dir), nlpkit.load(tmp_path / "ner")
+    # its tokenizer came along (no new one was trained on the NER text) ...
+    assert tuned.model.backbone.tokenizer.get_vocab() == pretrained.model.backbone.tokenizer.get_vocab()
+    assert not (tmp_path / "ner" / "tokenizer-scratch").exists()
+    # ... and its weights: one step at lr 1e-9 leaves the backbone where pretraining left it
+    before = pretrained.model.backbone.state_dict()
+    after = tuned.model.backbone.state_dict()
+    assert set(before) == set(after)
+    assert all(torch.allclose(before[k], after[k], atol=1e-6) for k in before)
+    assert list(tuned.model.heads) == ["ner"]  # the pretraining head stays behind
+
+
+def test_masked_lm_as_an_auxiliary_task(corpus_files, tmp_path):
+    ner = _ner_files(tmp_path, Path(corpus_files["train"]).read_text().splitlines()[:40])
+    result = nlpkit.train({
+        "tasks": [{"type": "ner", "data": {"train": ner, "dev": ner}},
+                  {"type": "masked-lm", "data": corpus_files, "options": {"max_length": 32}}],
+        "backbone": {"spec": "mini", "vocab_size": 300},
+        "trainer": {"max_steps": 6, "eval_every": 6, "batch_size": 8, "progress": False, "tensorboard": False,
+                    "plots": False},
+        "output_dir": str(tmp_path / "both")})
+    assert set(result.metrics["tasks"]) == {"ner", "masked-lm"}
+    assert {"f1", "perplexity"} <= set(result.metrics["tasks"]["ner"]) | set(result.metrics["tasks"]["masked-lm"])
+    pipe = nlpkit.load(result.output_dir)
+    assert pipe.predict("the river ran past old mills", task="ner") is not None
