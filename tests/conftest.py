@@ -5,6 +5,11 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# pretraining tasks' token caches (nlpkit.corpus) go to a folder of this session, never to ~/.cache
+if "NLPKIT_CACHE" not in os.environ:
+    import tempfile
+
+    os.environ["NLPKIT_CACHE"] = tempfile.mkdtemp(prefix="nlpkit-test-cache-")
 
 import pytest  # noqa: E402
 
