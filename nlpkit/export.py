@@ -5,10 +5,12 @@ transformers
     Hugging Face folder (``from_pretrained`` and ``pipeline()`` load it): the backbone weights are
     copied as they are and the head weights are mapped onto the standard head. The mapping is checked
     numerically on sample inputs (outputs within 1e-4) before anything is written, so an export never
-    silently changes predictions. Where no standard class computes the same function (relation
-    extraction's entity-pair head, the tied decoder built on an encoder, mean pooling, several tasks at
-    once), OUT holds the backbone as a Hugging Face folder plus the heads in safetensors, and the model
-    card says why.
+    silently changes predictions. A plugin whose own head is a standard head in disguise hands over the
+    standard model itself (``Task.export_model``), checked the same way against the plugin's own logits
+    (``Task.export_logits``) at every real position. Where no standard class computes the same function
+    (relation extraction's entity-pair head, the tied decoder built on an encoder, mean pooling, several
+    tasks at once), OUT holds the backbone as a Hugging Face folder plus the heads in safetensors, and the
+    model card says why.
 
 onnx
     ``torch.onnx.export`` (the torch.export-based exporter) of backbone + head for each encoder task,
@@ -49,13 +51,16 @@ SAMPLES: dict[str, list[Any]] = {
     "translation": ["A man is walking his dog in the park .", "Two children play football ."],
     "summarization": ["The city council met on Tuesday and agreed to build a new bridge over the river . "
                       "Work will start next year and should take three years ."],
+    "masked-lm": ["Paris is the [MASK] of France .", "The river [MASK] past the old mills toward the [MASK] ."],
+    "causal-lm": ["The council met on", "Once upon a time"],
 }
 
 
 #: the pipeline() task that loads each class, where the installed transformers has one (transformers 5
 #: dropped the question-answering, translation and summarization pipelines)
 PIPELINES = {"AutoModelForTokenClassification": "token-classification",
-             "AutoModelForSequenceClassification": "text-classification"}
+             "AutoModelForSequenceClassification": "text-classification",
+             "AutoModelForMaskedLM": "fill-mask", "AutoModelForCausalLM": "text-generation"}
 
 
 class _no_progress_bars:
@@ -253,7 +258,7 @@ def _export_transformers(pipe: Any, tasks: Sequence[Any], out: Path) -> ExportRe
         else:
             with _no_progress_bars():
                 model.save_pretrained(out)
-            pipe.model.backbone.tokenizer.save_pretrained(out)
+            t.export_tokenizer(pipe.model.backbone.tokenizer).save_pretrained(out)
             result.written[t.name], result.max_diff[t.name] = cls_name, diff
             loads = PIPELINES.get(cls_name)
             how = f"`transformers.pipeline(\"{loads}\", model=OUT)` and `{cls_name}.from_pretrained(OUT)`" if loads \
@@ -313,6 +318,16 @@ def standard_model(pipe: Any, task: Any) -> tuple[Any, str, float]:
                         SpanExtractionHead, TokenClassificationHead)
 
     backbone, head = pipe.model.backbone, pipe.model.heads[task.name]
+    own = task.export_model(backbone, head)
+    if own is not None:  # the plugin's own head as a standard model
+        model, name = own
+        model.eval()
+        diff = _compare_logits(task, backbone, head, model)
+        if not diff <= TOLERANCE:
+            raise NotStandard(f"{name} from task {task.name!r} does not reproduce its head on this "
+                              f"{backbone.model.config.model_type} backbone (largest difference {diff:.3g} > "
+                              f"{TOLERANCE:g})")
+        return model, name, diff
     if isinstance(head, Seq2SeqHead):
         if not head.encoder_decoder:
             raise NotStandard("the seq2seq head on an encoder backbone is a decoder built by nlpkit whose "
@@ -470,11 +485,7 @@ def _compare(backbone: Any, head: Any, model: Any, name: str) -> float:
     the second padded) over real positions."""
     import torch
 
-    gen = torch.Generator().manual_seed(0)
-    vocab = backbone.model.config.vocab_size
-    ids = torch.randint(5, vocab, (2, 9), generator=gen)
-    mask = torch.ones_like(ids)
-    mask[1, 6:] = 0
+    ids, mask = _random_ids(backbone)
     with torch.inference_mode():
         if name == "AutoModelForMultipleChoice":
             ours = head(backbone, {"input_ids": ids, "attention_mask": mask,
@@ -491,6 +502,42 @@ def _compare(backbone: Any, head: Any, model: Any, name: str) -> float:
             real = mask.bool()
             return float((ours["logits"][real] - theirs.logits[real]).abs().max())
         return float((ours["logits"] - theirs.logits).abs().max())
+
+
+def _random_ids(backbone: Any) -> tuple[Any, Any]:
+    """(input_ids, attention_mask): two rows of random token ids, the second padded after 6 tokens."""
+    import torch
+
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(5, backbone.model.config.vocab_size, (2, 9), generator=gen)
+    mask = torch.ones_like(ids)
+    mask[1, 6:] = 0
+    return ids, mask
+
+
+def _compare_logits(task: Any, backbone: Any, head: Any, model: Any) -> float:
+    """Largest |difference| between a plugin's own logits (``Task.export_logits``) and its exported model's
+    ``.logits``, at every real position of two batches: random token ids (padded on the right) and the task's
+    sample inputs as its own ``collate`` pads them (left for prompts), where the task type has samples."""
+    import torch
+
+    ids, mask = _random_ids(backbone)
+    batches = [{"input_ids": ids, "attention_mask": mask}]
+    try:
+        batches.append(sample_batch(task))
+    except NotStandard:  # no sample inputs for this task type: the random ids alone
+        pass
+    diffs = []
+    with torch.inference_mode():
+        for batch in batches:
+            inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
+            ours, theirs = task.export_logits(backbone, head, inputs), model(**inputs).logits
+            if ours.shape != theirs.shape:
+                raise NotStandard(f"the exported model's logits have shape {tuple(theirs.shape)}, task "
+                                  f"{task.name!r}'s {tuple(ours.shape)}")
+            real = inputs["attention_mask"].bool()
+            diffs.append((ours[real].float() - theirs[real].float()).abs().max())
+    return float(torch.stack(diffs).max())  # NaN (a broken model) stays NaN and fails the check
 
 
 # ---- onnx -------------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ The core calls the hooks below in this order and never looks inside examples, fe
     decode(examples, features, outputs) -> one prediction per example (JSON-serialisable)
     score(predictions, examples) -> {metric: value}; ``main_score`` names the one used for selection
     parse_input(text_or_record) -> example; format_prediction(prediction) -> str   (for `nlpkit predict`)
+    export_model(backbone, head) -> (model, auto class) | None; export_logits, export_tokenizer  (`nlpkit export`)
 """
 from __future__ import annotations
 
@@ -164,6 +165,31 @@ class Task:
         import json
 
         return json.dumps(prediction, ensure_ascii=False)
+
+    # ---- export -----------------------------------------------------------------------------------
+    def export_model(self, backbone: Any, head: Any) -> Optional[tuple[Any, str]]:
+        """A plain transformers model computing what ``head(backbone, ...)`` computes, and the name of the Auto
+        class that loads it (``"AutoModelForMaskedLM"``), for ``nlpkit export --format transformers``.
+
+        The core knows how to map its shared heads, not a plugin's own head: a task whose head is a standard
+        head in disguise says so here. None (the default) leaves the export to the core (its mapping of the
+        shared heads, else the backbone + heads fallback). A task that returns a model implements
+        ``export_logits`` too: the core compares the two before anything is written.
+        """
+        return None
+
+    def export_logits(self, backbone: Any, head: Any, batch: dict[str, Any]) -> Any:
+        """nlpkit's own logits (batch, length, classes) for ``batch`` (``input_ids``, ``attention_mask``), at
+        every position and without training-time noise such as masking: the reference that the exported
+        model's ``.logits`` must match within the export tolerance at the real (unpadded) positions."""
+        raise NotImplementedError(f"task {self.name!r} returned a model from export_model but has no export_logits "
+                                  "to check it against")
+
+    def export_tokenizer(self, tokenizer: Any) -> Any:
+        """The tokenizer saved beside the model of ``export_model``: the backbone's as it is (the default), or a
+        changed copy (never the backbone's own) with which transformers' ``pipeline()`` turns raw input into
+        the ids this task's ``encode`` gives, where the task adds or strips tokens of its own."""
+        return tokenizer
 
     # ---- helpers for subclasses -------------------------------------------------------------------
     def options_dict(self) -> dict[str, Any]:

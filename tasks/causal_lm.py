@@ -176,6 +176,41 @@ class CausalLmTask(Task):
     def build_head(self, backbone: Any) -> Any:
         return CausalLmHead()
 
+    # ---- export --------------------------------------------------------------------------------------
+    def export_model(self, backbone: Any, head: Any) -> tuple[Any, str]:
+        """The decoder with its LM head is the whole model (the head owns no weights), in a copy whose
+        generation config is predict's, so ``pipeline("text-generation")`` continues a prompt as ``nlpkit
+        predict`` does (with the tokenizer of ``export_tokenizer``)."""
+        import copy
+
+        model = copy.deepcopy(backbone.model)
+        model.generation_config = self.generation_config()
+        return model, "AutoModelForCausalLM"
+
+    def export_tokenizer(self, tokenizer: Any) -> Any:
+        """A copy that puts BOS before a text and nothing after it, as predict frames a prompt (a from-scratch
+        tokenizer adds [CLS] ... [SEP] for encoders; GPT-2's adds no BOS): the pipeline tokenises with the
+        tokenizer's own special tokens."""
+        import copy
+
+        tokenizer = copy.deepcopy(tokenizer)
+        tokenizer.add_eos_token = False  # each setter rebuilds the template: "[BOS] $A", or "$A" with no BOS
+        tokenizer.add_bos_token = bool(self.prefix_ids)
+        return tokenizer
+
+    def export_logits(self, backbone: Any, head: Any, batch: dict) -> torch.Tensor:
+        """Next-token logits at every position, as training and evaluation compute them."""
+        return backbone.lm_logits(backbone.encode(batch["input_ids"], batch["attention_mask"])).float()
+
+    def generation_config(self) -> Any:
+        """How predict continues a prompt (and an export's ``generate``, so both write the same text)."""
+        from transformers import GenerationConfig
+
+        o, tok = self.options, self.tokenizer
+        return GenerationConfig(max_new_tokens=o.max_new_tokens, do_sample=False, num_beams=o.num_beams,
+                                eos_token_id=self.stop_ids, pad_token_id=tok.pad_token_id,
+                                bos_token_id=tok.bos_token_id)
+
     def predict_batch(self, head: Any, backbone: Any, batch: dict) -> list[dict]:
         if "labels" not in batch:
             return self._generate(backbone, batch)
@@ -190,14 +225,8 @@ class CausalLmTask(Task):
 
     def _generate(self, backbone: Any, batch: dict) -> list[dict]:
         """Greedy (or beam) continuations of left-padded prompts, cut at the first stop token."""
-        from transformers import GenerationConfig
-
-        o, tok = self.options, self.tokenizer
-        config = GenerationConfig(max_new_tokens=o.max_new_tokens, do_sample=False, num_beams=o.num_beams,
-                                  eos_token_id=self.stop_ids, pad_token_id=tok.pad_token_id,
-                                  bos_token_id=tok.bos_token_id)
         out = backbone.model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                                      generation_config=config)
+                                      generation_config=self.generation_config())
         results = []
         for row in out[:, batch["input_ids"].shape[1]:].cpu().tolist():
             end = next((k for k, t in enumerate(row) if t in self.stop_ids), None)

@@ -259,6 +259,27 @@ def load_pretrained_head(head: Any, spec: str) -> list[str]:
     return sorted(found)
 
 
+def bert_for_masked_lm(backbone: Any, head: MaskedLmHead) -> tuple[Any, str]:
+    """A BertForMaskedLM holding a BERT backbone and its masked-LM head (the export of ``masked-lm``)."""
+    import copy
+
+    from transformers import BertForMaskedLM
+
+    config = copy.deepcopy(backbone.model.config)
+    config.architectures, config.tie_word_embeddings, config.is_decoder = None, True, False
+    model = BertForMaskedLM(config)
+    weights = {k: v for k, v in backbone.model.state_dict().items() if not k.startswith("pooler.")}
+    model.bert.load_state_dict(weights)  # strict: the same BertModel, without the pooler MLM never uses
+    predictions = model.cls.predictions
+    with torch.no_grad():
+        for target, source in ((predictions.transform.dense, head.dense), (predictions.transform.LayerNorm, head.norm)):
+            target.weight.copy_(source.weight)
+            target.bias.copy_(source.bias)
+        predictions.bias.copy_(head.bias)
+        predictions.decoder.bias.copy_(head.bias)  # the same tensor once tied; copied in case it is not
+    return model, "AutoModelForMaskedLM"
+
+
 # ---- the plugin --------------------------------------------------------------------------------------
 @register_task("masked-lm")
 class MaskedLmTask(Task):
@@ -370,6 +391,33 @@ class MaskedLmTask(Task):
             log.info(f"{self.name}: MLM head initialised from the pretrained weights of {backbone.spec} "
                      "(cls.predictions.*)")
         return head
+
+    # ---- export --------------------------------------------------------------------------------------
+    def export_model(self, backbone: Any, head: Any) -> Optional[tuple[Any, str]]:
+        """On a BERT-family backbone the head IS BertForMaskedLM's: the backbone goes into ``.bert``, the
+        transform into ``cls.predictions.transform``, the bias into ``cls.predictions.bias``, and the decoder
+        stays tied to the word embeddings; ``pipeline("fill-mask")`` then loads the export. Other encoders:
+        None (the core's fallback, backbone + head tensors)."""
+        return bert_for_masked_lm(backbone, head) if backbone.model.config.model_type == "bert" else None
+
+    def export_tokenizer(self, tokenizer: Any) -> Any:
+        """A copy whose mask token takes the space before it (``lstrip``, as RoBERTa's <mask>), as ``predict``
+        reads a mask: the pipeline then fills "Paris is the [MASK] of France." with nlpkit's ids (a byte-level
+        BPE would otherwise put a lone space token before the mask; WordPiece has none either way)."""
+        import copy
+
+        from tokenizers import AddedToken
+
+        tokenizer = copy.deepcopy(tokenizer)
+        tokenizer.add_special_tokens({"mask_token": AddedToken(tokenizer.mask_token, lstrip=True, special=True,
+                                                              normalized=False)})
+        return tokenizer
+
+    def export_logits(self, backbone: Any, head: Any, batch: dict) -> torch.Tensor:
+        """The vocabulary projection at every position of an unmasked batch (training projects only the
+        chosen positions of a masked one; the function at each position is the same)."""
+        hidden = backbone.encode(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
+        return head.logits(backbone, hidden)
 
     def predict_batch(self, head: Any, backbone: Any, batch: dict) -> list:
         """Per block: (summed NLL, masked tokens, argmax hits); per predict text: the top-k fills per mask."""
