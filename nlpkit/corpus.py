@@ -61,7 +61,7 @@ def corpus_files(path: str | Path) -> list[Path]:
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.is_file() and _text_suffix(p) is not None)
         if not files:
-            raise DataError(f"no .txt, .jsonl or .gz files in this folder", str(path))
+            raise DataError("no .txt, .jsonl or .gz files in this folder", str(path))
         return files
     if not path.exists():
         raise DataError("file not found", str(path))

@@ -623,8 +623,12 @@ def export_task_onnx(pipe: Any, task: Any, folder: Path) -> dict[str, Any]:
 
     batch = sample_batch(task)
     names = [k for k, v in batch.items() if isinstance(v, torch.Tensor)]
-    with torch.inference_mode():
-        reference = pipe.model.heads[task.name](pipe.model.backbone, batch)
+    try:
+        with torch.inference_mode():
+            reference = pipe.model.heads[task.name](pipe.model.backbone, batch)
+    except Exception as exc:  # noqa: BLE001 - a head that needs more than its inputs (a masking pretraining head)
+        raise NotStandard(f"its head does not run on a plain batch of sample inputs ({type(exc).__name__}: "
+                          f"{str(exc).splitlines()[0][:200] if str(exc) else ''}); use --format transformers") from None
     outputs = sorted(k for k in reference if k != "loss")
     graph = OnnxHead.build(pipe.model, task.name, names, outputs)
     args = tuple(batch[k] for k in names)

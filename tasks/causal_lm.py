@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from typing import Any, Iterable, Literal, Optional, Sequence
+from typing import Any, Iterable, Literal, Sequence
 
 import numpy as np
 import torch
@@ -145,10 +145,6 @@ class CausalLmTask(Task):
 
     def describe_features(self, features: Any) -> str | None:
         """The corpus line of the run's log (documents, tokens, blocks, cache), from the blocks themselves."""
-        describe = getattr(features, "describe", None)
-        return describe() if callable(describe) else None
-
-    def describe_features(self, features: Any) -> Optional[str]:
         describe = getattr(features, "describe", None)
         return describe() if callable(describe) else None
 

@@ -268,3 +268,13 @@ def test_the_activation_of_the_backbone_goes_into_the_export(tmp_path):
     model.config.hidden_act = "gelu"  # the same weights through another activation: the check must see it
     model.cls.predictions.transform.transform_act_fn = torch.nn.GELU()
     assert _compare_logits(task, backbone, head, model) > 1e-3
+
+
+def test_onnx_export_of_a_masked_lm_run_is_refused_with_the_reason(mlm_run, tmp_path):
+    """The masking head draws masks inside forward: not one graph of its inputs. A clear error, no traceback."""
+    pytest.importorskip("onnxruntime")
+    from nlpkit.errors import ConfigError
+    from nlpkit.export import export as run_export
+
+    with pytest.raises(ConfigError, match="nothing to export as ONNX: masked-lm: its head does not run"):
+        run_export(mlm_run, "onnx", tmp_path / "onnx")
