@@ -33,7 +33,7 @@ import _common as C  # noqa: E402
 FINETUNE = {
     "conll2003": ("ner", {"train": "conll2003/train.txt.gz", "dev": "conll2003/valid.txt.gz"}, {}, ["--epochs", "1"]),
     "sst2": ("sentiment", {"train": "sst2/train.tsv.gz"}, {"dev_split": 0.05, "dev_split_seed": 0, "max_length": 66},
-             ["--max-steps", "1000"]),
+             ["--max-steps", "600"]),
     "trec": ("classification", {"train": "trec/train_5500.label.gz"},
              {"format": "label-first", "label_part": "coarse", "dev_split": 0.1, "dev_split_seed": 0, "max_length": 64},
              ["--epochs", "3"]),
@@ -135,14 +135,16 @@ def main(argv=None) -> int:
     p.add_argument("experiment", choices=["corpus", "scratch", "continued"])
     p.add_argument("--data-root")
     p.add_argument("--work", default=str(C.CACHE / "pretraining-gain"), help="run folders go here")
-    p.add_argument("--pretrain-steps", type=int, default=None, help="default 800 (scratch), 200 (continued)")
+    p.add_argument("--pretrain-steps", type=int, default=None, help="default 600 (scratch), 300 (continued)")
     p.add_argument("--pretrain-batch", type=int, default=32)
     p.add_argument("--block", type=int, default=128)
     p.add_argument("--finetune-steps", type=int, default=None,
-                   help="default: CoNLL 1 epoch, SST-2 1000 steps, TREC 3 epochs (scratch); 3 epochs (continued)")
+                   help="default: CoNLL 1 epoch, SST-2 600 steps, TREC 3 epochs (scratch); 3 epochs (continued)")
     p.add_argument("--precision", default="bf16", help="training precision of every run (bf16: this CPU has it)")
     p.add_argument("--tasks", default=",".join(FINETUNE), help="scratch: which fine-tuning tasks")
     p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--pretrain-lr", type=float, default=None, help="default 5e-4 (scratch), 1e-4 (continued)")
+    p.add_argument("--pretrain-warmup", type=float, default=0.1, help="warm-up share of the pretraining steps")
     args = p.parse_args(argv)
     root = C.data_root(args.data_root)
     work = Path(args.work)
@@ -156,12 +158,13 @@ def main(argv=None) -> int:
         return 0
 
     if args.experiment == "scratch":
-        steps = args.pretrain_steps or 800
+        steps = args.pretrain_steps or 600
         pre = work / "pretrain-small"
         m = nlpkit_train(["--task", "masked-lm", "--backbone", "small", "--data", f"train={corpus}",
                           "--option", f"max_length={args.block}", "--option", "dev_split=0.01",
-                          "--max-steps", str(steps), "--batch-size", str(args.pretrain_batch),
-                          "--set", f"trainer.eval_every={max(1, steps // 10)}", *common], pre, work / "logs")
+                          "--max-steps", str(steps), "--batch-size", str(args.pretrain_batch), "--lr", str(args.pretrain_lr or 5e-4),
+                          "--set", f"trainer.warmup_ratio={args.pretrain_warmup}",
+                          "--set", f"trainer.eval_every={max(1, steps // 6)}", *common], pre, work / "logs")
         print("\n".join(corpus_lines(work / "logs" / f"{pre.name}.log")))
         print(f"pretraining: {steps} steps, {m.get('train_tokens_per_s', 0):,.0f} tokens/s, wall {m['wall_s']:.0f} s, "
               f"dev {json.dumps(m['tasks'])}", flush=True)
@@ -182,13 +185,14 @@ def main(argv=None) -> int:
         return 0
 
     # (b) continued pretraining of MiniLM on WNUT-17's train text
-    steps = args.pretrain_steps or 200
+    steps = args.pretrain_steps or 300
     minilm = C.resolve_backbone("minilm")
     wnut_text = corpus / "wnut17.txt"
     pre = work / "minilm-mlm-wnut17"
     m = nlpkit_train(["--task", "masked-lm", "--backbone", minilm, "--data", f"train={wnut_text}",
                       "--option", f"max_length={args.block}", "--option", "dev_split=0.02", "--option", "whole_word_mask=true",
-                      "--max-steps", str(steps), "--batch-size", str(args.pretrain_batch), "--lr", "5e-5",
+                      "--max-steps", str(steps), "--batch-size", str(args.pretrain_batch),
+                      "--lr", str(args.pretrain_lr or 1e-4), "--set", f"trainer.warmup_ratio={args.pretrain_warmup}",
                       "--set", f"trainer.eval_every={max(1, steps // 6)}", *common], pre, work / "logs")
     print("\n".join(corpus_lines(work / "logs" / f"{pre.name}.log")))
     print(f"continued pretraining: {steps} steps, wall {m['wall_s']:.0f} s, dev {json.dumps(m['tasks'])}", flush=True)
