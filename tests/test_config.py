@@ -223,3 +223,12 @@ def test_every_config_and_task_option_type_is_one_the_checker_knows():
     assert (entry.name, entry.data, entry.weight) == ("ner", {"train": "a"}, 2.0)
     with pytest.raises(TypeError, match="cannot check"):  # a plugin author's field type it does not know
         options.coerce({1}, set[int], "tasks.x.options.odd")
+
+
+def test_default_learning_rates_per_backbone():
+    """The 6-layer small presets collapse at the 1e-3 of the smaller ones (docs/training.md)."""
+    from nlpkit.optim import default_lr
+
+    assert default_lr("small") == default_lr("small-decoder") == 3e-4
+    assert default_lr("tiny") == default_lr("mini") == default_lr("tiny-decoder") == 1e-3
+    assert default_lr("minilm") == default_lr("some/hub-model") == 1e-4
