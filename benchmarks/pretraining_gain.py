@@ -143,7 +143,7 @@ def main(argv=None) -> int:
     p.add_argument("--precision", default="bf16", help="training precision of every run (bf16: this CPU has it)")
     p.add_argument("--tasks", default=",".join(FINETUNE), help="scratch: which fine-tuning tasks")
     p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--pretrain-lr", type=float, default=None, help="default 5e-4 (scratch), 1e-4 (continued)")
+    p.add_argument("--pretrain-lr", type=float, default=None, help="default 2e-4 (scratch), 1e-4 (continued)")
     p.add_argument("--pretrain-warmup", type=float, default=0.1, help="warm-up share of the pretraining steps")
     args = p.parse_args(argv)
     root = C.data_root(args.data_root)
@@ -162,7 +162,7 @@ def main(argv=None) -> int:
         pre = work / "pretrain-small"
         m = nlpkit_train(["--task", "masked-lm", "--backbone", "small", "--data", f"train={corpus}",
                           "--option", f"max_length={args.block}", "--option", "dev_split=0.01",
-                          "--max-steps", str(steps), "--batch-size", str(args.pretrain_batch), "--lr", str(args.pretrain_lr or 5e-4),
+                          "--max-steps", str(steps), "--batch-size", str(args.pretrain_batch), "--lr", str(args.pretrain_lr or 2e-4),
                           "--set", f"trainer.warmup_ratio={args.pretrain_warmup}",
                           "--set", f"trainer.eval_every={max(1, steps // 6)}", *common], pre, work / "logs")
         print("\n".join(corpus_lines(work / "logs" / f"{pre.name}.log")))
