@@ -149,7 +149,7 @@ def comparable_log(run: Path) -> list[dict]:
         rec = json.loads(line)
         if "resumed_from" in rec or "checkpoint" in rec:
             continue
-        out.append({k: v for k, v in rec.items() if k != "time" and not k.startswith("samples_per_s")})
+        out.append({k: v for k, v in rec.items() if k != "time" and not k.startswith(("samples_per_s", "tokens_per_s"))})
     return out
 
 
@@ -589,6 +589,9 @@ class _Lengths:
 
     def feature_length(self, feature):
         return feature["n"]
+
+    def feature_lengths(self, features):
+        return [self.feature_length(f) for f in features]
 
 
 def stream(n: int, batch: int, seed: int, world: int = 1) -> TaskStream:
