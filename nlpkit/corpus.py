@@ -35,6 +35,7 @@ import numpy as np
 
 from .data import read_jsonl, read_text_lines
 from .errors import DataError
+from .task import Task
 
 log = logging.getLogger("nlpkit.corpus")
 
@@ -463,3 +464,46 @@ def pack(examples: TextCorpus | Sequence[dict], tokenizer: Any, block_size: int,
     """Blocks of ``block_size`` tokens from a corpus, tokenised once into the cache (see the module doc)."""
     cache = TokenCache.build(examples, tokenizer, word_starts, cache_dir, progress)
     return TokenBlocks(cache, block_size, within_document, prefix_ids, suffix_ids)
+
+
+# ---- what every raw-text task shares ---------------------------------------------------------------
+class CorpusTask(Task):
+    """Reading, tokenizer text and feature bookkeeping of a task trained on raw text (the pretraining
+    tasks): a subclass adds its options (``documents``, ``encoding``, ``text_field`` at least), blocks, head
+    and metric. Kept here, next to ``TextCorpus`` and ``TokenBlocks``, so three plugins do not copy it."""
+
+    def read(self, path: str) -> TextCorpus:
+        """A lazy corpus: .txt (one document per line or blank-line separated), .jsonl, .gz, a folder."""
+        o = self.options
+        return read_corpus(path, documents=o.documents, encoding=o.encoding, text_field=o.text_field)
+
+    def read_hub(self, rows: Any, spec: str) -> TextCorpus:
+        """A hub split's text column (``hub:wikitext:wikitext-2-raw-v1:train``); blank rows are dropped."""
+        field = self.options.text_field
+        columns = list(getattr(rows, "column_names", None) or [])
+        if columns and field not in columns:
+            raise DataError(f"no text field {field!r} (fields: {', '.join(columns)}); set the option text_field",
+                            spec)
+        texts = []
+        for number, text in enumerate(rows[field], 1):
+            if not isinstance(text, str):
+                raise DataError(f"field {field!r} must hold text, got {type(text).__name__}", spec, number)
+            if text.strip():
+                texts.append(text)
+        if not texts:
+            raise DataError(f"no non-empty text in field {field!r}", spec)
+        return TextCorpus.from_texts(texts)
+
+    def texts(self, examples: Any) -> Iterable[str]:
+        if callable(getattr(examples, "texts", None)):
+            return examples.texts()
+        return (ex["text"] for ex in examples)
+
+    def describe_features(self, features: Any) -> str | None:
+        """The corpus line of the run's log (documents, tokens, blocks, cache), from the blocks themselves."""
+        describe = getattr(features, "describe", None)
+        return describe() if callable(describe) else None
+
+    def feature_lengths(self, features: Any) -> Sequence[int]:
+        lengths = getattr(features, "lengths", None)
+        return lengths().tolist() if callable(lengths) else super().feature_lengths(features)

@@ -24,17 +24,18 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from typing import Any, Iterable, Literal, Sequence
+from typing import Any, Literal, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from nlpkit import DataError, register_task
+from nlpkit import register_task
 from nlpkit.errors import ConfigError
+from nlpkit.corpus import CorpusTask
 from nlpkit.options import require
-from nlpkit.task import Task, TaskOptions
+from nlpkit.task import TaskOptions
 
 from . import DATA_DIR
 
@@ -65,7 +66,7 @@ class CausalLmOptions(TaskOptions):
 
 
 @register_task("causal-lm")
-class CausalLmTask(Task):
+class CausalLmTask(CorpusTask):
     description = "causal language modelling on raw text (decoders: pretraining, domain adaptation; perplexity)"
     Options = CausalLmOptions
     main_score = "accuracy"
@@ -78,36 +79,6 @@ class CausalLmTask(Task):
         return {"train": str(folder / "train.txt"), "dev": str(folder / "dev.txt")}
 
     # ---- reading -------------------------------------------------------------------------------------
-    def read(self, path: str) -> Any:
-        from nlpkit.corpus import read_corpus
-
-        o = self.options
-        return read_corpus(path, documents=o.documents, encoding=o.encoding, text_field=o.text_field)
-
-    def read_hub(self, rows: Any, spec: str) -> Any:
-        """A hub split's text column (``hub:wikitext:wikitext-2-raw-v1:train``); blank rows are dropped."""
-        from nlpkit.corpus import TextCorpus
-
-        field = self.options.text_field
-        columns = list(getattr(rows, "column_names", None) or [])
-        if field not in columns:
-            raise DataError(f"the dataset has no column {field!r} (columns: {', '.join(columns) or 'none'}); "
-                            "set the option text_field", spec)
-        texts = []
-        for number, text in enumerate(rows[field], 1):
-            if not isinstance(text, str):
-                raise DataError(f"column {field!r} must hold text, got {type(text).__name__}", spec, number)
-            if text.strip():
-                texts.append(text)
-        if not texts:
-            raise DataError(f"column {field!r} holds no text", spec)
-        return TextCorpus.from_texts(texts)
-
-    def texts(self, examples: Any) -> Iterable[str]:
-        if callable(getattr(examples, "texts", None)):
-            return examples.texts()
-        return (ex["text"] for ex in examples)
-
     # ---- model ---------------------------------------------------------------------------------------
     def setup(self, backbone: Any) -> None:
         from nlpkit.corpus import separator_id
@@ -142,16 +113,6 @@ class CausalLmTask(Task):
                         "tokens keep only their last tokens")
         return [{"example_index": i, "input_ids": [*self.prefix_ids, *x[len(x) - room:]] if len(x) > room
                  else [*self.prefix_ids, *x], "prompt": True} for i, x in enumerate(ids)]
-
-    def describe_features(self, features: Any) -> str | None:
-        """The corpus line of the run's log (documents, tokens, blocks, cache), from the blocks themselves."""
-        describe = getattr(features, "describe", None)
-        return describe() if callable(describe) else None
-
-    def feature_lengths(self, features: Any) -> Sequence[int]:
-        if callable(getattr(features, "lengths", None)):
-            return features.lengths()
-        return super().feature_lengths(features)
 
     def collate(self, features: Sequence[dict]) -> dict:
         """Blocks padded on the right, with labels (-100 on padding); prompts on the left, for ``generate``."""

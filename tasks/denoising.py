@@ -34,10 +34,11 @@ from typing import Any, Iterable, Literal, Optional, Sequence
 
 import numpy as np
 
-from nlpkit import DataError, register_task
+from nlpkit import register_task
 from nlpkit import options as _options
+from nlpkit.corpus import CorpusTask
 from nlpkit.errors import BackboneError
-from nlpkit.task import Task, TaskOptions
+from nlpkit.task import TaskOptions
 
 from . import DATA_DIR
 
@@ -299,7 +300,7 @@ def sentence_end_ids(tokenizer: Any) -> np.ndarray:
 
 # ---- the plugin -----------------------------------------------------------------------------------
 @register_task("denoising")
-class DenoisingTask(Task):
+class DenoisingTask(CorpusTask):
     description = "denoising pretraining (BART text infilling) on raw text; perplexity and token accuracy"
     Options = DenoisingOptions
     main_score = "accuracy"
@@ -311,30 +312,6 @@ class DenoisingTask(Task):
     def default_data(self) -> dict[str, str]:
         folder = DATA_DIR / "pretraining"
         return {"train": str(folder / "train.txt"), "dev": str(folder / "dev.txt")}
-
-    def read(self, path: str) -> Any:
-        from nlpkit.corpus import read_corpus
-
-        o = self.options
-        return read_corpus(path, documents=o.documents, encoding=o.encoding, text_field=o.text_field)
-
-    def read_hub(self, rows: Any, spec: str) -> Any:
-        from nlpkit.corpus import TextCorpus
-
-        field = self.options.text_field
-        names = list(getattr(rows, "column_names", None) or [])
-        if field not in names:
-            raise DataError(f"no field {field!r} (fields: {names}); set the option text_field", spec)
-        texts = rows[field]
-        for i, text in enumerate(texts, 1):
-            if not isinstance(text, str):
-                raise DataError(f"field {field!r} must be a string, got {type(text).__name__}", spec, i)
-        return TextCorpus.from_texts(t for t in texts if t.strip())
-
-    def texts(self, examples: Any) -> Iterable[str]:
-        if callable(getattr(examples, "texts", None)):
-            return examples.texts()
-        return (ex["text"] for ex in examples)
 
     # ---- model ------------------------------------------------------------------------------------
     def special_tokens(self) -> list[str]:
@@ -381,14 +358,6 @@ class DenoisingTask(Task):
             log.warning(f"{self.name}: {cut} input(s) reached max_length={self.options.max_length} tokens and may "
                         "have been truncated")
         return [{"example_index": i, "input_ids": x, "predict": True} for i, x in enumerate(ids)]
-
-    def describe_features(self, features: Any) -> Optional[str]:
-        describe = getattr(features, "describe", None)
-        return describe() if callable(describe) else None
-
-    def feature_lengths(self, features: Any) -> Sequence[int]:
-        lengths = getattr(features, "lengths", None)
-        return lengths().tolist() if callable(lengths) else [len(f["input_ids"]) for f in features]
 
     def collate(self, features: Sequence[dict]) -> dict:
         import torch

@@ -30,15 +30,16 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Literal, Optional, Sequence
+from typing import Any, Literal, Optional, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from nlpkit import ConfigError, DataError, Task, TaskOptions, register_task
+from nlpkit import ConfigError, DataError, TaskOptions, register_task
 from nlpkit.data import input_text, pad, pad_encodings
+from nlpkit.corpus import CorpusTask
 from nlpkit.options import require
 
 from . import DATA_DIR
@@ -282,7 +283,7 @@ def bert_for_masked_lm(backbone: Any, head: MaskedLmHead) -> tuple[Any, str]:
 
 # ---- the plugin --------------------------------------------------------------------------------------
 @register_task("masked-lm")
-class MaskedLmTask(Task):
+class MaskedLmTask(CorpusTask):
     description = "masked-LM pretraining on raw text (15% masking, 80/10/10, whole-word option; perplexity)"
     Options = MaskedLmOptions
     main_score = "accuracy"
@@ -293,30 +294,6 @@ class MaskedLmTask(Task):
     def default_data(self) -> dict[str, str]:
         folder = DATA_DIR / "pretraining"
         return {"train": str(folder / "train.txt"), "dev": str(folder / "dev.txt")}
-
-    def read(self, path: str) -> Any:
-        """A lazy corpus: .txt (one document per line or blank-line separated), .jsonl, .gz, a folder."""
-        from nlpkit.corpus import read_corpus
-
-        return read_corpus(path, documents=self.options.documents, encoding=self.options.encoding,
-                           text_field=self.options.text_field)
-
-    def read_hub(self, rows: Any, spec: str) -> Any:
-        from nlpkit.corpus import TextCorpus
-
-        names = list(getattr(rows, "column_names", None) or [])
-        if names and self.options.text_field not in names:
-            raise DataError(f"no text field {self.options.text_field!r} (fields: {', '.join(names)}); set the "
-                            "option text_field", spec)
-        texts = [t for t in rows[self.options.text_field] if isinstance(t, str) and t.strip()]
-        if not texts:
-            raise DataError(f"no non-empty text in field {self.options.text_field!r}", spec)
-        return TextCorpus.from_texts(texts)
-
-    def texts(self, examples: Any) -> Iterable[str]:
-        if callable(getattr(examples, "texts", None)):
-            return examples.texts()
-        return (ex["text"] for ex in examples)
 
     # ---- model ---------------------------------------------------------------------------------------
     def setup(self, backbone: Any) -> None:
@@ -357,14 +334,6 @@ class MaskedLmTask(Task):
                                 "and was cut; shorten the text or raise the option max_length")
             features.append({"example_index": i, "input_ids": ids, "fill": True})
         return features
-
-    def describe_features(self, features: Any) -> Optional[str]:
-        describe = getattr(features, "describe", None)
-        return describe() if callable(describe) else None
-
-    def feature_lengths(self, features: Sequence[dict]) -> Sequence[int]:
-        lengths = getattr(features, "lengths", None)
-        return lengths().tolist() if callable(lengths) else [len(f["input_ids"]) for f in features]
 
     def collate(self, features: Sequence[dict]) -> dict:
         """Padded to the longest block (blocks are full but the last): no masking here, the head masks."""
