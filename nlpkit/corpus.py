@@ -28,6 +28,7 @@ import os
 import shutil
 import time
 from array import array
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Literal, Sequence
 
@@ -35,7 +36,7 @@ import numpy as np
 
 from .data import read_jsonl, read_text_lines
 from .errors import DataError
-from .task import Task
+from .task import Task, TaskOptions
 
 log = logging.getLogger("nlpkit.corpus")
 
@@ -467,10 +468,24 @@ def pack(examples: TextCorpus | Sequence[dict], tokenizer: Any, block_size: int,
 
 
 # ---- what every raw-text task shares ---------------------------------------------------------------
+@dataclass
+class CorpusOptions(TaskOptions):
+    """Options every raw-text task has; a plugin's options subclass it and add their own."""
+
+    #: block size in tokens, the frame (special tokens) included
+    max_length: int = 128
+    #: true: a block never crosses a document boundary (a document's last block is shorter, so padded)
+    within_document: bool = False
+    #: how a .txt file splits into documents: one per line, paragraphs between blank lines, or auto
+    #: (blank-line when the file has a blank line between two texts)
+    documents: Documents = "auto"
+    #: the field of a .jsonl record (or the column of a hub dataset) that holds the text
+    text_field: str = "text"
+
+
 class CorpusTask(Task):
     """Reading, tokenizer text and feature bookkeeping of a task trained on raw text (the pretraining
-    tasks): a subclass adds its options (``documents``, ``encoding``, ``text_field`` at least), blocks, head
-    and metric. Kept here, next to ``TextCorpus`` and ``TokenBlocks``, so three plugins do not copy it."""
+    tasks): a subclass adds its options (a ``CorpusOptions`` subclass), blocks, head and metric. Kept here, next to ``TextCorpus`` and ``TokenBlocks``, so three plugins do not copy it."""
 
     def read(self, path: str) -> TextCorpus:
         """A lazy corpus: .txt (one document per line or blank-line separated), .jsonl, .gz, a folder."""

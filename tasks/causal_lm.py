@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from typing import Any, Literal, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -33,9 +33,8 @@ from torch.nn import functional as F
 
 from nlpkit import register_task
 from nlpkit.errors import ConfigError
-from nlpkit.corpus import CorpusTask
+from nlpkit.corpus import CorpusOptions, CorpusTask
 from nlpkit.options import require
-from nlpkit.task import TaskOptions
 
 from . import DATA_DIR
 
@@ -43,16 +42,9 @@ log = logging.getLogger("nlpkit.causal_lm")
 
 
 @dataclass
-class CausalLmOptions(TaskOptions):
+class CausalLmOptions(CorpusOptions):
     #: the block size: tokens per training sequence (the BOS prefix included)
     max_length: int = 128
-    #: true: a block never crosses a document boundary (a document's last block is shorter, so padded)
-    within_document: bool = False
-    #: how a .txt file splits into documents: one per line, paragraphs between blank lines, or auto
-    #: (blank-line when the file has a blank line between two texts)
-    documents: Literal["auto", "line", "blank-line"] = "auto"
-    #: the field of a .jsonl record (or the column of a hub dataset) that holds the text
-    text_field: str = "text"
     #: predict: the longest continuation of a prompt
     max_new_tokens: int = 64
     #: predict: 1 = greedy search; more = beam search

@@ -30,15 +30,14 @@ import itertools
 import logging
 import math
 from dataclasses import dataclass
-from typing import Any, Iterable, Literal, Optional, Sequence
+from typing import Any, Iterable, Optional, Sequence
 
 import numpy as np
 
 from nlpkit import register_task
 from nlpkit import options as _options
-from nlpkit.corpus import CorpusTask
+from nlpkit.corpus import CorpusOptions, CorpusTask
 from nlpkit.errors import BackboneError
-from nlpkit.task import TaskOptions
 
 from . import DATA_DIR
 
@@ -53,7 +52,7 @@ SENTENCE_END = (".", "!", "?")
 
 
 @dataclass
-class DenoisingOptions(TaskOptions):
+class DenoisingOptions(CorpusOptions):
     #: block size in tokens, special tokens included
     max_length: int = 128
     #: share of a block's (non-special) tokens covered by masked spans
@@ -62,12 +61,6 @@ class DenoisingOptions(TaskOptions):
     poisson_lambda: float = 3.0
     #: share of a block's sentences shuffled before masking (0: off; BART's best model used 1.0)
     permute_sentences: float = 0.0
-    #: blocks never cross a document boundary (the last piece of a document is shorter)
-    within_document: bool = False
-    #: how a .txt file is cut into documents: one per line, blank-line separated, or "auto" (detected)
-    documents: Literal["auto", "line", "blank-line"] = "auto"
-    #: the field holding the text in .jsonl files and hub datasets
-    text_field: str = "text"
     #: the mask token; None: the tokenizer's own ([MASK], <mask>), else T5's first sentinel <extra_id_0>.
     #: A token the tokenizer lacks is added to it (embeddings resized)
     mask_token: Optional[str] = None

@@ -30,16 +30,16 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from nlpkit import ConfigError, DataError, TaskOptions, register_task
+from nlpkit import ConfigError, DataError, register_task
 from nlpkit.data import input_text, pad, pad_encodings
-from nlpkit.corpus import CorpusTask
+from nlpkit.corpus import CorpusOptions, CorpusTask
 from nlpkit.options import require
 
 from . import DATA_DIR
@@ -53,7 +53,7 @@ DRAWS = 3
 
 
 @dataclass
-class MaskedLmOptions(TaskOptions):
+class MaskedLmOptions(CorpusOptions):
     #: block size in tokens, [CLS] and [SEP] included (BERT pretrained at 128, then 512)
     max_length: int = 128
     #: fraction of the real, non-special tokens chosen for prediction
@@ -64,12 +64,6 @@ class MaskedLmOptions(TaskOptions):
     random_replace_prob: float = 0.1
     #: choose whole words and mask all their pieces (word starts come from the tokenizer's word ids)
     whole_word_mask: bool = False
-    #: blocks never span two documents (a document's last block is then shorter)
-    within_document: bool = False
-    #: .txt files: one document per line, or documents separated by blank lines; auto decides per file
-    documents: Literal["auto", "line", "blank-line"] = "auto"
-    #: the field holding the text in .jsonl files and hub datasets
-    text_field: str = "text"
     #: fills returned per mask by predict
     top_k: int = 5
 
