@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import re
+import unicodedata
 from dataclasses import dataclass
 from typing import Any, Literal, Sequence
 
@@ -104,6 +105,141 @@ def word_offsets(tokens: Sequence[str]) -> list[tuple[int, int]]:
         offsets.append((pos, pos + len(tok)))
         pos += len(tok) + 1
     return offsets
+
+
+# ---- generative mode: the sentence with its entities bracketed inline -------------------------------
+#: ``[ John Smith | PER ] lives in [ Paris | LOC ] .``: every delimiter stands alone between spaces, so each
+#: word is written exactly as in the source and tokenizes to the same sub-tokens (a byte-level BPE would
+#: make ``[John`` a different token from `` John``); the type comes last, after the model has written the
+#: words it is typing. A word that IS a delimiter is written with a backslash (``\[``).
+OPEN, SEP, CLOSE, ESCAPE = "[", "|", "]", "\\"
+DELIMITERS = frozenset((OPEN, SEP, CLOSE))
+#: a type name spread over several tokens by a tokenizer's decoding (``product - name``) is read up to this
+MAX_TYPE_TOKENS = 8
+
+#: one entity per mark: (type, entity number); words outside entities have none
+Mark = tuple[str, int]
+
+
+def escape_word(word: str) -> str:
+    return ESCAPE + word if word.lstrip(ESCAPE) in DELIMITERS else word
+
+
+def unescape_word(word: str) -> str:
+    return word[1:] if word.startswith(ESCAPE) and word.lstrip(ESCAPE) in DELIMITERS else word
+
+
+def render_inline(tokens: Sequence[str], tags: Sequence[str]) -> str:
+    """The generation target of a sentence: its words with each entity (of IOB2 ``tags``) bracketed."""
+    entities = {a: (kind, b) for kind, a, b in spans(tags)}
+    out, i = [], 0
+    while i < len(tokens):
+        if i in entities:
+            kind, end = entities[i]
+            out += [OPEN, *map(escape_word, tokens[i:end]), SEP, kind, CLOSE]
+            i = end
+        else:
+            out.append(escape_word(tokens[i]))
+            i += 1
+    return " ".join(out)
+
+
+def _type_key(text: str) -> str:
+    return re.sub(r"\s+", "", unicodedata.normalize("NFKC", text)).casefold()
+
+
+def parse_inline(text: str, types: Sequence[str]) -> tuple[list[str], list[Mark | None], bool]:
+    """(words, a mark per word, malformed) of a generated ``[ words | TYPE ]`` text. Never raises.
+
+    Malformed markup is counted, and what it held is kept as plain words: an opening bracket never
+    closed, a second ``[`` before the first closed, a ``|`` or ``]`` out of place, an empty entity, a
+    type that is not one of ``types`` (matched without case or spaces). A model that learned the format
+    writes none of these; an undertrained one does, and its words still align to the source.
+    """
+    known = {_type_key(t): t for t in types}
+    tokens = text.split()
+    words: list[str] = []
+    marks: list[Mark | None] = []
+    malformed, entities, opened, i = False, 0, None, 0
+    while i < len(tokens):
+        tok = tokens[i]
+        if tok == OPEN:
+            malformed |= opened is not None  # the earlier bracket is never closed: its words stay plain
+            opened, i = len(words), i + 1
+        elif tok == SEP:
+            close = _type_end(tokens, i + 1)
+            kind = known.get(_type_key("".join(tokens[i + 1:i + 1 + close]))) if close else None
+            if kind is not None and opened is not None and len(words) > opened:
+                entities += 1
+                marks[opened:] = [(kind, entities)] * (len(words) - opened)
+            else:
+                malformed = True
+            opened = None
+            i += 2 + close if close is not None else 1  # the type name is no word of the sentence
+        elif tok == CLOSE:
+            malformed, opened, i = True, None, i + 1
+        else:
+            words.append(unescape_word(tok))
+            marks.append(None)
+            i += 1
+    return words, marks, malformed or opened is not None
+
+
+def _type_end(tokens: Sequence[str], start: int) -> int | None:
+    """How many tokens from ``start`` hold a type name closed by ``]``; None if a delimiter or nothing comes first."""
+    for k, tok in enumerate(tokens[start:start + MAX_TYPE_TOKENS + 1]):
+        if tok in DELIMITERS:
+            return k if tok == CLOSE and k else None
+    return None
+
+
+def _word_key(word: str) -> str:
+    return unicodedata.normalize("NFKC", word).casefold()
+
+
+def align_tags(source: Sequence[str], words: Sequence[str], marks: Sequence[Mark | None]) -> tuple[list[str], bool]:
+    """One IOB2 tag per source word from the generated words and their marks; also whether the model
+    wrote the source's words exactly (case aside).
+
+    The words are aligned in order through their characters, spaces left out, so a tokenizer that
+    decodes ``U.S.`` as ``U . S .`` or a lower-casing one still aligns. A source word takes the mark
+    most of its matched characters carry, when at least half of them matched; else it is O. Generated
+    words that match nothing are skipped. B- or I- follows from the entity numbers, so adjacent
+    entities of one type stay two, and an entity whose first word was dropped still begins with B-.
+    """
+    src, out = [_word_key(w) for w in source], [_word_key(w) for w in words]
+    exact = src == out
+    mark_of = list(marks) if exact else _char_aligned(src, out, marks)
+    tags, prev = [], None
+    for mark in mark_of:
+        tags.append("O" if mark is None else ("I-" if mark == prev else "B-") + mark[0])
+        prev = mark
+    return tags, exact
+
+
+def _char_aligned(src: Sequence[str], out: Sequence[str], marks: Sequence[Mark | None]) -> list[Mark | None]:
+    from collections import Counter
+    from difflib import SequenceMatcher
+
+    owner = [i for i, w in enumerate(src) for _ in w]
+    char_marks = [m for w, m in zip(out, marks) for _ in w]
+    votes: list[Counter] = [Counter() for _ in src]
+    matcher = SequenceMatcher(None, "".join(src), "".join(out), autojunk=False)
+    for a, b, size in matcher.get_matching_blocks():
+        for k in range(size):
+            votes[owner[a + k]][char_marks[b + k]] += 1
+    found: list[Mark | None] = []
+    for word, vote in zip(src, votes):
+        matched = sum(vote.values())
+        found.append(vote.most_common(1)[0][0] if matched and 2 * matched >= len(word) else None)
+    return found
+
+
+def parse_generated(text: str, tokens: Sequence[str], types: Sequence[str]) -> dict[str, Any]:
+    """IOB2 tags for the source ``tokens`` from a generated text, and what the parse had to forgive."""
+    words, marks, malformed = parse_inline(text, types)
+    tags, exact = align_tags(tokens, words, marks)
+    return {"tags": tags, "malformed": malformed, "words_changed": not exact}
 
 
 # ---- the plugin ------------------------------------------------------------------------------------

@@ -264,6 +264,43 @@ def marked_text(ex: dict) -> str:
     return "".join(out)
 
 
+# ---- generative mode: the relation written as its label -------------------------------------------
+def inline_marked_text(ex: dict) -> str:
+    """The text with the entities in SemEval's own markup, ``The <e1>company</e1> fabricates ..``: plain
+    text a pretrained language model has read before, so generation needs no new embedding rows (the
+    head mode's ``[E1]`` marker tokens are new tokens)."""
+    text = ex["text"]
+    inserts = sorted([(ex["head"][0], 1, "<e1>"), (ex["head"][1], 0, "</e1>"),
+                      (ex["tail"][0], 1, "<e2>"), (ex["tail"][1], 0, "</e2>")])
+    out, last = [], 0
+    for pos, _, tag in inserts:
+        out += [text[last:pos], tag]
+        last = pos
+    return "".join(out + [text[last:]])
+
+
+def _label_key(text: str) -> str:
+    """A label as compared after the exact match failed: no case, spaces, quotes, underscores or final dots."""
+    return re.sub(r"[\s_\"'`]+", "", text).casefold().rstrip(".")
+
+
+def parse_relation(text: str, labels: Sequence[str], fallback: str) -> tuple[str, bool]:
+    """(label, parsed) for a generated text: the exact label, else the one label it equals once case,
+    spaces and quotes are left out (also of its first line alone), else ``fallback`` (the task's
+    "no relation" label) with parsed False, so an unreadable answer counts as no relation."""
+    text = text.strip()
+    if text in labels:
+        return text, True
+    keys: dict[str, list[str]] = {}
+    for label in labels:
+        keys.setdefault(_label_key(label), []).append(label)
+    for candidate in (text, text.split("\n", 1)[0]):
+        found = keys.get(_label_key(candidate), [])
+        if len(found) == 1:  # two labels that differ only in case are never guessed between
+            return found[0], True
+    return fallback, False
+
+
 # ---- the plugin ------------------------------------------------------------------------------------
 @register_task("relation-extraction")
 class RelationExtractionTask(Task):
