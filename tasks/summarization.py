@@ -73,6 +73,8 @@ class SummarizationTask(Seq2SeqTask):
     description = "abstractive summarization (JSONL / CSV; ROUGE-1/2/L/Lsum)"
     Options = SummarizationOptions
     main_score = "rougeL"
+    #: on a decoder-only model: causal-LM fine-tuning on "instruction + document" prompts (nlpkit.generation)
+    backbone_kinds = ("encoder", "encoder-decoder", "decoder")
 
     def default_data(self) -> dict[str, str]:
         folder = DATA_DIR / "summarization"
@@ -129,6 +131,13 @@ class SummarizationTask(Seq2SeqTask):
         if known is not None:
             return known
         return "summarize: " if getattr(model_config, "model_type", "") == "t5" else ""
+
+    def instruction(self) -> str:
+        """The decoder-only prompt's first line (the T5 prefix stays for encoder-decoders)."""
+        return "Summarize the text."
+
+    def response_cue(self) -> str:
+        return "Summary:"
 
     # ---- scoring -------------------------------------------------------------------------------------
     def score(self, predictions: Sequence[dict], examples: Sequence[dict]) -> dict[str, Any]:

@@ -154,6 +154,8 @@ class TranslationTask(Seq2SeqTask):
     description = "machine translation (parallel text / TSV / JSONL; sacreBLEU BLEU and chrF)"
     Options = TranslationOptions
     main_score = "bleu"
+    #: on a decoder-only model: causal-LM fine-tuning on "instruction + source" prompts (nlpkit.generation)
+    backbone_kinds = ("encoder", "encoder-decoder", "decoder")
 
     def default_data(self) -> dict[str, str]:
         o = self.options
@@ -192,6 +194,17 @@ class TranslationTask(Seq2SeqTask):
         if getattr(model_config, "model_type", "") == "t5":
             return f"translate {LANGUAGE_NAMES.get(src, src)} to {LANGUAGE_NAMES.get(tgt, tgt)}: "
         return ""
+
+    def instruction(self) -> str:
+        """The decoder-only prompt's first line; it plays the part T5's prefix plays on an encoder-decoder."""
+        return f"Translate {self._language(self.options.source_lang)} to {self._language(self.options.target_lang)}."
+
+    def response_cue(self) -> str:
+        return f"{self._language(self.options.target_lang)}:"
+
+    @staticmethod
+    def _language(code: str) -> str:
+        return LANGUAGE_NAMES.get(code, code)
 
     def score(self, predictions: Sequence[dict], examples: Sequence[dict]) -> dict[str, Any]:
         from sacrebleu.metrics import BLEU, CHRF

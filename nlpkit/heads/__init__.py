@@ -2,6 +2,7 @@
 and returns a dict with at least the outputs its task decodes, plus "loss" when the batch is labelled.
 Plugins pick one of these or bring their own module with the same call signature.
 """
+from .causal_sft import CausalSftHead
 from .classification import SequenceClassificationHead
 from .entity_pair import EntityPairHead
 from .multiple_choice import MultipleChoiceHead
@@ -9,5 +10,5 @@ from .seq2seq import Seq2SeqHead
 from .span_extraction import SpanExtractionHead
 from .token_classification import TokenClassificationHead
 
-__all__ = ["EntityPairHead", "MultipleChoiceHead", "SequenceClassificationHead", "Seq2SeqHead", "SpanExtractionHead",
-           "TokenClassificationHead"]
+__all__ = ["CausalSftHead", "EntityPairHead", "MultipleChoiceHead", "SequenceClassificationHead", "Seq2SeqHead",
+           "SpanExtractionHead", "TokenClassificationHead"]

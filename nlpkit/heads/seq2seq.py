@@ -10,7 +10,8 @@ re-implemented here.
 
 Target convention (``target_ids``): an encoder-decoder model gets its tokenizer's own target format
 (``text_target=``: T5 ``y </s>``, BART ``<s> y </s>``) and shifts it right itself; the built decoder
-gets ``y [EOS]`` and starts from [BOS] ([CLS]/[SEP] for BERT vocabularies without BOS/EOS).
+gets ``y [EOS]`` and starts from [BOS] ([CLS]/[SEP] for BERT vocabularies without BOS/EOS). A
+decoder-only backbone gets ``y [EOS]`` too, after its prompt (``heads.causal_sft``).
 """
 from __future__ import annotations
 
@@ -40,6 +41,10 @@ def target_tokens(backbone: Any) -> TargetTokens:
                        getattr(cfg, "pad_token_id", None))
         eos = _first(getattr(gen, "eos_token_id", None), getattr(cfg, "eos_token_id", None), tok.eos_token_id)
         pad = _first(getattr(cfg, "pad_token_id", None), tok.pad_token_id, eos)
+    elif backbone.kind == "decoder":  # a causal LM continues its prompt: "start" is only nominal (Qwen has no BOS)
+        eos = _first(tok.eos_token_id, getattr(getattr(backbone.model, "generation_config", None), "eos_token_id", None))
+        start = _first(tok.bos_token_id, eos)
+        pad = _first(tok.pad_token_id, eos)
     else:
         start = _first(tok.bos_token_id, tok.cls_token_id)
         eos = _first(tok.eos_token_id, tok.sep_token_id)
