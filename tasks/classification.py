@@ -56,7 +56,9 @@ class ClassificationOptions(TaskOptions):
     threshold: float = 0.5
     #: selection metric; "auto": accuracy (single-label) or micro_f1 (multi-label)
     main_score: str = "auto"
-    pooling: Literal["cls", "mean"] = "cls"
+    #: how a text becomes one vector. auto: the [CLS] state on an encoder, the last real token on a decoder
+    #: (the only position that saw the whole text); or cls, mean, last
+    pooling: Literal["auto", "cls", "mean", "last"] = "auto"
     dropout: float = 0.1
 
     def validate(self, key: str) -> None:
@@ -190,6 +192,8 @@ class ClassificationTask(Task):
     Options = ClassificationOptions
     main_score = "accuracy"
     input_fields = ("text", "pair")  # predict DIR --text T --pair P for sentence-pair models
+    #: a decoder classifies from its last real token (pooling auto)
+    backbone_kinds = ("encoder", "encoder-decoder", "decoder")
 
     def __init__(self, name=None, options=None):
         super().__init__(name, options)
@@ -364,9 +368,11 @@ class ClassificationTask(Task):
 
     def build_head(self, backbone):
         from nlpkit.heads import SequenceClassificationHead
+        from nlpkit.heads.classification import resolve_pooling
 
+        pooling = resolve_pooling(self.options.pooling, backbone.kind)
         return SequenceClassificationHead(backbone.hidden_size, len(self.labels), self.options.dropout,
-                                          self.options.pooling, multi_label=self.options.multi_label)
+                                          pooling, multi_label=self.options.multi_label)
 
     def predict_batch(self, head, backbone, batch) -> list[list[float]]:
         logits = head(backbone, batch)["logits"].float()

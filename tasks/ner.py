@@ -248,6 +248,8 @@ class NerTask(Task):
     description = "named-entity recognition (CoNLL files, seqeval entity F1)"
     Options = NerOptions
     main_score = "f1"
+    #: on a decoder each token's tag is scored from what precedes it only (left context): docs/llm.md
+    backbone_kinds = ("encoder", "encoder-decoder", "decoder")
 
     def __init__(self, name=None, options=None):
         super().__init__(name, options)

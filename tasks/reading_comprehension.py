@@ -29,8 +29,9 @@ class ReadingComprehensionOptions(TaskOptions):
     #: tokens per (passage, question + option) encoding; the passage is cut first
     max_length: int = 256
     #: how an encoding becomes one vector: the mean over the question + option tokens (where the options
-    #: differ; learns fastest from scratch), the mean over all tokens, or the [CLS] state
-    pooling: Literal["option", "mean", "cls"] = "option"
+    #: differ; learns fastest from scratch), the mean over all tokens, the [CLS] state, or the last real token.
+    #: auto: option on an encoder, last on a decoder (the only token that saw passage, question and option)
+    pooling: Literal["auto", "option", "mean", "cls", "last"] = "auto"
     dropout: float = 0.1
 
 
@@ -158,6 +159,8 @@ class ReadingComprehensionTask(Task):
     main_score = "accuracy"
     input_fields = (*CONTEXT_FIELDS, "question", "options", "id")  # predict --context C --question Q --options 'a|b'
     needs_pretrained = True  # from scratch on the bundled data: chance-level accuracy
+    #: on a decoder the pooled vector is the last real token's, which saw passage, question and option
+    backbone_kinds = ("encoder", "encoder-decoder", "decoder")
 
     def default_data(self) -> dict[str, str]:
         folder = DATA_DIR / "reading-comprehension"
@@ -189,7 +192,7 @@ class ReadingComprehensionTask(Task):
         for i, ex in enumerate(examples):
             n = len(ex["options"])
             feature = {"example_index": i, "input_ids": enc["input_ids"][row:row + n]}
-            if self.options.pooling == "option":  # 1 on the question + option segment
+            if self.pooling == "option":  # 1 on the question + option segment
                 feature["pool_mask"] = [[int(s == 1) for s in enc.sequence_ids(r)] for r in range(row, row + n)]
             if "token_type_ids" in enc:
                 feature["token_type_ids"] = enc["token_type_ids"][row:row + n]
@@ -217,8 +220,14 @@ class ReadingComprehensionTask(Task):
     def build_head(self, backbone):
         from nlpkit.heads import MultipleChoiceHead
 
-        pooling = "mean" if self.options.pooling == "option" else self.options.pooling  # over pool_mask
+        pooling = "mean" if self.pooling == "option" else self.pooling  # over pool_mask
         return MultipleChoiceHead(backbone.hidden_size, self.options.dropout, pooling)
+
+    @property
+    def pooling(self) -> str:
+        from nlpkit.heads.classification import resolve_pooling
+
+        return resolve_pooling(self.options.pooling, self.backbone_kind, encoder_default="option")
 
     def predict_batch(self, head, backbone, batch) -> list:
         probs = head(backbone, {k: v for k, v in batch.items() if k != "labels"})["logits"].softmax(-1)

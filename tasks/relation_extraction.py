@@ -307,6 +307,8 @@ class RelationExtractionTask(Task):
     description = "relation extraction between two marked entities (SemEval-2010 Task 8 format, JSONL spans)"
     Options = RelationOptions
     main_score = "macro_f1"
+    #: on a decoder the pair is read from the last real token, which saw both marked entities
+    backbone_kinds = ("encoder", "encoder-decoder", "decoder")
     input_fields = ("text", "head", "tail", "id")  # or one text with <e1>..</e1> <e2>..</e2> markers
 
     def __init__(self, name=None, options=None):
@@ -410,7 +412,9 @@ class RelationExtractionTask(Task):
     def build_head(self, backbone):
         from nlpkit.heads import EntityPairHead
 
-        return EntityPairHead(backbone.hidden_size, len(self.labels), num_entities=2, dropout=self.options.dropout)
+        representation = "last" if backbone.kind == "decoder" else "entity-start"
+        return EntityPairHead(backbone.hidden_size, len(self.labels), num_entities=2, dropout=self.options.dropout,
+                              representation=representation)
 
     def predict_batch(self, head, backbone, batch) -> list[tuple[int, float]]:
         probs, ids = head(backbone, batch)["logits"].float().softmax(-1).max(-1)

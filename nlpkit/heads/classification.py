@@ -7,11 +7,27 @@ from torch import nn
 
 
 def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, how: str) -> torch.Tensor:
-    """First-token ([CLS]) or mask-aware mean pooling of (batch, length, hidden) states."""
+    """First-token ([CLS]), last-real-token or mask-aware mean pooling of (batch, length, hidden) states.
+
+    "last" is how a decoder reads a sequence: only its last token has seen all of it. It is the rightmost
+    position the mask marks (the argmax of position x mask), so it is right with either padding side.
+    """
     if how == "cls":
         return hidden[:, 0]
+    if how == "last":
+        positions = torch.arange(1, hidden.size(1) + 1, device=hidden.device)
+        last = (attention_mask.to(positions.dtype) * positions).argmax(-1)
+        return hidden[torch.arange(hidden.size(0), device=hidden.device), last]
     mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
     return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+
+
+def resolve_pooling(choice: str, backbone_kind: str, encoder_default: str = "cls") -> str:
+    """A task's ``pooling: auto``: the last real token on a decoder (the only one that saw the whole input),
+    ``encoder_default`` otherwise; any other choice is kept."""
+    if choice != "auto":
+        return choice
+    return "last" if backbone_kind == "decoder" else encoder_default
 
 
 class SequenceClassificationHead(nn.Module):
@@ -22,7 +38,7 @@ class SequenceClassificationHead(nn.Module):
         hidden_size: int,
         num_labels: int,
         dropout: float = 0.1,
-        pooling: Literal["cls", "mean"] = "cls",
+        pooling: Literal["cls", "mean", "last"] = "cls",
         multi_label: bool = False,
     ):
         super().__init__()

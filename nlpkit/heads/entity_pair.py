@@ -3,6 +3,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .classification import pool
+
 
 class EntityPairHead(nn.Module):
     """One label per marked entity pair, from the hidden states at given positions (the entity-start
@@ -11,20 +13,29 @@ class EntityPairHead(nn.Module):
     The "entity start" representation of Baldini Soares et al. (2019): the marker tokens see the
     whole sentence and know which entity they open, so their states carry the pair's roles, which a
     pooled [CLS] vector does not. ``batch["entity_positions"]`` is (batch, num_entities) token indices.
+
+    On a decoder a marker sees only what comes before it (the first entity's marker knows nothing of the
+    second), so ``representation="last"`` reads the last real token instead, which saw both marked entities.
     """
 
-    def __init__(self, hidden_size: int, num_labels: int, num_entities: int = 2, dropout: float = 0.1):
+    def __init__(self, hidden_size: int, num_labels: int, num_entities: int = 2, dropout: float = 0.1,
+                 representation: str = "entity-start"):
         super().__init__()
         self.num_entities = num_entities
+        self.representation = representation
         self.dropout = nn.Dropout(dropout)
-        self.dense = nn.Linear(num_entities * hidden_size, hidden_size)
+        width = hidden_size if representation == "last" else num_entities * hidden_size
+        self.dense = nn.Linear(width, hidden_size)
         self.classifier = nn.Linear(hidden_size, num_labels)
 
     def forward(self, backbone: nn.Module, batch: dict) -> dict:
         hidden = backbone.encode(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
-        positions = batch["entity_positions"]  # (batch, num_entities)
-        index = positions.unsqueeze(-1).expand(-1, -1, hidden.size(-1))
-        pair = hidden.gather(1, index).reshape(hidden.size(0), -1)  # (batch, num_entities * hidden)
+        if self.representation == "last":
+            pair = pool(hidden, batch["attention_mask"], "last")
+        else:
+            positions = batch["entity_positions"]  # (batch, num_entities)
+            index = positions.unsqueeze(-1).expand(-1, -1, hidden.size(-1))
+            pair = hidden.gather(1, index).reshape(hidden.size(0), -1)  # (batch, num_entities * hidden)
         logits = self.classifier(self.dropout(torch.tanh(self.dense(self.dropout(pair)))))
         out = {"logits": logits}
         if "labels" in batch:

@@ -16,7 +16,7 @@ class MultipleChoiceHead(nn.Module):
     examples with different numbers of choices share a batch without dummy encodings.
     """
 
-    def __init__(self, hidden_size: int, dropout: float = 0.1, pooling: Literal["cls", "mean"] = "cls"):
+    def __init__(self, hidden_size: int, dropout: float = 0.1, pooling: Literal["cls", "mean", "last"] = "cls"):
         super().__init__()
         self.pooling = pooling
         self.dropout = nn.Dropout(dropout)

@@ -71,6 +71,9 @@ class QaTask(Task):
     main_score = "f1"
     input_fields = ("question", "context", "id", "title")  # nlpkit predict DIR --question Q --context C
     needs_pretrained = True  # span extraction from scratch on the bundled data: EM near 16
+    #: on a decoder the start/end scores of a context token see only what precedes it (the question and the
+    #: context before it): docs/llm.md shows what that costs
+    backbone_kinds = ("encoder", "encoder-decoder", "decoder")
 
     def __init__(self, name=None, options=None):
         super().__init__(name, options)
