@@ -162,6 +162,9 @@ class TextGenerator:
             self.bos, self.head_text, self.tail_text = self._frame()
             self.positions = _positions(backbone.model.config)
             self.prefix = ""
+            if self.options.prefix not in ("auto", "", None):
+                log.warning(f"{self.task_name}: prefix={self.options.prefix!r} is not used on a decoder-only backbone: "
+                            f"the prompt's instruction {self.instruction!r} takes its place")
             self._check_room()
         else:
             prefix = self.options.prefix
