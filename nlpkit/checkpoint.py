@@ -121,10 +121,16 @@ def resolve(path: str | Path) -> Path:
 
 def _write_model(tmp: Path, model: Any, tasks: Sequence[Any], extra: dict[str, Any] | None) -> None:
     """The model files; nlpkit.json comes last and lists the others with their sizes."""
-    from safetensors.torch import save_model
+    from safetensors.torch import save_file, save_model
+
+    from .adapters import tensors_to_save
 
     backbone = model.backbone
-    save_model(model, str(tmp / WEIGHTS_FILE))
+    partial = tensors_to_save(model)  # a peft backbone over a loadable base: adapters and heads only
+    if partial is None:
+        save_model(model, str(tmp / WEIGHTS_FILE))
+    else:
+        save_file(partial, str(tmp / WEIGHTS_FILE))
     backbone.save_config(tmp)
     meta = {
         "format": FORMAT_VERSION,
@@ -306,13 +312,21 @@ def load(folder: str | Path, only: Sequence[str] | None = None):
 def load_backbone(path: str | Path, weights: bool = True) -> Any:
     """The backbone of a checkpoint (architecture, tokenizer and, with ``weights``, its tensors), checked
     completely: for --init-from, call it before the run folder is touched and use what it returns."""
+    from . import adapters
     from .backbone import Backbone
 
     folder = resolve(path)
     meta = read_meta(folder)
-    backbone = Backbone.from_saved(folder, meta["backbone"]["spec"])
+    saved = meta["backbone"]
+    if saved.get("peft", {}).get("storage") == "adapter":  # the base from its source, then the adapters
+        backbone = adapters.rebuild(folder, meta)
+    else:
+        backbone = Backbone.from_saved(folder, saved["spec"])
+        if saved.get("peft"):
+            adapters.apply(backbone, adapters.peft_config(saved["peft"]),
+                           train_embeddings=bool(saved["peft"].get("trained_embeddings")))
     if weights:
-        load_prefixed(backbone, folder, "backbone.")
+        load_prefixed(backbone, folder, "backbone.", base_loaded=adapters.adapter_only(backbone))
     return backbone
 
 
@@ -358,7 +372,17 @@ def load_weights(model: Any, folder: str | Path) -> None:
     from safetensors import SafetensorError
     from safetensors.torch import load_model
 
+    from . import adapters
+
     path = Path(folder) / WEIGHTS_FILE
+    if adapters.adapter_only(model.backbone):  # the base weights are in the model already; the rest is here
+        tensors = _tensors(folder)
+        try:
+            missing, unexpected = model.load_state_dict(tensors, strict=False)
+        except RuntimeError as exc:
+            raise CheckpointError(f"{path} does not match the model: {str(exc).strip().splitlines()[-1][:300]}") from exc
+        adapters.check_loaded(model, path, _unaliased(model, missing, set(tensors)), unexpected)
+        return
     try:
         missing, unexpected = load_model(model, str(path), strict=False)
     except (SafetensorError, OSError, RuntimeError) as exc:
@@ -380,24 +404,33 @@ def _tensors(folder: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: cannot load the weights ({exc}): the file is damaged") from exc
 
 
-def load_prefixed(module: Any, folder: str | Path, prefix: str) -> None:
-    """Load the checkpoint tensors under ``prefix`` (e.g. "backbone.") into ``module``."""
+def load_prefixed(module: Any, folder: str | Path, prefix: str, base_loaded: bool = False) -> None:
+    """Load the checkpoint tensors under ``prefix`` (e.g. "backbone.") into ``module``. ``base_loaded``: the
+    module holds its base weights already (a peft backbone over its reloaded base): only the adapters and
+    grown embeddings must come from the checkpoint."""
     tensors = {k[len(prefix):]: v for k, v in _tensors(folder).items() if k.startswith(prefix)}
     try:
         missing, unexpected = module.load_state_dict(tensors, strict=False)
     except RuntimeError as exc:  # a tensor of another shape
         raise CheckpointError(f"{resolve(folder) / WEIGHTS_FILE} does not match the model: "
                               f"{str(exc).strip().splitlines()[-1][:300]}") from exc
-    # tied weights are saved once, under whichever of their names safetensors kept: a missing name is
-    # loaded when another name of the same tensor was
+    missing = _unaliased(module, missing, set(tensors))
+    if base_loaded:
+        trained = {f"model.{n}" for n in module.peft["trained_embeddings"]}
+        missing = [m for m in missing if "lora_" in m or m in trained]
+    if missing or unexpected:
+        raise CheckpointError(f"{folder}: {prefix}* does not match: missing {missing[:5]}, unexpected {unexpected[:5]}")
+
+
+def _unaliased(module: Any, missing: Sequence[str], loaded: set[str]) -> list[str]:
+    """``missing`` without the names of tied tensors that were loaded under another of their names
+    (safetensors saves a tied tensor once, under whichever name it kept)."""
     aliases: dict[int, set[str]] = {}
     for name, tensor in [*module.named_parameters(remove_duplicate=False), *module.named_buffers(remove_duplicate=False)]:
         aliases.setdefault(id(tensor), set()).add(name)
-    loaded_ids = {i for i, names in aliases.items() if names & set(tensors)}
+    loaded_ids = {i for i, names in aliases.items() if names & loaded}
     by_name = {n: i for i, names in aliases.items() for n in names}
-    missing = [m for m in missing if by_name.get(m) not in loaded_ids]
-    if missing or unexpected:
-        raise CheckpointError(f"{folder}: {prefix}* does not match: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    return [m for m in missing if by_name.get(m) not in loaded_ids]
 
 
 def load_matching_heads(model: Any, folder: str | Path, tasks: Sequence[Any]) -> list[str]:

@@ -37,6 +37,9 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--data-dir", help="folder that recipe data paths are relative to")
     t.add_argument("--backbone", help="preset (tiny, mini, small), alias (minilm), local folder, hub id, or an nlpkit "
                                       "run folder (a pretraining run: its backbone and tokenizer, as --init-from)")
+    t.add_argument("--peft", choices=["lora", "dora"],
+                   help="parameter-efficient fine-tuning through peft: train adapters, heads and added embeddings only "
+                        "(rank etc.: --set backbone.peft.r=16)")
     t.add_argument("--output-dir", help="run folder (default runs/<tasks>-<time>)")
     t.add_argument("--epochs", type=float)
     t.add_argument("--max-steps", type=int)
@@ -111,7 +114,11 @@ def _add_serve_export_parsers(sub: Any) -> None:
     x = sub.add_parser("export", help="export a checkpoint as a transformers folder or ONNX graphs")
     x.add_argument("checkpoint")
     x.add_argument("out", help="output folder (must not exist or be empty)")
-    x.add_argument("--format", required=True, choices=["transformers", "onnx"])
+    x.add_argument("--format", choices=["transformers", "onnx"],
+                   help="transformers (a Hugging Face folder) or onnx; --merge alone means transformers")
+    x.add_argument("--merge", action="store_true",
+                   help="fold a peft (LoRA) checkpoint's adapters into the weights first: a plain model that loads "
+                        "in transformers without peft, plus the heads")
     x.add_argument("--task", help="the task to export (default: all of them)")
     x.add_argument("--plugin", action="append", default=[], metavar="MODULE")
 
@@ -192,6 +199,10 @@ def build_config(args: argparse.Namespace) -> "Any":
         trainer["progress"] = False
     if args.backbone is not None:  # "" too: an empty flag is a mistake, not "use the default"
         _section(data, "backbone", where)["spec"] = args.backbone
+    if args.peft is not None:
+        backbone = _section(data, "backbone", where)
+        peft = backbone.get("peft")
+        backbone["peft"] = {**(peft if isinstance(peft, dict) else {}), "method": args.peft}
     if args.output_dir is not None:
         data["output_dir"] = args.output_dir
     if args.init_from is not None:
@@ -540,14 +551,20 @@ def cmd_export(args: argparse.Namespace) -> int:
     from .export import export, require_onnx_extra
     from .registry import import_plugin_module
 
-    if args.format == "onnx":
+    if args.format is None and not args.merge:
+        raise ConfigError("nlpkit export: give --format transformers|onnx (or --merge for a merged transformers model)")
+    fmt = args.format or "transformers"
+    if fmt == "onnx":
         require_onnx_extra()
     for module in args.plugin:
         import_plugin_module(module)
-    result = export(args.checkpoint, args.format, args.out, task=args.task)
+    result = export(args.checkpoint, fmt, args.out, task=args.task, merge=args.merge)
     for name, what in result.written.items():
         diff = f" (checked: largest difference {result.max_diff[name]:.1e})" if name in result.max_diff else ""
         print(f"{name}: {what}{diff}")
+    for name, diff in result.max_diff.items():
+        if name.endswith(" (merge)"):
+            print(f"{name[:-8]}: adapters merged into the weights (predictions checked: largest difference {diff:.1e})")
     for name, why in result.notes.items():
         print(f"{name}: {why}", file=sys.stderr)
     print(f"exported to {result.out} (model card: {result.out / 'README.md'})")

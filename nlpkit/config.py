@@ -18,6 +18,32 @@ SEED = Annotated[int, Range(0, 2**32 - 1)]
 
 
 @dataclass
+class PeftConfig:
+    """Parameter-efficient fine-tuning through the peft library: only the adapters (and the task heads, and
+    embeddings that grew for added tokens) are trained; the base weights stay frozen."""
+
+    #: lora, or dora (weight-decomposed LoRA: a learned magnitude per output feature on top of LoRA)
+    method: Literal["lora", "dora"] = "lora"
+    #: rank of the update matrices
+    r: int = 8
+    #: scaling numerator: the update is multiplied by alpha / r
+    alpha: float = 16.0
+    #: dropout on the adapter's input
+    dropout: float = 0.05
+    #: "auto": peft's per-architecture default (the attention query/value projections); "all-linear": every
+    #: linear layer but the output; or a list of module-name suffixes (["q_proj", "v_proj", "o_proj"])
+    target_modules: Any = "auto"
+
+    def validate(self, key: str) -> None:
+        require(1 <= self.r <= 4096, f"{key}.r", "must be between 1 and 4096")
+        require(self.alpha > 0, f"{key}.alpha", "must be positive")
+        require(0 <= self.dropout < 1, f"{key}.dropout", "must be in [0, 1)")
+        t = self.target_modules
+        require(t in ("auto", "all-linear") or isinstance(t, list) and t and all(isinstance(m, str) and m for m in t),
+                f"{key}.target_modules", "must be auto, all-linear or a non-empty list of module names")
+
+
+@dataclass
 class BackboneConfig:
     #: a preset (tiny, mini, small), an alias (minilm), a local model folder or a hub id
     spec: str = "tiny"
@@ -28,12 +54,24 @@ class BackboneConfig:
     #: sdpa: PyTorch's fused scaled-dot-product attention; eager: the model's own matmul-softmax-matmul
     #: code (the same function; kept so the two can be measured against each other)
     attention: str = "sdpa"
+    #: parameter-efficient fine-tuning (``--peft lora``); null trains every weight
+    peft: Optional[PeftConfig] = None
+    #: the dtype the weights are loaded in. auto: float32, except the frozen base of a peft run on a GPU, which
+    #: keeps the checkpoint's own dtype (bf16/fp16 halve its memory; the trained adapters stay float32)
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    #: QLoRA: load the base 4-bit (NF4) or 8-bit through bitsandbytes (a CUDA GPU and peft needed)
+    quantize: Optional[Literal["4bit", "8bit"]] = None
+    #: a GGUF file inside the backbone folder (llama.cpp weights, dequantised by transformers through gguf)
+    gguf_file: Optional[str] = None
 
     def validate(self, key: str) -> None:
         require(bool(self.spec.strip()), f"{key}.spec", "must name a preset (tiny, mini, small), alias, folder or hub id")
         require(self.vocab_size is None or self.vocab_size >= 300, f"{key}.vocab_size", "must be at least 300")
         require(self.dropout is None or 0 <= self.dropout < 1, f"{key}.dropout", "must be in [0, 1)")
         require(self.attention in ("sdpa", "eager"), f"{key}.attention", "must be sdpa or eager")
+        require(self.quantize is None or self.peft is not None, f"{key}.quantize",
+                "a quantized base cannot be trained itself: add --peft lora (QLoRA)")
+        require(self.gguf_file is None or bool(self.gguf_file.strip()), f"{key}.gguf_file", "the file name is empty")
 
 
 @dataclass
@@ -84,6 +122,9 @@ class TrainerConfig:
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     #: evaluate every N optimizer steps (default: at the end of each epoch)
     eval_every: Optional[int] = None
+    #: also evaluate before the first step (logged as step 0, a candidate for best/ like any evaluation): the
+    #: zero-shot score of a pretrained model, the "before" of a fine-tuning
+    eval_at_start: bool = False
     #: stop after this many evaluations without improvement of the selection score
     patience: Optional[int] = None
     #: multi-task batch sampling
@@ -112,6 +153,9 @@ class TrainerConfig:
     progress: bool = True
     cpu: bool = False
     compile: bool = False
+    #: recompute each layer's activations in the backward pass instead of keeping them (non-reentrant
+    #: torch.utils.checkpoint): less memory for about a third more compute, on any backbone, LoRA included
+    gradient_checkpointing: bool = False
 
     def validate(self, key: str) -> None:
         require(self.epochs > 0, f"{key}.epochs", "must be positive")

@@ -214,8 +214,12 @@ def card_markdown(card: dict[str, Any], export_notes: Sequence[str] = ()) -> str
 
 
 # ---- entry point ------------------------------------------------------------------------------------
-def export(run_dir: str | Path, fmt: str, out: str | Path, task: str | None = None) -> ExportResult:
-    """Write ``out`` (which must not exist, or be an empty folder) in ``fmt`` for the checkpoint."""
+def export(run_dir: str | Path, fmt: str, out: str | Path, task: str | None = None,
+           merge: bool = False) -> ExportResult:
+    """Write ``out`` (which must not exist, or be an empty folder) in ``fmt`` for the checkpoint.
+
+    ``merge``: a peft checkpoint's adapters are folded into the base weights first, so OUT is a plain model
+    that transformers loads without peft (checked: every task predicts what the adapter model predicts)."""
     from .predict import load
 
     if fmt not in FORMATS:
@@ -225,6 +229,10 @@ def export(run_dir: str | Path, fmt: str, out: str | Path, task: str | None = No
         raise ConfigError(f"{out} already exists and is not empty; give a new folder")
     pipe = load(run_dir, device="cpu")
     tasks = [pipe.task(task)] if task else list(pipe.tasks)
+    merged = _merge(pipe, tasks) if merge else None
+    if getattr(pipe.model.backbone, "peft", None) is not None:
+        raise ConfigError(f"{run_dir}: this checkpoint holds {pipe.model.backbone.peft['method']} adapters over its "
+                          "base model; add --merge to fold them into the weights (a plain transformers model)")
     tmp = out.with_name(f".{out.name}.export-tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -237,7 +245,62 @@ def export(run_dir: str | Path, fmt: str, out: str | Path, task: str | None = No
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     result.out = out
+    if merged is not None:
+        result.max_diff.update({f"{name} (merge)": diff for name, diff in merged.items()})
     return result
+
+
+#: a merged model must predict what the adapter model predicted, this closely (probabilities, scores)
+MERGE_TOLERANCE = 1e-4
+
+
+def _merge(pipe: Any, tasks: Sequence[Any]) -> dict[str, float]:
+    """Fold the adapters into the weights and check each task's predictions on its sample inputs before and
+    after (generated token ids must be equal). Returns the largest difference per task."""
+    import torch
+
+    from . import adapters
+
+    if getattr(pipe.model.backbone, "peft", None) is None:
+        raise ConfigError("--merge: this checkpoint has no adapters to merge (it was not trained with --peft)")
+    backbone = pipe.model.backbone
+
+    def outputs() -> dict[str, Any]:
+        with torch.no_grad():
+            return {t.name: t.predict_batch(pipe.model.heads[t.name], backbone, sample_batch(t)) for t in tasks}
+
+    before = outputs()
+    adapters.merge(backbone)
+    after = outputs()
+    diffs = {name: _difference(before[name], after[name]) for name in before}
+    bad = {name: d for name, d in diffs.items() if not d <= MERGE_TOLERANCE}
+    if bad:
+        raise NlpkitError(f"--merge: the merged model does not predict what the adapters did (largest differences "
+                          f"{bad}, tolerance {MERGE_TOLERANCE:g}); nothing was written")
+    return diffs
+
+
+def _difference(a: Any, b: Any) -> float:
+    """Largest absolute difference of two predict_batch outputs (nested lists, tuples, dicts, tensors);
+    anything unequal that is not a number (a token, a label) counts as infinite."""
+    import torch
+
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        a, b = torch.as_tensor(a), torch.as_tensor(b)
+        if a.shape != b.shape:
+            return float("inf")
+        if not a.is_floating_point():
+            return 0.0 if torch.equal(a, b) else float("inf")
+        return float((a.double() - b.double()).abs().max()) if a.numel() else 0.0
+    if isinstance(a, bool) or isinstance(b, bool) or not isinstance(a, (int, float)) or not isinstance(b, (int, float)):
+        if isinstance(a, dict) and isinstance(b, dict) and a.keys() == b.keys():
+            return max((_difference(a[k], b[k]) for k in a), default=0.0)
+        if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)) and len(a) == len(b):
+            return max((_difference(x, y) for x, y in zip(a, b)), default=0.0)
+        return 0.0 if a == b else float("inf")
+    if isinstance(a, int) and isinstance(b, int):
+        return 0.0 if a == b else float("inf")  # an index, a token id: must be equal
+    return abs(float(a) - float(b))
 
 
 def _write_card(pipe: Any, tasks: Sequence[Any], folder: Path, notes: Sequence[str]) -> None:

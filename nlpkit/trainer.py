@@ -31,7 +31,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from . import checkpoint
+from . import adapters, checkpoint
 from .config import RunConfig
 from .distributed import auto_precision, check_engine, check_launch, describe, step_stats
 from .errors import CheckpointError, ConfigError, Interrupted, NlpkitError, TrainingError
@@ -134,6 +134,7 @@ class Trainer:
             cfg.backbone.spec = checkpoint.read_meta(cfg.init_from)["backbone"]["spec"]
         self.acc = self._accelerator()
         check_engine(self.acc, tc.batch_size, tc.grad_accum, tc.max_grad_norm)
+        adapters.check_quantize(cfg.backbone.quantize, self.acc.device)  # before anything is read or written
         self.main = self.acc.is_main_process
         set_seed(tc.seed)
         self.out, self.src = self._locate(self.acc)
@@ -253,15 +254,25 @@ class Trainer:
                     f"task {t.name!r} ({t.type_name}) needs a backbone of kind {' or '.join(t.backbone_kinds)}, "
                     f"but {backbone.spec!r} is {backbone.kind}: choose {' or '.join(f'an {k}' for k in t.backbone_kinds)} "
                     "backbone")
+            limit = backbone.max_positions
+            if limit and getattr(t.options, "max_length", 0) > limit:
+                raise ConfigError(f"tasks.{t.name}.options.max_length: {t.options.max_length} tokens do not fit "
+                                  f"{backbone.spec!r}, which has {limit} positions: set it to {limit} or less")
         if cfg.backbone.dropout is not None:
             backbone.set_dropout(cfg.backbone.dropout)
         backbone.set_attention(cfg.backbone.attention)
-        backbone.add_special_tokens([tok for t in self.tasks for tok in t.special_tokens()])
+        added = [tok for t in self.tasks for tok in t.special_tokens()]
+        backbone.add_special_tokens(added)
+        if cfg.backbone.peft is not None:
+            adapters.apply(backbone, cfg.backbone.peft, train_embeddings=bool(added),
+                           gradient_checkpointing=self.tc.gradient_checkpointing)
         heads = {}
         for t in self.tasks:
             t.setup(backbone)
             heads[t.name] = t.build_head(backbone)
         model = MultiTaskModel(backbone, heads)
+        if self.tc.gradient_checkpointing:
+            adapters.enable_gradient_checkpointing(model)
         self.reused_heads: list[str] = []
         if self.saved:
             checkpoint.load_weights(model, self.src)
@@ -277,14 +288,16 @@ class Trainer:
         spec = self.config.backbone.spec
         init = self.config.init_from
         if init and src is None:  # the starting checkpoint's architecture, tokenizer and (below) weights
-            folder = checkpoint.resolve(init)
-            backbone = Backbone.from_saved(folder, spec)
-            checkpoint.load_prefixed(backbone, folder, "backbone.")
+            backbone = checkpoint.load_backbone(init)
+            adapters.merge(backbone)  # a peft run's adapters become weights; this run may add its own
             return backbone
+        load = adapters.load_options(self.config.backbone, acc.device)
+        if src is not None and checkpoint.read_meta(src)["backbone"].get("peft", {}).get("storage") == "adapter":
+            return Backbone.from_pretrained(spec, **load)  # its base; the adapters come with the checkpoint's weights
         if init or spec not in PRESETS and src is not None and (src / "backbone").is_dir():
             return Backbone.from_saved(src, spec)
         if spec not in PRESETS:
-            return Backbone.from_pretrained(spec)
+            return Backbone.from_pretrained(spec, **load)
         # Learned from data before the model exists: built once on the main process and shared,
         # so every process has the same vocabulary. A resumed run reuses the run's tokenizer. A new one
         # waits beside it until _setup_folder: a start that fails must not replace the tokenizer an
@@ -374,6 +387,9 @@ class Trainer:
         log.info(f"backbone: {self.backbone.spec} ({self.backbone.describe()['parameters'] / 1e6:.1f}M parameters, "
                  f"{self.backbone.kind}); device {acc.device}; processes {acc.num_processes}; "
                  f"precision {precision_name(acc)}")
+        said = adapters.summary(self.model)
+        if said:
+            log.info(said)
         if acc.num_processes > 1:
             log.info(describe(acc, self.tc.batch_size))
         advice = self._pretrained_advice()
@@ -396,7 +412,7 @@ class Trainer:
 
     def _setup_optimizer(self) -> None:
         tc = self.tc
-        self.lr = tc.lr or default_lr(self.config.backbone.spec)
+        self.lr = tc.lr or default_lr(self.config.backbone.spec, peft=self.config.backbone.peft is not None)
         optimizer = make_optimizer(self.model, self.lr, tc.weight_decay)
         self.scheduler = make_scheduler(optimizer, tc.scheduler, int(tc.warmup_ratio * self.total_steps),
                                         self.total_steps)
@@ -440,6 +456,9 @@ class Trainer:
         if stop and self.saved:
             self.log.info(f"the run is already complete at step {state.step} ({stop}); nothing to train "
                           "(to train again: --resume never, or another --output-dir)")
+        if self.tc.eval_at_start and state.step == 0 and stop is None:
+            self.log.info("evaluating the starting weights (trainer.eval_at_start): step 0 is the baseline")
+            self._evaluate_and_select(last=False)
         self.model.train()
         with Preemption(self._latest_checkpoint_words) as preemption:
             while stop is None:

@@ -306,11 +306,11 @@ def test_a_pretrained_gpt2_folder_continues_pretraining(tmp_path):
 
 def test_an_encoder_task_on_a_decoder_and_causal_lm_on_an_encoder_are_refused(tmp_path):
     folder = saved_folder(tmp_path, "llama")
-    sentiment = {"tasks": [{"type": "sentiment", "data": {}}], "backbone": {"spec": folder},
-                 "trainer": {"max_steps": 1, "progress": False}, "output_dir": str(tmp_path / "s")}
-    with pytest.raises(ConfigError, match=r"sentiment.*needs a backbone of kind encoder or encoder-decoder.*is decoder"):
-        nlpkit.train(sentiment)
     data = corpus_files(tmp_path)
+    masked = {"tasks": [{"type": "masked-lm", "data": data}], "backbone": {"spec": folder},
+              "trainer": {"max_steps": 1, "progress": False}, "output_dir": str(tmp_path / "s")}
+    with pytest.raises(ConfigError, match=r"masked-lm.*needs a backbone of kind encoder, but.*is decoder"):
+        nlpkit.train(masked)
     with pytest.raises(ConfigError, match=r"causal-lm.*needs a backbone of kind decoder.*is encoder"):
         nlpkit.train(run_config(tmp_path, {"spec": "mini", "vocab_size": 400}, data, steps=1))
 

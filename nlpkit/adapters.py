@@ -1,0 +1,269 @@
+"""Parameter-efficient fine-tuning (LoRA, DoRA through peft), quantized bases (QLoRA) and how their
+checkpoints are stored.
+
+peft injects its adapter layers into the backbone's own modules (``inject_adapter_in_model``), so the model
+keeps its class and every head keeps calling ``backbone.encode``; nothing else in nlpkit knows whether
+adapters are there. What is trained: the adapters, every task head (heads live outside the backbone, so
+peft never freezes them, the trap where a head comes back random after reload cannot happen), and the
+embedding rows grown for tokens a task added.
+
+Storage. When the base can be loaded again (a folder, hub id or GGUF file: ``Backbone.base``), a checkpoint
+holds only what was trained: adapters, heads, grown embeddings, plus the base's spec and a fingerprint of
+its weights. Loading it loads the base first and refuses one whose fingerprint differs. A preset's random
+base exists nowhere else, so such a checkpoint holds every tensor ("full").
+"""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import BackboneError, CheckpointError, ConfigError
+
+#: elements sampled from each tensor for the base fingerprint: enough to tell two trainings or two
+#: quantizations of one architecture apart, cheap on a billion parameters
+FINGERPRINT_SAMPLE = 256
+
+
+def fingerprint(model: nn.Module) -> str:
+    """A short hash of the names, shapes and a strided sample of every tensor of ``model``."""
+    digest = hashlib.sha256()
+    with torch.no_grad():
+        for name, tensor in sorted(model.state_dict().items()):
+            flat = tensor.detach().reshape(-1)
+            step = max(1, flat.numel() // FINGERPRINT_SAMPLE)
+            sample = flat[::step][:FINGERPRINT_SAMPLE].to("cpu", torch.float32).numpy().tobytes()
+            digest.update(f"{name}:{tuple(tensor.shape)}:".encode())
+            digest.update(sample)
+    return digest.hexdigest()[:20]
+
+
+# ---- loading options ----------------------------------------------------------------------------------
+def load_options(config: Any, device: torch.device) -> dict[str, Any]:
+    """``Backbone.from_pretrained`` keywords for a backbone config: dtype, GGUF file, quantization.
+
+    dtype "auto" is float32 (AdamW on half-precision weights loses small updates), except the frozen base of a
+    peft run on a GPU, which keeps the checkpoint's own dtype: it is never updated, and half of it is memory.
+    """
+    dtype = config.dtype
+    if dtype == "auto":
+        dtype = "auto" if config.peft is not None and device.type == "cuda" else "float32"
+    options = {"dtype": dtype, "gguf_file": config.gguf_file}
+    if config.quantize:
+        options["quantization"] = quantization_config(config.quantize, device)
+    return options
+
+
+def check_quantize(quantize: str | None, device: torch.device) -> None:
+    """At start-up, before any weights are read: bitsandbytes quantization runs on CUDA only, and a run must
+    never fall back to full precision silently."""
+    if quantize is None:
+        return
+    if device.type != "cuda":
+        why = "no CUDA GPU is visible" if not torch.cuda.is_available() else "trainer.cpu is set"
+        raise ConfigError(
+            f"backbone.quantize={quantize}: bitsandbytes {quantize} quantization (QLoRA) needs a CUDA GPU, and "
+            f"{why}. Drop backbone.quantize to train the adapters on the unquantized base (--peft lora alone), "
+            "or run on a GPU machine")
+    import importlib.util
+
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ConfigError(f"backbone.quantize={quantize} needs the bitsandbytes package: pip install bitsandbytes")
+
+
+def quantization_config(quantize: str, device: torch.device) -> Any:
+    from transformers import BitsAndBytesConfig
+
+    check_quantize(quantize, device)
+    if quantize == "4bit":  # QLoRA's recipe: NF4, double quantization, bf16 compute
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                  bnb_4bit_compute_dtype=torch.bfloat16)
+    return BitsAndBytesConfig(load_in_8bit=True)
+
+
+# ---- applying adapters --------------------------------------------------------------------------------
+def apply(backbone: Any, config: Any, train_embeddings: bool = False, gradient_checkpointing: bool = False) -> None:
+    """Inject the adapters into ``backbone.model`` and freeze what peft does not train; call after the tasks'
+    tokens were added and before the heads are built. ``train_embeddings``: the tasks added tokens (entity
+    markers), whose embedding rows must be learned, so the embeddings are trained and saved in full."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    model = backbone.model
+    if getattr(model, "is_quantized", False) or getattr(model, "is_loaded_in_4bit", False):
+        from peft import prepare_model_for_kbit_training
+
+        prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing,
+                                        gradient_checkpointing_kwargs={"use_reentrant": False})
+    targets = target_modules(model, config.target_modules)
+    lora = LoraConfig(r=config.r, lora_alpha=config.alpha, lora_dropout=config.dropout, target_modules=targets,
+                      use_dora=config.method == "dora", bias="none")
+    try:
+        inject_adapter_in_model(lora, model)
+    except ValueError as exc:  # peft: "Target modules {...} not found in the base model"
+        raise ConfigError(f"backbone.peft.target_modules: {str(exc).splitlines()[0][:300]}") from exc
+    for name, param in model.named_parameters():
+        param.requires_grad_("lora_" in name)
+    grown = embedding_names(backbone) if train_embeddings else set()
+    for name, param in model.named_parameters(remove_duplicate=False):
+        if name in grown:
+            param.requires_grad_(True)
+    backbone.peft = {"method": config.method, "r": config.r, "alpha": config.alpha, "dropout": config.dropout,
+                     "target_modules": config.target_modules, "trained_embeddings": sorted(grown),
+                     "storage": "adapter" if backbone.base is not None else "full"}
+
+
+def target_modules(model: nn.Module, wanted: Any) -> Any:
+    """peft's own default targets for the architecture (attention query/value), "all-linear", or the list."""
+    if wanted != "auto":
+        return wanted
+    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as DEFAULTS
+
+    model_type = model.config.model_type
+    if model_type not in DEFAULTS:
+        raise ConfigError(f"backbone.peft.target_modules: peft has no default for model_type {model_type!r}; "
+                          "give all-linear or a list of module names")
+    return list(DEFAULTS[model_type])
+
+
+def embedding_names(backbone: Any) -> set[str]:
+    """Names (in ``backbone.model``) of the input and output embedding weights (one tensor when tied)."""
+    wanted = {id(m.weight) for m in (backbone.model.get_input_embeddings(), backbone.model.get_output_embeddings())
+              if m is not None}
+    return {name for name, p in backbone.model.named_parameters(remove_duplicate=False) if id(p) in wanted}
+
+
+def adapter_only(backbone: Any) -> bool:
+    return getattr(backbone, "peft", None) is not None and backbone.peft["storage"] == "adapter"
+
+
+def saved_names(model: nn.Module) -> set[str] | None:
+    """The state-dict names a checkpoint of ``model`` holds: None for all of them; for a peft backbone over a
+    loadable base, the heads plus the backbone's adapters and grown embeddings."""
+    backbone = model.backbone
+    if not adapter_only(backbone):
+        return None
+    prefix = "backbone.model."
+    trained = {prefix + n for n in backbone.peft["trained_embeddings"]}
+    return {name for name in model.state_dict(keep_vars=True)
+            if not name.startswith("backbone.") or "lora_" in name or name in trained}
+
+
+def tensors_to_save(model: nn.Module) -> dict[str, torch.Tensor] | None:
+    """What ``safetensors.save_file`` writes for an adapter-only checkpoint (tied tensors once); None: all."""
+    names = saved_names(model)
+    if names is None:
+        return None
+    out, seen = {}, set()
+    for name, tensor in model.state_dict().items():
+        key = (tensor.data_ptr(), tensor.shape) if tensor.numel() else (name,)
+        if name in names and key not in seen:
+            seen.add(key)
+            out[name] = tensor.detach().contiguous()
+    return out
+
+
+def merge(backbone: Any) -> None:
+    """Fold the adapters into the base weights and remove them: the plain architecture again (for export, or a
+    run that starts from a peft checkpoint). The result is no longer the loadable base."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    if getattr(backbone, "peft", None) is None:
+        return
+    model = backbone.model
+    for name, module in list(model.named_modules()):
+        if isinstance(module, BaseTunerLayer):
+            module.merge()
+            parent_name, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent_name) if parent_name else model, child, module.get_base_layer())
+    for param in model.parameters():
+        param.requires_grad_(True)
+    backbone.peft, backbone.base = None, None
+
+
+def summary(model: nn.Module) -> str | None:
+    """The run log's line on what is trained, for a peft run (None otherwise)."""
+    backbone = model.backbone
+    if getattr(backbone, "peft", None) is None:
+        return None
+    p = backbone.peft
+    trained = sum(t.numel() for t in model.parameters() if t.requires_grad)
+    total = sum(t.numel() for t in model.parameters())
+    targets = p["target_modules"] if p["target_modules"] != "auto" else ",".join(target_modules(backbone.model, "auto"))
+    where = "adapters + heads saved, base reloaded from its source" if p["storage"] == "adapter" \
+        else "every weight saved (the base cannot be loaded from anywhere else)"
+    extra = " + embeddings (tokens were added)" if p["trained_embeddings"] else ""
+    return (f"peft: {p['method']} r={p['r']} alpha={p['alpha']:g} on {targets}{extra}: {trained:,} of {total:,} "
+            f"parameters trained ({100 * trained / max(1, total):.2f}%); checkpoints: {where}")
+
+
+def describe(backbone: Any) -> dict[str, Any]:
+    """The checkpoint's record of the base and the adapters (absent keys: a plain backbone)."""
+    out = {}
+    if getattr(backbone, "peft", None) is not None:
+        out["peft"] = dict(backbone.peft)
+        if backbone.base is not None:
+            out["base"] = dict(backbone.base)
+    return out
+
+
+def peft_config(saved: dict[str, Any]) -> Any:
+    from .config import PeftConfig
+
+    return PeftConfig(**{k: saved[k] for k in ("method", "r", "alpha", "dropout", "target_modules")})
+
+
+# ---- loading a peft checkpoint ------------------------------------------------------------------------
+def rebuild(folder: Path, meta: dict[str, Any]) -> Any:
+    """The backbone of an adapter-only checkpoint: its base loaded again (and checked), the checkpoint's
+    tokenizer, the embeddings sized to it, and empty adapters for the checkpoint's tensors."""
+    from .backbone import Backbone, _saved_tokenizer
+
+    saved = meta["backbone"]
+    base = saved["base"]
+    try:
+        backbone = Backbone.from_pretrained(base["spec"], dtype=base.get("dtype") or "float32",
+                                            gguf_file=base.get("gguf_file"))
+    except BackboneError as exc:
+        raise CheckpointError(
+            f"{folder}: this checkpoint holds {saved['peft']['method']} adapters for the base model "
+            f"{base['spec']!r}, which must be loaded first and cannot be: {exc}") from exc
+    if backbone.base["fingerprint"] != base["fingerprint"]:
+        raise CheckpointError(
+            f"{folder}: its adapters were trained on another {base['spec']!r}: the weights there now have "
+            f"fingerprint {backbone.base['fingerprint']}, the checkpoint's base had {base['fingerprint']}. Load it "
+            "with the base it was trained on (or export a merged model from where that base exists)")
+    backbone.tokenizer = _saved_tokenizer(folder / "tokenizer")
+    if len(backbone.tokenizer) != backbone.model.get_input_embeddings().num_embeddings:
+        backbone.model.resize_token_embeddings(len(backbone.tokenizer))
+    apply(backbone, peft_config(saved["peft"]), train_embeddings=bool(saved["peft"].get("trained_embeddings")))
+    return backbone
+
+
+def check_loaded(model: nn.Module, path: Path, missing: list[str], unexpected: list[str]) -> None:
+    """An adapter-only checkpoint must have brought every tensor that is not the base's."""
+    names = saved_names(model)
+    if names is None:
+        raise AssertionError("check_loaded is for adapter-only checkpoints")
+    absent = sorted(set(missing) & names)
+    if absent or unexpected:
+        raise CheckpointError(f"{path} does not match the model: missing {absent[:5]}, unexpected {sorted(unexpected)[:5]}")
+
+
+def enable_gradient_checkpointing(model: nn.Module) -> int:
+    """Non-reentrant activation checkpointing in every transformers model of ``model`` (the backbone, a
+    decoder built inside a head). Non-reentrant: frozen inputs (LoRA's frozen embeddings) need no
+    ``enable_input_require_grads`` and the loss is the same as without. Returns how many were switched."""
+    from transformers import PreTrainedModel
+
+    count = 0
+    for module in model.modules():
+        if isinstance(module, PreTrainedModel) and module.supports_gradient_checkpointing:
+            if not module.is_gradient_checkpointing:
+                module.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            count += 1
+    if not count:
+        raise ConfigError("trainer.gradient_checkpointing: this backbone's model does not support gradient checkpointing")
+    return count
