@@ -303,3 +303,11 @@ def test_encoder_runs_keep_seq2seq_head_and_prefix():
     assert isinstance(task.build_head(backbone), Seq2SeqHead) and task.prefix == "translate: "
     ids = task.encode(examples())[0]["input_ids"]
     assert ids == backbone.tokenizer("translate: the cat sleeps")["input_ids"]  # as before: prefix + source
+
+
+def test_translation_on_a_decoder_keeps_the_plugin_contract():
+    from nlpkit.testing import check_task
+
+    report = check_task(nlpkit.get_task_class("translation"), backbone="mini-decoder",
+                        options={"max_length": 128, "max_target_length": 32, "max_new_tokens": 4})
+    assert report.passed, report.summary()
