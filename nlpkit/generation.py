@@ -134,7 +134,9 @@ class TextGenerator:
         Gemma's ``<end_of_turn>``).
 
     Features are dicts ``{"example_index", "input_ids", "labels"?}``; ``encode`` puts the index of the
-    source in "example_index" (a task with several features per example overwrites it).
+    source in "example_index" (a task with several features per example overwrites it). Also there for a
+    task to forward: ``feature_length(feature)`` (prompt + target on a decoder: length-grouped batching and
+    token counts), ``max_new_tokens``, ``prompt(source)`` (the text a model reads, for logs and docs).
     """
 
     def __init__(self, task_name: str, options: GenerationOptions, instruction: str, response_cue: str = "",
