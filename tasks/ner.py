@@ -2,6 +2,13 @@
 
 Scores are computed on words (first sub-token of each word), never on sub-tokens, with seqeval's
 default conlleval-compatible mode (``strict: true`` switches to seqeval's strict IOB2 mode).
+
+Two modes (option ``mode``). ``head``: a tag per word from a classifier on the backbone's states.
+``generative``: the model writes the sentence with its entities bracketed inline
+(``[ John Smith | PER ] lives in [ Paris | LOC ] .``), on any backbone kind a ``TextGenerator`` supports
+(causal-LM fine-tuning on a decoder, a seq2seq head on an encoder or encoder-decoder); the text is
+parsed back to one tag per source word and goes through the same decoding and scoring as the head's
+tags, so both modes are compared on the same data.
 """
 from __future__ import annotations
 
@@ -9,10 +16,12 @@ import logging
 import re
 import unicodedata
 from dataclasses import dataclass
-from typing import Any, Literal, Sequence
+from typing import Any, Iterator, Literal, Optional, Sequence
 
 from nlpkit import DataError, Task, TaskOptions, register_task
 from nlpkit.data import input_text, pad_encodings, read_text_lines
+from nlpkit.generation import GenerationOptions, TextGenerator
+from nlpkit.options import require
 
 from . import DATA_DIR
 
@@ -28,6 +37,44 @@ class NerOptions(TaskOptions):
     #: seqeval strict IOB2 mode instead of the conlleval-compatible default
     strict: bool = False
     dropout: float = 0.1
+    #: "head": a classifier tags each word; "generative": the model writes the sentence with its entities
+    #: bracketed inline and the text is parsed back to tags (slower; runs on decoder-only backbones too)
+    mode: Literal["head", "generative"] = "head"
+    # -- mode=generative only: the GenerationOptions fields of the same names --
+    #: target tokens in training (the whole sentence is rewritten, so about 1.5x its tokens)
+    max_target_length: int = 256
+    #: longest output; default max_target_length
+    max_new_tokens: Optional[int] = None
+    #: 1 = greedy search; more = beam search
+    num_beams: int = 1
+    #: decoder-only backbones: plain instruction prompt, the tokenizer's chat template, or auto (chat if it has one)
+    prompt_format: Literal["auto", "plain", "chat"] = "auto"
+
+    def validate(self, key: str) -> None:
+        super().validate(key)
+        if self.mode == "generative":
+            generation_options(self).validate(key)
+        else:
+            refuse_generation_options(self, key)
+
+
+#: the options that only mode=generative reads
+GENERATION_FIELDS = ("max_target_length", "max_new_tokens", "num_beams", "prompt_format")
+
+
+def generation_options(options: Any) -> GenerationOptions:
+    """The task's options as the GenerationOptions its TextGenerator reads (no T5 prefix: the prompt is the
+    sentence; the instruction frames it on a decoder)."""
+    return GenerationOptions(max_length=options.max_length, encoding=options.encoding, prefix="",
+                             dropout=options.dropout, **{f: getattr(options, f) for f in GENERATION_FIELDS})
+
+
+def refuse_generation_options(options: Any, key: str) -> None:
+    """In mode=head a generation option would silently do nothing: name it instead."""
+    defaults = type(options)()
+    for field in GENERATION_FIELDS:
+        require(getattr(options, field) == getattr(defaults, field), f"{key}.{field}",
+                "is an option of mode=generative; this task runs mode=head (set mode=generative, or drop it)")
 
 
 # ---- reading ---------------------------------------------------------------------------------------
@@ -111,7 +158,7 @@ def word_offsets(tokens: Sequence[str]) -> list[tuple[int, int]]:
 #: ``[ John Smith | PER ] lives in [ Paris | LOC ] .``: every delimiter stands alone between spaces, so each
 #: word is written exactly as in the source and tokenizes to the same sub-tokens (a byte-level BPE would
 #: make ``[John`` a different token from `` John``); the type comes last, after the model has written the
-#: words it is typing. A word that IS a delimiter is written with a backslash (``\[``).
+#: words it is typing. A word that is or begins with a delimiter is written after a backslash (``\[``).
 OPEN, SEP, CLOSE, ESCAPE = "[", "|", "]", "\\"
 DELIMITERS = frozenset((OPEN, SEP, CLOSE))
 #: a type name spread over several tokens by a tokenizer's decoding (``product - name``) is read up to this
@@ -121,12 +168,28 @@ MAX_TYPE_TOKENS = 8
 Mark = tuple[str, int]
 
 
+def _starts_with_delimiter(word: str) -> bool:
+    return word.lstrip(ESCAPE)[:1] in DELIMITERS
+
+
 def escape_word(word: str) -> str:
-    return ESCAPE + word if word.lstrip(ESCAPE) in DELIMITERS else word
+    return ESCAPE + word if _starts_with_delimiter(word) else word
 
 
 def unescape_word(word: str) -> str:
-    return word[1:] if word.startswith(ESCAPE) and word.lstrip(ESCAPE) in DELIMITERS else word
+    return word[1:] if word.startswith(ESCAPE) and _starts_with_delimiter(word) else word
+
+
+def _markup_tokens(text: str) -> list[str]:
+    """The text's tokens at white space, with a ``]`` split off what a decoder glued to it: WordPiece's
+    clean-up writes ``] .`` as ``].`` (a word of the sentence never begins with an unescaped ``]``)."""
+    tokens = []
+    for tok in text.split():
+        if tok.startswith(CLOSE) and len(tok) > 1:
+            tokens += [CLOSE, tok[1:]]
+        else:
+            tokens.append(tok)
+    return tokens
 
 
 def render_inline(tokens: Sequence[str], tags: Sequence[str]) -> str:
@@ -157,7 +220,7 @@ def parse_inline(text: str, types: Sequence[str]) -> tuple[list[str], list[Mark 
     writes none of these; an undertrained one does, and its words still align to the source.
     """
     known = {_type_key(t): t for t in types}
-    tokens = text.split()
+    tokens = _markup_tokens(text)
     words: list[str] = []
     marks: list[Mark | None] = []
     malformed, entities, opened, i = False, 0, None, 0
@@ -235,6 +298,11 @@ def _char_aligned(src: Sequence[str], out: Sequence[str], marks: Sequence[Mark |
     return found
 
 
+def ner_instruction(types: Sequence[str]) -> str:
+    """What a decoder-only model is asked in generative mode, before the sentence."""
+    return f"Copy the sentence, marking entities ({', '.join(types)}) as [ words | TYPE ]."
+
+
 def parse_generated(text: str, tokens: Sequence[str], types: Sequence[str]) -> dict[str, Any]:
     """IOB2 tags for the source ``tokens`` from a generated text, and what the parse had to forgive."""
     words, marks, malformed = parse_inline(text, types)
@@ -254,6 +322,9 @@ class NerTask(Task):
     def __init__(self, name=None, options=None):
         super().__init__(name, options)
         self.labels: list[str] = []
+        if self.options.mode == "generative":  # a text-generation task, on every backbone kind a generator takes
+            self.generative = True
+            self.backbone_kinds = ("encoder", "encoder-decoder", "decoder")
 
     def default_data(self) -> dict[str, str]:
         return {"train": str(DATA_DIR / "ner" / "train.conll"), "dev": str(DATA_DIR / "ner" / "dev.conll")}
@@ -295,7 +366,15 @@ class NerTask(Task):
                         f"known tags: {', '.join(self.labels)}", path, s["line"] + i if s.get("line") else None)
 
     def texts(self, examples: Sequence[dict]):
+        if self.generative:  # a from-scratch tokenizer also learns the prompt, the targets' markup and type names
+            return self._generative_texts(examples)
         return (" ".join(s["tokens"]) for s in examples)
+
+    def _generative_texts(self, examples: Sequence[dict]) -> Iterator[str]:
+        instruction = ner_instruction(sorted({t[2:] for s in examples for t in s.get("tags", ()) if t != "O"}))
+        for s in examples:  # the instruction as often as the model reads it: once per prompt
+            yield instruction
+            yield render_inline(s["tokens"], s["tags"]) if "tags" in s else " ".join(s["tokens"])
 
     def state_dict(self) -> dict[str, Any]:
         return {"labels": self.labels}
@@ -304,7 +383,31 @@ class NerTask(Task):
         self.labels = list(state["labels"])
 
     # ---- encoding ------------------------------------------------------------------------------------
+    def setup(self, backbone) -> None:
+        super().setup(backbone)
+        if self.generative:  # after fit / load_state_dict: the instruction names the types
+            self._generator = TextGenerator(self.name, generation_options(self.options), self.instruction(),
+                                            response_cue="Marked:")
+            self._generator.setup(backbone)
+
+    @property
+    def types(self) -> list[str]:
+        return sorted({t[2:] for t in self.labels if t != "O"})
+
+    def instruction(self) -> str:
+        return ner_instruction(self.types)
+
+    @property
+    def generator(self) -> TextGenerator:
+        """The TextGenerator of generative mode, given the current options (``predict --num-beams`` swaps them)."""
+        self._generator.options = generation_options(self.options)
+        return self._generator
+
     def encode(self, examples: Sequence[dict]) -> list[dict]:
+        if self.generative:
+            return self.generator.encode([" ".join(s["tokens"]) for s in examples],
+                                         [render_inline(s["tokens"], s["tags"]) if "tags" in s else None
+                                          for s in examples], [s.get("line") for s in examples])
         label_id = {t: i for i, t in enumerate(self.labels)}
         enc = self.tokenizer([s["tokens"] for s in examples], is_split_into_words=True, truncation=True,
                              max_length=self.options.max_length)
@@ -335,6 +438,8 @@ class NerTask(Task):
         return length >= self.options.max_length and last < len(sentence["tokens"]) - 1
 
     def collate(self, features: Sequence[dict]) -> dict:
+        if self.generative:
+            return self.generator.collate(features)
         batch = pad_encodings(features, self.tokenizer.pad_token_id)
         if "labels" in features[0]:
             from nlpkit.data import pad
@@ -342,12 +447,19 @@ class NerTask(Task):
             batch["labels"] = pad([f["labels"] for f in features], -100)
         return batch
 
+    def feature_length(self, feature: dict) -> int:
+        return self.generator.feature_length(feature) if self.generative else len(feature["input_ids"])
+
     def build_head(self, backbone):
         from nlpkit.heads import TokenClassificationHead
 
+        if self.generative:
+            return self.generator.build_head(backbone)
         return TokenClassificationHead(backbone.hidden_size, len(self.labels), self.options.dropout)
 
     def predict_batch(self, head, backbone, batch) -> list:
+        if self.generative:
+            return self.generator.predict_batch(head, backbone, batch)
         logits = head(backbone, batch)["logits"].float()
         probs, ids = logits.softmax(-1).max(-1)
         lengths = batch["attention_mask"].sum(1).tolist()
@@ -356,6 +468,8 @@ class NerTask(Task):
 
     # ---- decoding and scoring ------------------------------------------------------------------------
     def decode(self, examples, features, outputs) -> list[dict]:
+        if self.generative:
+            return self.decode_generated(examples, outputs)
         preds = []
         for ex, feat, (ids, probs) in zip(examples, features, outputs):
             n = len(ex["tokens"])
@@ -364,14 +478,20 @@ class NerTask(Task):
                 if w is not None and w != prev:  # words cut by truncation stay "O"
                     tags[w], scores[w] = self.labels[ids[pos]], probs[pos]
                 prev = w
-            text = ex.get("text", " ".join(ex["tokens"]))
-            offsets = ex.get("offsets") or word_offsets(ex["tokens"])
-            entities = []
-            for kind, a, b in spans(tags):
-                start, end = offsets[a][0], offsets[b - 1][1]
-                entities.append({"type": kind, "text": text[start:end], "start": start, "end": end,
-                                 "score": round(sum(scores[a:b]) / (b - a), 4)})
-            preds.append({"tags": tags, "entities": entities})
+            preds.append(prediction(ex, tags, scores))
+        return preds
+
+    def decode_generated(self, examples, outputs) -> list[dict]:
+        """Generative mode: the generated text parsed back to tags, then the head mode's prediction (entity
+        spans with character offsets; no score, a generated text has no per-word probability)."""
+        preds = []
+        for ex, (ids, at_limit) in zip(examples, outputs):
+            text = self.generator.decode_text(ids)
+            parsed = parse_generated(text, ex["tokens"], self.types)
+            pred = prediction(ex, parsed["tags"], None)
+            pred.update(output=text, malformed=parsed["malformed"], words_changed=parsed["words_changed"],
+                        at_limit=at_limit)
+            preds.append(pred)
         return preds
 
     def score(self, predictions, examples) -> dict[str, Any]:
@@ -389,7 +509,7 @@ class NerTask(Task):
         return {"precision": 100 * micro["precision"], "recall": 100 * micro["recall"], "f1": 100 * micro["f1-score"],
                 "accuracy": 100 * accuracy_score(y_true, y_pred),
                 "mode": "seqeval strict IOB2" if self.options.strict else "seqeval default (conlleval)",
-                "per_type": per_type}
+                "per_type": per_type, **generation_counts(predictions)}
 
     # ---- raw input -----------------------------------------------------------------------------------
     def parse_input(self, item) -> dict:
@@ -409,5 +529,38 @@ class NerTask(Task):
     def format_prediction(self, prediction: dict) -> str:
         if not prediction["entities"]:
             return "(no entities)"
-        return "\n".join(f"{e['start']:>5}-{e['end']:<5} {e['type']:<6} {e['text']}  ({e['score']:.2f})"
-                         for e in prediction["entities"])
+        return "\n".join(f"{e['start']:>5}-{e['end']:<5} {e['type']:<6} {e['text']}"
+                         + (f"  ({e['score']:.2f})" if "score" in e else "") for e in prediction["entities"])
+
+    # ---- export --------------------------------------------------------------------------------------
+    def export_model(self, backbone, head):
+        if self.generative:
+            from nlpkit.export import NotStandard
+
+            raise NotStandard("generative NER writes nlpkit's inline markup, which only nlpkit parses back to "
+                              "entities; no standard transformers class does that")
+        return None
+
+
+def prediction(ex: dict, tags: Sequence[str], scores: Sequence[float] | None) -> dict:
+    """Tags and entity spans with character offsets in the example's text (and, from the head, a mean
+    probability per entity)."""
+    text = ex.get("text", " ".join(ex["tokens"]))
+    offsets = ex.get("offsets") or word_offsets(ex["tokens"])
+    entities = []
+    for kind, a, b in spans(tags):
+        start, end = offsets[a][0], offsets[b - 1][1]
+        entity = {"type": kind, "text": text[start:end], "start": start, "end": end}
+        if scores is not None:
+            entity["score"] = round(sum(scores[a:b]) / (b - a), 4)
+        entities.append(entity)
+    return {"tags": list(tags), "entities": entities}
+
+
+def generation_counts(predictions: Sequence[dict]) -> dict[str, int]:
+    """Generative mode: how many outputs the parse had to forgive; nothing for the head's predictions."""
+    if not predictions or "malformed" not in predictions[0]:
+        return {}
+    return {"unparsed_outputs": sum(p["malformed"] for p in predictions),
+            "changed_outputs": sum(p["words_changed"] for p in predictions),
+            "outputs_at_limit": sum(p["at_limit"] for p in predictions)}

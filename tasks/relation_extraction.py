@@ -9,15 +9,21 @@ classifier (``nlpkit.heads.EntityPairHead``). Directional labels stay distinct c
 
 Score: the official SemEval-2010 Task 8 measure, re-implemented from the task's Perl scorer v1.2 and
 checked against the scorer's own example outputs (tests/test_relation_extraction.py).
+
+Option ``mode: generative``: instead of the classifier, the model reads the sentence with SemEval's own
+``<e1>..</e1>`` markup and writes the relation's label (``Cause-Effect(e2,e1)``) on any backbone kind a
+``TextGenerator`` supports (decoder-only models included); the text is parsed back to a label
+(``parse_relation``) and scored by the same official scorer.
 """
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Iterator, Literal, Mapping, Optional, Sequence
 
 from nlpkit import DataError, Task, TaskOptions, register_task
 from nlpkit.data import pad_encodings, read_jsonl, read_text_lines
+from nlpkit.generation import GenerationOptions, TextGenerator
 from nlpkit.options import require
 
 MARKERS = ("[E1]", "[/E1]", "[E2]", "[/E2]")
@@ -40,12 +46,46 @@ class RelationOptions(TaskOptions):
     #: the label meaning "no relation": left out of the macro and micro averages, as SemEval's Other
     negative_label: str = "Other"
     dropout: float = 0.1
+    #: "head": a classifier on the two entity markers; "generative": the model writes the relation's label
+    #: and the text is parsed back to one (runs on decoder-only backbones too)
+    mode: Literal["head", "generative"] = "head"
+    # -- mode=generative only: the GenerationOptions fields of the same names --
+    #: target tokens in training (a label is a few tokens)
+    max_target_length: int = 32
+    #: longest output; default max_target_length
+    max_new_tokens: Optional[int] = None
+    #: 1 = greedy search; more = beam search
+    num_beams: int = 1
+    #: decoder-only backbones: plain instruction prompt, the tokenizer's chat template, or auto (chat if it has one)
+    prompt_format: Literal["auto", "plain", "chat"] = "auto"
 
     def validate(self, key: str) -> None:
         super().validate(key)
         require(self.format in ("auto", "semeval", "jsonl"), f"{key}.format", "must be auto, semeval or jsonl")
         require(bool(self.negative_label), f"{key}.negative_label", "must not be empty")
         require(0 <= self.dropout < 1, f"{key}.dropout", "must be in [0, 1)")
+        if self.mode == "generative":
+            generation_options(self).validate(key)
+        else:
+            refuse_generation_options(self, key)
+
+
+#: the options that only mode=generative reads
+GENERATION_FIELDS = ("max_target_length", "max_new_tokens", "num_beams", "prompt_format")
+
+
+def generation_options(options: Any) -> GenerationOptions:
+    """The task's options as the GenerationOptions its TextGenerator reads (no T5 prefix)."""
+    return GenerationOptions(max_length=options.max_length, encoding=options.encoding, prefix="",
+                             dropout=options.dropout, **{f: getattr(options, f) for f in GENERATION_FIELDS})
+
+
+def refuse_generation_options(options: Any, key: str) -> None:
+    """In mode=head a generation option would silently do nothing: name it instead."""
+    defaults = type(options)()
+    for field in GENERATION_FIELDS:
+        require(getattr(options, field) == getattr(defaults, field), f"{key}.{field}",
+                "is an option of mode=generative; this task runs mode=head (set mode=generative, or drop it)")
 
 
 # ---- the official scorer ---------------------------------------------------------------------------
@@ -279,6 +319,13 @@ def inline_marked_text(ex: dict) -> str:
     return "".join(out + [text[last:]])
 
 
+def relation_instruction(labels: Sequence[str]) -> str:
+    """What a decoder-only model is asked in generative mode: the relation types, each with two directions."""
+    directed = sorted({m.group("type") for m in map(DIRECTED_RE.match, labels) if m})
+    plain = [lab for lab in labels if not DIRECTED_RE.match(lab)]
+    return f"The relation of <e1> to <e2>: {', '.join(directed + plain)}; directed as Type(e1,e2) or Type(e2,e1)."
+
+
 def _label_key(text: str) -> str:
     """A label as compared after the exact match failed: no case, spaces, quotes, underscores or final dots."""
     return re.sub(r"[\s_\"'`]+", "", text).casefold().rstrip(".")
@@ -314,6 +361,9 @@ class RelationExtractionTask(Task):
     def __init__(self, name=None, options=None):
         super().__init__(name, options)
         self.labels: list[str] = []
+        if self.options.mode == "generative":  # a text-generation task, on every backbone kind a generator takes
+            self.generative = True
+            self.backbone_kinds = ("encoder", "encoder-decoder", "decoder")
 
     def read(self, path: str) -> list[dict]:
         fmt = self.options.format
@@ -349,7 +399,17 @@ class RelationExtractionTask(Task):
         self.check_labels(examples, self.labels, "label", path, what="relation")
 
     def texts(self, examples: Sequence[dict]) -> Iterator[str]:
+        if self.generative:  # a from-scratch tokenizer also learns the prompt, the markup and the labels
+            return self._generative_texts(examples)
         return (ex["text"] for ex in examples)
+
+    def _generative_texts(self, examples: Sequence[dict]) -> Iterator[str]:
+        instruction = relation_instruction(sorted({ex["label"] for ex in examples if "label" in ex}))
+        for ex in examples:  # the instruction as often as the model reads it: once per prompt
+            yield instruction
+            yield inline_marked_text(ex)
+            if "label" in ex:
+                yield ex["label"]
 
     def state_dict(self) -> dict[str, Any]:
         return {"labels": self.labels}
@@ -359,13 +419,30 @@ class RelationExtractionTask(Task):
 
     # ---- encoding ------------------------------------------------------------------------------------
     def special_tokens(self) -> list[str]:
-        return list(MARKERS)
+        return [] if self.generative else list(MARKERS)  # the generative prompt marks entities in plain text
 
     def setup(self, backbone) -> None:
         super().setup(backbone)
+        if self.generative:  # after fit / load_state_dict: the instruction names the labels
+            self._generator = TextGenerator(self.name, generation_options(self.options), self.instruction(),
+                                            response_cue="Relation:")
+            self._generator.setup(backbone)
+            return
         self.marker_ids = self.tokenizer.convert_tokens_to_ids(list(MARKERS))
 
+    def instruction(self) -> str:
+        return relation_instruction(self.labels)
+
+    @property
+    def generator(self) -> TextGenerator:
+        """The TextGenerator of generative mode, given the current options (``predict --num-beams`` swaps them)."""
+        self._generator.options = generation_options(self.options)
+        return self._generator
+
     def encode(self, examples: Sequence[dict]) -> list[dict]:
+        if self.generative:
+            return self.generator.encode([inline_marked_text(ex) for ex in examples],
+                                         [ex.get("label") for ex in examples], [ex.get("line") for ex in examples])
         enc = self.tokenizer([marked_text(ex) for ex in examples])
         label_id = {lab: i for i, lab in enumerate(self.labels)}
         e1, e2 = self.marker_ids[0], self.marker_ids[2]
@@ -403,34 +480,48 @@ class RelationExtractionTask(Task):
     def collate(self, features: Sequence[dict]) -> dict:
         import torch
 
+        if self.generative:
+            return self.generator.collate(features)
         batch = pad_encodings(features, self.tokenizer.pad_token_id)
         batch["entity_positions"] = torch.tensor([f["entity_positions"] for f in features], dtype=torch.long)
         if "labels" in features[0]:
             batch["labels"] = torch.tensor([f["labels"] for f in features], dtype=torch.long)
         return batch
 
+    def feature_length(self, feature: dict) -> int:
+        return self.generator.feature_length(feature) if self.generative else len(feature["input_ids"])
+
     def build_head(self, backbone):
         from nlpkit.heads import EntityPairHead
 
+        if self.generative:
+            return self.generator.build_head(backbone)
         representation = "last" if backbone.kind == "decoder" else "entity-start"
         return EntityPairHead(backbone.hidden_size, len(self.labels), num_entities=2, dropout=self.options.dropout,
                               representation=representation)
 
     def predict_batch(self, head, backbone, batch) -> list[tuple[int, float]]:
+        if self.generative:
+            return self.generator.predict_batch(head, backbone, batch)
         probs, ids = head(backbone, batch)["logits"].float().softmax(-1).max(-1)
         return list(zip(ids.cpu().tolist(), probs.cpu().tolist()))
 
     # ---- decoding and scoring ------------------------------------------------------------------------
     def decode(self, examples, features, outputs) -> list[dict]:
+        if self.generative:
+            return self.decode_generated(examples, outputs)
+        return [relation_prediction(ex, self.labels[label_index], round(prob, 4))
+                for ex, (label_index, prob) in zip(examples, outputs)]
+
+    def decode_generated(self, examples, outputs) -> list[dict]:
+        """Generative mode: the generated text parsed to a label (the negative label when it names none), then
+        the head mode's prediction without a probability (a generated label has none of the classifier's)."""
         preds = []
-        for ex, (label_index, prob) in zip(examples, outputs):
-            label = self.labels[label_index]
-            (h0, h1), (t0, t1) = ex["head"], ex["tail"]
-            pred = {"relation": label, "type": relation_type(label), "probability": round(prob, 4),
-                    "e1": ex["text"][h0:h1], "e2": ex["text"][t0:t1]}
-            m = DIRECTED_RE.match(label)
-            if m:
-                pred["direction"] = f"{m.group('first')}->{m.group('second')}"
+        for ex, (ids, at_limit) in zip(examples, outputs):
+            text = self.generator.decode_text(ids)
+            label, parsed = parse_relation(text, self.labels, self.options.negative_label)
+            pred = relation_prediction(ex, label, None)
+            pred.update(output=text, parsed=parsed, at_limit=at_limit)
             preds.append(pred)
         return preds
 
@@ -440,6 +531,9 @@ class RelationExtractionTask(Task):
         scores = official_scores(key, proposed, other=self.options.negative_label)
         scores["metric"] = "SemEval-2010 Task 8 official: macro-F1 over relation types, directionality required, " \
                            f"{self.options.negative_label!r} excluded"
+        if predictions and "parsed" in predictions[0]:  # generative mode: answers that named no label
+            scores["unparsed_outputs"] = sum(not p["parsed"] for p in predictions)
+            scores["outputs_at_limit"] = sum(p["at_limit"] for p in predictions)
         return scores
 
     # ---- raw input -----------------------------------------------------------------------------------
@@ -453,17 +547,38 @@ class RelationExtractionTask(Task):
 
     def format_prediction(self, prediction: dict) -> str:
         rel, e1, e2, prob = prediction["relation"], prediction["e1"], prediction["e2"], prediction["probability"]
+        shown = f"  ({prob:.2f})" if prob is not None else ""  # generative mode: no probability
         if rel == self.options.negative_label:
-            return f'{rel}: no directed relation between e1 "{e1}" and e2 "{e2}"  ({prob:.2f})'
+            return f'{rel}: no directed relation between e1 "{e1}" and e2 "{e2}"{shown}'
         m = DIRECTED_RE.match(rel)
         if not m:
-            return f'{rel}: "{e1}" -> "{e2}"  ({prob:.2f})'
+            return f'{rel}: "{e1}" -> "{e2}"{shown}'
         first, second = m.group("first"), m.group("second")
         roles = m.group("type").split("-")
         role1, role2 = (roles[0], roles[1]) if len(roles) == 2 else ("", "")
         words = {"e1": e1, "e2": e2}
         return (f'{rel}: {role1 or "first"} = "{words[first]}" ({first}) -> {role2 or "second"} = '
-                f'"{words[second]}" ({second})  ({prob:.2f})')
+                f'"{words[second]}" ({second}){shown}')
+
+    # ---- export --------------------------------------------------------------------------------------
+    def export_model(self, backbone, head):
+        if self.generative:
+            from nlpkit.export import NotStandard
+
+            raise NotStandard("generative relation extraction writes a label as text, which nlpkit parses back; "
+                              "no standard transformers class does that")
+        return None
+
+
+def relation_prediction(ex: dict, label: str, probability: float | None) -> dict:
+    """The prediction for one example: the relation, its type, direction and the two entities' text."""
+    (h0, h1), (t0, t1) = ex["head"], ex["tail"]
+    pred = {"relation": label, "type": relation_type(label), "probability": probability,
+            "e1": ex["text"][h0:h1], "e2": ex["text"][t0:t1]}
+    m = DIRECTED_RE.match(label)
+    if m:
+        pred["direction"] = f"{m.group('first')}->{m.group('second')}"
+    return pred
 
 
 def ids_index(ids: list[int], token: int) -> int:
