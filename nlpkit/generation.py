@@ -433,21 +433,6 @@ class Seq2SeqTask(Task):
     def tokens(self) -> Any:
         return self.generator.tokens
 
-    def _check_room(self) -> None:
-        """The prompt template alone must leave room for some source within ``prompt_limit``."""
-        o, limit = self.options, self.prompt_limit
-        template = len(self._tokenize([""])[0][0])
-        if template < limit:
-            return
-        key = f"tasks.{self.task_name}.options"
-        if limit < o.max_length:
-            raise ConfigError(f"{key}: backbone has {self.positions} positions; after max_target_length="
-                              f"{o.max_target_length} / max_new_tokens={self.max_new_tokens} they leave {limit} for "
-                              f"the prompt, but its template alone takes {template} tokens: lower max_target_length "
-                              f"(and max_new_tokens)")
-        raise ConfigError(f"{key}.max_length: {limit} prompt tokens leave no room for the source after the "
-                          f"{template}-token prompt template; raise max_length")
-
     @property
     def max_new_tokens(self) -> int:
         return self.generator.max_new_tokens
