@@ -63,10 +63,13 @@ def resolve_source(spec: str, gguf_file: str | None = None) -> tuple[str, str | 
     """(folder or hub id, GGUF file name in it): an alias resolved, and a path to a .gguf file split into the
     folder transformers loads from and the ``gguf_file`` it reads there."""
     source = resolve_alias(spec)
-    if gguf_file is None and source.endswith(".gguf"):
+    if source.endswith(".gguf"):
         path = Path(source).expanduser()
         if not path.is_file():
             raise BackboneError(f"GGUF file {source!r} does not exist")
+        if gguf_file is not None and gguf_file != path.name:
+            raise BackboneError(f"backbone {spec!r} is the GGUF file {path.name!r}, but backbone.gguf_file names "
+                                f"{gguf_file!r}; give one of them")
         return str(path.parent), path.name
     if gguf_file is not None and Path(source).is_dir() and not (Path(source) / gguf_file).is_file():
         raise BackboneError(f"backbone.gguf_file {gguf_file!r} is not in the folder {source!r}")

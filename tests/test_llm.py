@@ -280,3 +280,15 @@ def test_a_task_longer_than_the_backbone_positions_is_refused_at_start(models, t
               "backbone": {"spec": decoder_folder(models, "gpt2")}, "trainer": {"max_steps": 1, "progress": False}}
     with pytest.raises(ConfigError, match="max_length: 1024 tokens do not fit"):
         nlpkit.train(config)
+
+
+def test_a_gguf_path_splits_into_its_folder_and_file_also_when_the_file_is_named_again(tmp_path):
+    from nlpkit.backbone import resolve_source
+    from nlpkit.errors import BackboneError
+
+    (tmp_path / "m.gguf").write_bytes(b"GGUF")
+    assert resolve_source(str(tmp_path / "m.gguf")) == (str(tmp_path), "m.gguf")
+    assert resolve_source(str(tmp_path / "m.gguf"), "m.gguf") == (str(tmp_path), "m.gguf")  # a checkpoint's record
+    with pytest.raises(BackboneError, match="give one of them"):
+        resolve_source(str(tmp_path / "m.gguf"), "other.gguf")
+    assert resolve_source(str(tmp_path), "m.gguf") == (str(tmp_path), "m.gguf")
