@@ -433,3 +433,24 @@ def test_backbone_dropout_is_validated(tmp_path):
 
     with pytest.raises(ConfigError, match="backbone.dropout"):
         RunConfig.from_dict({"tasks": [{"type": "ner"}], "backbone": {"dropout": 1.5}})
+
+
+def test_lora_under_two_processes_matches_one_process(ner_files, tmp_path):
+    """DDP with a frozen base: only the adapters and the head are synchronised, and the losses are those of one
+    process with the same global batch."""
+    def args(out: Path) -> list[str]:
+        lora = ["--peft", "lora", "--max-steps", "6", "--set", "trainer.eval_every=6"]
+        return [*_train_args(ner_files, out), *lora]
+
+    two = subprocess.run([sys.executable, "-m", "nlpkit", *args(tmp_path / "two"), "--num-processes", "2"],
+                         capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert two.returncode == 0, two.stdout[-3000:] + two.stderr[-3000:]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert main(args(tmp_path / "one")) == 0
+    finally:
+        torch.set_num_threads(threads)
+    assert _metrics(tmp_path / "two")["processes"] == 2
+    assert "peft: lora" in two.stdout
+    assert _losses(tmp_path / "two") == pytest.approx(_losses(tmp_path / "one"), rel=1e-4)
