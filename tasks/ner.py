@@ -478,7 +478,7 @@ class NerTask(Task):
                 if w is not None and w != prev:  # words cut by truncation stay "O"
                     tags[w], scores[w] = self.labels[ids[pos]], probs[pos]
                 prev = w
-            preds.append(prediction(ex, tags, scores))
+            preds.append(tagged_prediction(ex, tags, scores))
         return preds
 
     def decode_generated(self, examples, outputs) -> list[dict]:
@@ -488,7 +488,7 @@ class NerTask(Task):
         for ex, (ids, at_limit) in zip(examples, outputs):
             text = self.generator.decode_text(ids)
             parsed = parse_generated(text, ex["tokens"], self.types)
-            pred = prediction(ex, parsed["tags"], None)
+            pred = tagged_prediction(ex, parsed["tags"], None)
             pred.update(output=text, malformed=parsed["malformed"], words_changed=parsed["words_changed"],
                         at_limit=at_limit)
             preds.append(pred)
@@ -542,7 +542,7 @@ class NerTask(Task):
         return None
 
 
-def prediction(ex: dict, tags: Sequence[str], scores: Sequence[float] | None) -> dict:
+def tagged_prediction(ex: dict, tags: Sequence[str], scores: Sequence[float] | None) -> dict:
     """Tags and entity spans with character offsets in the example's text (and, from the head, a mean
     probability per entity)."""
     text = ex.get("text", " ".join(ex["tokens"]))

@@ -247,6 +247,11 @@ def test_relation_extraction_on_the_mini_decoder_writes_labels_and_reloads(tmp_p
     assert (pred["relation"], pred["output"], pred["parsed"]) == ("Product-Producer(e2,e1)",) * 2 + (True,)
     assert pipe.format(pred) == 'Product-Producer(e2,e1): Product = "chairs" (e2) -> Producer = "company" (e1)'
     assert "[E1]" not in pipe.model.backbone.tokenizer.get_vocab()  # the prompt's markup is plain text
+    from nlpkit.export import export
+
+    exported = export(result.output_dir, "transformers", tmp_path / "export")  # no standard class: the fallback
+    assert exported.written == {"relation-extraction": "backbone + heads (safetensors)"}
+    assert "parses back" in exported.notes["relation-extraction"]
 
 
 @pytest.mark.parametrize("task_class,data,options", [
