@@ -75,6 +75,47 @@ class GenerationOptions(TaskOptions):
         _options.require(0 <= self.dropout < 1, f"{key}.dropout", "must be in [0, 1)")
 
 
+@dataclass
+class GenerativeModeOptions(TaskOptions):
+    """The options of a task that can also answer by writing text (NER, relation extraction: ``mode:
+    generative``): which mode, and the GenerationOptions fields its TextGenerator reads in that mode. Set in
+    head mode they would do nothing, so they are refused there, naming the key."""
+
+    #: "head": the task's classifier head; "generative": the model writes the answer as text and the task parses it
+    #: back (runs on decoder-only backbones through causal-LM fine-tuning, elsewhere through the seq2seq head)
+    mode: Literal["head", "generative"] = "head"
+    # -- mode=generative only: the GenerationOptions fields of the same names --
+    #: target tokens in training
+    max_target_length: int = 256
+    #: longest output; default max_target_length
+    max_new_tokens: Optional[int] = None
+    #: 1 = greedy search; more = beam search
+    num_beams: int = 1
+    #: decoder-only backbones: plain instruction prompt, the tokenizer's chat template, or auto (chat if it has one)
+    prompt_format: Literal["auto", "plain", "chat"] = "auto"
+
+    def validate(self, key: str) -> None:
+        super().validate(key)
+        if self.mode == "generative":
+            self.generation_options().validate(key)
+            return
+        defaults = type(self)()
+        for name in GENERATIVE_MODE_FIELDS:
+            _options.require(getattr(self, name) == getattr(defaults, name), f"{key}.{name}",
+                             "is an option of mode=generative; this task runs mode=head (set mode=generative, or drop it)")
+
+    def generation_options(self) -> GenerationOptions:
+        """These options as the GenerationOptions a TextGenerator reads (no T5 prefix: the instruction frames the
+        input on a decoder). Built anew on each call, so ``predict --num-beams`` reaches the generator."""
+        return GenerationOptions(max_length=self.max_length, encoding=self.encoding, prefix="",
+                                 dropout=getattr(self, "dropout", 0.1),
+                                 **{name: getattr(self, name) for name in GENERATIVE_MODE_FIELDS})
+
+
+#: the options that only mode=generative reads
+GENERATIVE_MODE_FIELDS = ("max_target_length", "max_new_tokens", "num_beams", "prompt_format")
+
+
 def pair(source: Any, target: Any, where: tuple[str, int | None], skip_empty: bool,
          target_where: tuple[str, int | None] | None = None) -> dict | None:
     """One example from a source and a target string; None when an empty side is skipped."""

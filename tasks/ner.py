@@ -16,12 +16,11 @@ import logging
 import re
 import unicodedata
 from dataclasses import dataclass
-from typing import Any, Iterator, Literal, Optional, Sequence
+from typing import Any, Iterator, Literal, Sequence
 
-from nlpkit import DataError, Task, TaskOptions, register_task
+from nlpkit import DataError, Task, register_task
 from nlpkit.data import input_text, pad_encodings, read_text_lines
-from nlpkit.generation import GenerationOptions, TextGenerator
-from nlpkit.options import require
+from nlpkit.generation import GenerativeModeOptions, TextGenerator
 
 from . import DATA_DIR
 
@@ -31,50 +30,14 @@ WORD_RE = re.compile(r"\w+(?:[-'’.]\w+)*|[^\w\s]")
 
 
 @dataclass
-class NerOptions(TaskOptions):
+class NerOptions(GenerativeModeOptions):
     #: tagging scheme of the input files; "auto" detects IOB1 / IOB2 / BIOES (BILOU) per file
     scheme: Literal["auto", "iob1", "iob2", "bioes"] = "auto"
     #: seqeval strict IOB2 mode instead of the conlleval-compatible default
     strict: bool = False
     dropout: float = 0.1
-    #: "head": a classifier tags each word; "generative": the model writes the sentence with its entities
-    #: bracketed inline and the text is parsed back to tags (slower; runs on decoder-only backbones too)
-    mode: Literal["head", "generative"] = "head"
-    # -- mode=generative only: the GenerationOptions fields of the same names --
-    #: target tokens in training (the whole sentence is rewritten, so about 1.5x its tokens)
+    #: mode=generative: target tokens in training (the whole sentence is rewritten, so about 1.5x its tokens)
     max_target_length: int = 256
-    #: longest output; default max_target_length
-    max_new_tokens: Optional[int] = None
-    #: 1 = greedy search; more = beam search
-    num_beams: int = 1
-    #: decoder-only backbones: plain instruction prompt, the tokenizer's chat template, or auto (chat if it has one)
-    prompt_format: Literal["auto", "plain", "chat"] = "auto"
-
-    def validate(self, key: str) -> None:
-        super().validate(key)
-        if self.mode == "generative":
-            generation_options(self).validate(key)
-        else:
-            refuse_generation_options(self, key)
-
-
-#: the options that only mode=generative reads
-GENERATION_FIELDS = ("max_target_length", "max_new_tokens", "num_beams", "prompt_format")
-
-
-def generation_options(options: Any) -> GenerationOptions:
-    """The task's options as the GenerationOptions its TextGenerator reads (no T5 prefix: the prompt is the
-    sentence; the instruction frames it on a decoder)."""
-    return GenerationOptions(max_length=options.max_length, encoding=options.encoding, prefix="",
-                             dropout=options.dropout, **{f: getattr(options, f) for f in GENERATION_FIELDS})
-
-
-def refuse_generation_options(options: Any, key: str) -> None:
-    """In mode=head a generation option would silently do nothing: name it instead."""
-    defaults = type(options)()
-    for field in GENERATION_FIELDS:
-        require(getattr(options, field) == getattr(defaults, field), f"{key}.{field}",
-                "is an option of mode=generative; this task runs mode=head (set mode=generative, or drop it)")
 
 
 # ---- reading ---------------------------------------------------------------------------------------
@@ -386,7 +349,7 @@ class NerTask(Task):
     def setup(self, backbone) -> None:
         super().setup(backbone)
         if self.generative:  # after fit / load_state_dict: the instruction names the types
-            self._generator = TextGenerator(self.name, generation_options(self.options), self.instruction(),
+            self._generator = TextGenerator(self.name, self.options.generation_options(), self.instruction(),
                                             response_cue="Marked:")
             self._generator.setup(backbone)
 
@@ -400,7 +363,7 @@ class NerTask(Task):
     @property
     def generator(self) -> TextGenerator:
         """The TextGenerator of generative mode, given the current options (``predict --num-beams`` swaps them)."""
-        self._generator.options = generation_options(self.options)
+        self._generator.options = self.options.generation_options()
         return self._generator
 
     def encode(self, examples: Sequence[dict]) -> list[dict]:

@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, Iterator, Literal, Mapping, Optional, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
-from nlpkit import DataError, Task, TaskOptions, register_task
+from nlpkit import DataError, Task, register_task
 from nlpkit.data import pad_encodings, read_jsonl, read_text_lines
-from nlpkit.generation import GenerationOptions, TextGenerator
+from nlpkit.generation import GenerativeModeOptions, TextGenerator
 from nlpkit.options import require
 
 MARKERS = ("[E1]", "[/E1]", "[E2]", "[/E2]")
@@ -39,53 +39,21 @@ SEMEVAL_LABELS = frozenset(["Other"] + [
 
 
 @dataclass
-class RelationOptions(TaskOptions):
+class RelationOptions(GenerativeModeOptions):
     max_length: int = 128
     #: "auto": .jsonl/.json is JSONL, anything else the SemEval-2010 Task 8 format
     format: str = "auto"
     #: the label meaning "no relation": left out of the macro and micro averages, as SemEval's Other
     negative_label: str = "Other"
     dropout: float = 0.1
-    #: "head": a classifier on the two entity markers; "generative": the model writes the relation's label
-    #: and the text is parsed back to one (runs on decoder-only backbones too)
-    mode: Literal["head", "generative"] = "head"
-    # -- mode=generative only: the GenerationOptions fields of the same names --
-    #: target tokens in training (a label is a few tokens)
+    #: mode=generative: target tokens in training (a label is a few tokens)
     max_target_length: int = 32
-    #: longest output; default max_target_length
-    max_new_tokens: Optional[int] = None
-    #: 1 = greedy search; more = beam search
-    num_beams: int = 1
-    #: decoder-only backbones: plain instruction prompt, the tokenizer's chat template, or auto (chat if it has one)
-    prompt_format: Literal["auto", "plain", "chat"] = "auto"
 
     def validate(self, key: str) -> None:
         super().validate(key)
         require(self.format in ("auto", "semeval", "jsonl"), f"{key}.format", "must be auto, semeval or jsonl")
         require(bool(self.negative_label), f"{key}.negative_label", "must not be empty")
         require(0 <= self.dropout < 1, f"{key}.dropout", "must be in [0, 1)")
-        if self.mode == "generative":
-            generation_options(self).validate(key)
-        else:
-            refuse_generation_options(self, key)
-
-
-#: the options that only mode=generative reads
-GENERATION_FIELDS = ("max_target_length", "max_new_tokens", "num_beams", "prompt_format")
-
-
-def generation_options(options: Any) -> GenerationOptions:
-    """The task's options as the GenerationOptions its TextGenerator reads (no T5 prefix)."""
-    return GenerationOptions(max_length=options.max_length, encoding=options.encoding, prefix="",
-                             dropout=options.dropout, **{f: getattr(options, f) for f in GENERATION_FIELDS})
-
-
-def refuse_generation_options(options: Any, key: str) -> None:
-    """In mode=head a generation option would silently do nothing: name it instead."""
-    defaults = type(options)()
-    for field in GENERATION_FIELDS:
-        require(getattr(options, field) == getattr(defaults, field), f"{key}.{field}",
-                "is an option of mode=generative; this task runs mode=head (set mode=generative, or drop it)")
 
 
 # ---- the official scorer ---------------------------------------------------------------------------
@@ -424,7 +392,7 @@ class RelationExtractionTask(Task):
     def setup(self, backbone) -> None:
         super().setup(backbone)
         if self.generative:  # after fit / load_state_dict: the instruction names the labels
-            self._generator = TextGenerator(self.name, generation_options(self.options), self.instruction(),
+            self._generator = TextGenerator(self.name, self.options.generation_options(), self.instruction(),
                                             response_cue="Relation:")
             self._generator.setup(backbone)
             return
@@ -436,7 +404,7 @@ class RelationExtractionTask(Task):
     @property
     def generator(self) -> TextGenerator:
         """The TextGenerator of generative mode, given the current options (``predict --num-beams`` swaps them)."""
-        self._generator.options = generation_options(self.options)
+        self._generator.options = self.options.generation_options()
         return self._generator
 
     def encode(self, examples: Sequence[dict]) -> list[dict]:

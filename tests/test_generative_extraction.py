@@ -150,7 +150,6 @@ def test_the_prompt_shows_the_entities_in_semeval_markup_that_reads_back():
 
 
 # ---- end to end --------------------------------------------------------------------------------------------
-import json  # noqa: E402
 
 import torch  # noqa: E402
 
