@@ -313,3 +313,46 @@ def test_pretrain_throughput_repeats_whole_lines_to_the_size(tmp_path, monkeypat
     assert small.read_text() == "first line\n"
     mtime = big.stat().st_mtime_ns
     assert pretrain_throughput.repeated_corpus(source, 0.001) == big and big.stat().st_mtime_ns == mtime
+
+
+def test_llm_gemma_quick_runs_every_job_on_a_tiny_llama(quick_env):
+    """benchmarks/llm_gemma.py --quick: the same plumbing as the Gemma runs (decoder, LoRA on q/v, the HF
+    Trainer + peft side, before/after scores, the memory variants) on a tiny random Llama."""
+    import gzip
+
+    tmp, _ = quick_env
+    data, bundled = tmp / "data", ROOT / "tasks" / "data"
+    (data / "sst2").mkdir(exist_ok=True)
+    (data / "sst2" / "train.tsv.gz").write_bytes(gzip.compress((bundled / "sentiment" / "train.tsv").read_bytes()))
+    (data / "multi30k").mkdir(exist_ok=True)
+    for split, target in (("train", "train"), ("dev", "val")):
+        for lang in ("en", "de"):
+            source = (bundled / "translation" / f"{split}.{lang}").read_bytes()
+            (data / "multi30k" / f"{target}.{lang}.gz").write_bytes(gzip.compress(source))
+    out, result = _run_quick("llm_gemma.py", quick_env, "all")
+    assert "samples/s ratio" in out and "dev accuracy difference (points)" in out, out[-3000:]
+    jobs = result["jobs"]
+
+    sst2 = jobs["sst2"]
+    ours, theirs = sst2["runs"]["nlpkit"][0], sst2["runs"]["HF Trainer + peft"][0]
+    assert theirs["model_class"] == "LlamaForSequenceClassification" and theirs["missing_keys"] == ["score.weight"]
+    for key in ("window_steps", "window_samples"):  # the same work in the timed window
+        assert ours[key] == theirs[key] == (sst2["spec"]["steps"] - 1) * (8 if key == "window_samples" else 1), key
+    for r in (ours, theirs):
+        assert 0 < r["trainable_params"] < 0.1 * r["total_params"]  # adapters + head, not the base
+        assert r["train_peak_rss_mb"] > 0 and r["process_peak_rss_mb"] >= r["train_peak_rss_mb"]
+        assert 0 <= r["dev_score"] <= 100
+    train = {line.split("\t", 1)[1] for line in Path(sst2["spec"]["train"]).read_text().splitlines()[1:]}
+    dev = [line.split("\t", 1)[1] for line in Path(sst2["spec"]["dev"]).read_text().splitlines()[1:]]
+    assert len(train) == 32 and len(dev) == 16 and not train & set(dev)  # distinct texts, disjoint
+
+    for job, metric in (("conll", "f1"), ("sft", "bleu")):
+        scores = {int(k): v for k, v in jobs[job]["run"]["scores"].items()}
+        assert sorted(scores) == [0, jobs[job]["spec"]["steps"]], (job, sorted(scores))  # before and after
+        assert all(metric in s for s in scores.values()), job
+
+    memory = jobs["memory"]["runs"]
+    full, lora, checkpointed = memory["full fine-tuning"], memory["LoRA"], memory["LoRA + gradient checkpointing"]
+    assert full["trainable_params"] == full["total_params"]
+    assert lora["trainable_params"] == checkpointed["trainable_params"] < full["trainable_params"] / 10
+    assert all(r["train_peak_rss_mb"] > 0 for r in memory.values())
