@@ -21,7 +21,7 @@ from pathlib import Path
 from tempfile import TemporaryDirectory
 
 
-def run(preset: str, causal: bool, args: argparse.Namespace, folder: Path) -> dict:
+def run(preset: str, causal: bool, seed: int, args: argparse.Namespace, folder: Path) -> dict:
     from nlpkit.backbone import PRESETS
     from nlpkit.config import RunConfig
     from nlpkit.trainer import Trainer
@@ -30,13 +30,13 @@ def run(preset: str, causal: bool, args: argparse.Namespace, folder: Path) -> di
     PRESETS[name] = dict(PRESETS[preset], **({"is_decoder": True} if causal else {}))
     data = {"train": args.train, "dev": args.dev} if args.train else {}
     config = {"tasks": [{"type": "ner", "data": data}], "backbone": {"spec": name},
-              "trainer": {"max_steps": args.steps, "seed": args.seed, "progress": False, "plots": False,
+              "trainer": {"max_steps": args.steps, "seed": seed, "progress": False, "plots": False,
                           "tensorboard": False, "lr": args.lr},
-              "output_dir": str(folder / name)}
+              "output_dir": str(folder / f"{name}-{seed}")}
     start = time.perf_counter()
     trainer = Trainer(RunConfig.from_dict(config))
     metrics = trainer.run().metrics
-    return {"preset": preset, "mask": "causal" if causal else "bidirectional", "kind": trainer.backbone.kind,
+    return {"preset": preset, "seed": seed, "mask": "causal" if causal else "bidirectional", "kind": trainer.backbone.kind,
             "f1": metrics["tasks"]["ner"]["f1"], "best_step": metrics["best_step"],
             "wall_s": time.perf_counter() - start}
 
@@ -47,23 +47,28 @@ def main() -> None:
     p.add_argument("--presets", nargs="+", default=["mini", "tiny"])
     p.add_argument("--steps", type=int, default=600)
     p.add_argument("--lr", type=float, default=None, help="default: the preset's")
-    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--seeds", type=int, nargs="+", default=[42], help="one pair of runs per seed")
     p.add_argument("--train", help="CoNLL train file (default: the bundled NER data)")
     p.add_argument("--dev", help="CoNLL dev file")
     args = p.parse_args()
     rows = []
     with TemporaryDirectory() as tmp:
         for preset in args.presets:
-            for causal in (False, True):
-                rows.append(run(preset, causal, args, Path(tmp)))
-    print(f"\nNER dev F1, {args.steps} steps, seed {args.seed}, data: {args.train or 'bundled'}\n")
-    print("| preset | attention mask | nlpkit backbone kind | dev F1 | best step | wall s |")
-    print("|---|---|---|---|---|---|")
+            for seed in args.seeds:
+                for causal in (False, True):
+                    rows.append(run(preset, causal, seed, args, Path(tmp)))
+    print(f"\nNER dev F1, {args.steps} steps, data: {args.train or 'bundled'}\n")
+    print("| preset | seed | attention mask | nlpkit backbone kind | dev F1 | best step | wall s |")
+    print("|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['preset']} | {r['mask']} | {r['kind']} | {r['f1']:.2f} | {r['best_step']} | {r['wall_s']:.0f} |")
+        print(f"| {r['preset']} | {r['seed']} | {r['mask']} | {r['kind']} | {r['f1']:.2f} | {r['best_step']} | "
+              f"{r['wall_s']:.0f} |")
     for preset in args.presets:
-        both = {r["mask"]: r["f1"] for r in rows if r["preset"] == preset}
-        print(f"\n{preset}: left context only costs {both['bidirectional'] - both['causal']:+.2f} F1 points")
+        gaps = [next(r["f1"] for r in rows if r["preset"] == preset and r["seed"] == seed and r["mask"] == "bidirectional")
+                - next(r["f1"] for r in rows if r["preset"] == preset and r["seed"] == seed and r["mask"] == "causal")
+                for seed in args.seeds]
+        print(f"\n{preset}: bidirectional minus causal F1, per seed: {', '.join(f'{g:+.2f}' for g in gaps)}; "
+              f"mean {sum(gaps) / len(gaps):+.2f}")
 
 
 if __name__ == "__main__":

@@ -92,7 +92,7 @@ def apply(backbone: Any, config: Any, train_embeddings: bool = False, gradient_c
     from peft import LoraConfig, inject_adapter_in_model
 
     model = backbone.model
-    if getattr(model, "is_quantized", False) or getattr(model, "is_loaded_in_4bit", False):
+    if getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False):  # bitsandbytes
         from peft import prepare_model_for_kbit_training
 
         prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing,

@@ -242,6 +242,10 @@ class Backbone(nn.Module):
         if not getattr(tokenizer, "is_fast", False):
             raise BackboneError(f"backbone {spec!r}: nlpkit needs a fast tokenizer (offsets and word ids)")
         kwargs = {"attn_implementation": "sdpa", "dtype": dtype if dtype == "auto" else getattr(torch, dtype), **gguf}
+        if gguf:  # dequantised plain weights; without this the model stays marked GGUF-quantized (not trainable)
+            from transformers import GgufConfig
+
+            kwargs["quantization_config"] = GgufConfig(dequantize=True)
         if quantization is not None:
             kwargs["quantization_config"] = quantization
         with _quiet_transformers():
