@@ -5,7 +5,8 @@ peft injects its adapter layers into the backbone's own modules (``inject_adapte
 keeps its class and every head keeps calling ``backbone.encode``; nothing else in nlpkit knows whether
 adapters are there. What is trained: the adapters, every task head (heads live outside the backbone, so
 peft never freezes them, the trap where a head comes back random after reload cannot happen), and the
-embedding rows grown for tokens a task added.
+embedding rows of the tokens a task added (peft's trainable tokens: only those rows, not the whole matrix,
+which is 170M of Gemma-3-270M's 268M parameters).
 
 Storage. When the base can be loaded again (a folder, hub id or GGUF file: ``Backbone.base``), a checkpoint
 holds only what was trained: adapters, heads, grown embeddings, plus the base's spec and a fingerprint of
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from torch import nn
@@ -85,10 +86,11 @@ def quantization_config(quantize: str, device: torch.device) -> Any:
 
 
 # ---- applying adapters --------------------------------------------------------------------------------
-def apply(backbone: Any, config: Any, train_embeddings: bool = False, gradient_checkpointing: bool = False) -> None:
+def apply(backbone: Any, config: Any, tokens: Sequence[str] = (), gradient_checkpointing: bool = False) -> None:
     """Inject the adapters into ``backbone.model`` and freeze what peft does not train; call after the tasks'
-    tokens were added and before the heads are built. ``train_embeddings``: the tasks added tokens (entity
-    markers), whose embedding rows must be learned, so the embeddings are trained and saved in full."""
+    tokens were added and before the heads are built. ``tokens``: the tokens the tasks added (entity markers),
+    whose embedding rows must be learned: they are trained (and saved) on their own, through peft's
+    ``trainable_token_indices``, on the input embeddings and on an output layer tied to them."""
     from peft import LoraConfig, inject_adapter_in_model
 
     model = backbone.model
@@ -98,20 +100,15 @@ def apply(backbone: Any, config: Any, train_embeddings: bool = False, gradient_c
         prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing,
                                         gradient_checkpointing_kwargs={"use_reentrant": False})
     targets = target_modules(model, config.target_modules)
+    token_ids = sorted({int(i) for i in backbone.tokenizer.convert_tokens_to_ids(list(tokens))}) if tokens else None
     lora = LoraConfig(r=config.r, lora_alpha=config.alpha, lora_dropout=config.dropout, target_modules=targets,
-                      use_dora=config.method == "dora", bias="none")
+                      use_dora=config.method == "dora", bias="none", trainable_token_indices=token_ids)
     try:
         inject_adapter_in_model(lora, model)
     except ValueError as exc:  # peft: "Target modules {...} not found in the base model"
         raise ConfigError(f"backbone.peft.target_modules: {str(exc).splitlines()[0][:300]}") from exc
-    for name, param in model.named_parameters():
-        param.requires_grad_("lora_" in name)
-    grown = embedding_names(backbone) if train_embeddings else set()
-    for name, param in model.named_parameters(remove_duplicate=False):
-        if name in grown:
-            param.requires_grad_(True)
     backbone.peft = {"method": config.method, "r": config.r, "alpha": config.alpha, "dropout": config.dropout,
-                     "target_modules": config.target_modules, "trained_embeddings": sorted(grown),
+                     "target_modules": config.target_modules, "trained_tokens": sorted(set(tokens)),
                      "storage": "adapter" if backbone.base is not None else "full"}
 
 
@@ -128,27 +125,23 @@ def target_modules(model: nn.Module, wanted: Any) -> Any:
     return list(DEFAULTS[model_type])
 
 
-def embedding_names(backbone: Any) -> set[str]:
-    """Names (in ``backbone.model``) of the input and output embedding weights (one tensor when tied)."""
-    wanted = {id(m.weight) for m in (backbone.model.get_input_embeddings(), backbone.model.get_output_embeddings())
-              if m is not None}
-    return {name for name, p in backbone.model.named_parameters(remove_duplicate=False) if id(p) in wanted}
-
-
 def adapter_only(backbone: Any) -> bool:
     return getattr(backbone, "peft", None) is not None and backbone.peft["storage"] == "adapter"
 
 
+def trained_names(module: nn.Module) -> set[str]:
+    """Names of the parameters of ``module`` that training updates (adapters, trainable token rows)."""
+    return {name for name, p in module.named_parameters() if p.requires_grad}
+
+
 def saved_names(model: nn.Module) -> set[str] | None:
     """The state-dict names a checkpoint of ``model`` holds: None for all of them; for a peft backbone over a
-    loadable base, the heads plus the backbone's adapters and grown embeddings."""
+    loadable base, the heads plus what the backbone trains (its adapters and added-token rows)."""
     backbone = model.backbone
     if not adapter_only(backbone):
         return None
-    prefix = "backbone.model."
-    trained = {prefix + n for n in backbone.peft["trained_embeddings"]}
-    return {name for name in model.state_dict(keep_vars=True)
-            if not name.startswith("backbone.") or "lora_" in name or name in trained}
+    trained = {f"backbone.{n}" for n in trained_names(backbone)}
+    return {name for name in model.state_dict() if not name.startswith("backbone.") or name in trained}
 
 
 def tensors_to_save(model: nn.Module) -> dict[str, torch.Tensor] | None:
@@ -166,21 +159,36 @@ def tensors_to_save(model: nn.Module) -> dict[str, torch.Tensor] | None:
 
 
 def merge(backbone: Any) -> None:
-    """Fold the adapters into the base weights and remove them: the plain architecture again (for export, or a
-    run that starts from a peft checkpoint). The result is no longer the loadable base."""
+    """Fold the adapters (and trained token rows) into the base weights and remove them: the plain architecture
+    again (for export, or a run that starts from a peft checkpoint). The result is no longer the loadable base."""
     from peft.tuners.tuners_utils import BaseTunerLayer
+    from peft.utils.other import AuxiliaryTrainingWrapper
 
     if getattr(backbone, "peft", None) is None:
         return
     model = backbone.model
-    for name, module in list(model.named_modules()):
-        if isinstance(module, BaseTunerLayer):
-            module.merge()
+    for kind in (AuxiliaryTrainingWrapper, BaseTunerLayer):  # token wrappers first: they hold a tuner layer
+        for name, module in list(model.named_modules()):
+            if not isinstance(module, kind) or name and not _attached(model, name, module):
+                continue
+            if kind is AuxiliaryTrainingWrapper:
+                plain = module.unload_and_optionally_merge_module(merge=True, safe_merge=False, adapter_names=None)
+            else:
+                module.merge()
+                plain = module.get_base_layer()
             parent_name, _, child = name.rpartition(".")
-            setattr(model.get_submodule(parent_name) if parent_name else model, child, module.get_base_layer())
+            setattr(model.get_submodule(parent_name) if parent_name else model, child, plain)
     for param in model.parameters():
         param.requires_grad_(True)
     backbone.peft, backbone.base = None, None
+
+
+def _attached(model: nn.Module, name: str, module: nn.Module) -> bool:
+    """Whether ``module`` is still at ``name`` (an earlier replacement may have removed its parent)."""
+    try:
+        return model.get_submodule(name) is module
+    except AttributeError:
+        return False
 
 
 def summary(model: nn.Module) -> str | None:
@@ -194,7 +202,7 @@ def summary(model: nn.Module) -> str | None:
     targets = p["target_modules"] if p["target_modules"] != "auto" else ",".join(target_modules(backbone.model, "auto"))
     where = "adapters + heads saved, base reloaded from its source" if p["storage"] == "adapter" \
         else "every weight saved (the base cannot be loaded from anywhere else)"
-    extra = " + embeddings (tokens were added)" if p["trained_embeddings"] else ""
+    extra = f" + the embedding rows of {len(p['trained_tokens'])} added token(s)" if p["trained_tokens"] else ""
     return (f"peft: {p['method']} r={p['r']} alpha={p['alpha']:g} on {targets}{extra}: {trained:,} of {total:,} "
             f"parameters trained ({100 * trained / max(1, total):.2f}%); checkpoints: {where}")
 
@@ -238,7 +246,7 @@ def rebuild(folder: Path, meta: dict[str, Any]) -> Any:
     backbone.tokenizer = _saved_tokenizer(folder / "tokenizer")
     if len(backbone.tokenizer) != backbone.model.get_input_embeddings().num_embeddings:
         backbone.model.resize_token_embeddings(len(backbone.tokenizer))
-    apply(backbone, peft_config(saved["peft"]), train_embeddings=bool(saved["peft"].get("trained_embeddings")))
+    apply(backbone, peft_config(saved["peft"]), tokens=saved["peft"].get("trained_tokens", ()))
     return backbone
 
 

@@ -324,7 +324,7 @@ def load_backbone(path: str | Path, weights: bool = True) -> Any:
         backbone = Backbone.from_saved(folder, saved["spec"])
         if saved.get("peft"):
             adapters.apply(backbone, adapters.peft_config(saved["peft"]),
-                           train_embeddings=bool(saved["peft"].get("trained_embeddings")))
+                           tokens=saved["peft"].get("trained_tokens", ()))
     if weights:
         load_prefixed(backbone, folder, "backbone.", base_loaded=adapters.adapter_only(backbone))
     return backbone
@@ -406,8 +406,10 @@ def _tensors(folder: str | Path) -> dict[str, Any]:
 
 def load_prefixed(module: Any, folder: str | Path, prefix: str, base_loaded: bool = False) -> None:
     """Load the checkpoint tensors under ``prefix`` (e.g. "backbone.") into ``module``. ``base_loaded``: the
-    module holds its base weights already (a peft backbone over its reloaded base): only the adapters and
-    grown embeddings must come from the checkpoint."""
+    module holds its base weights already (a peft backbone over its reloaded base): only what it trains (the
+    adapters, the added tokens' rows) must come from the checkpoint."""
+    from . import adapters
+
     tensors = {k[len(prefix):]: v for k, v in _tensors(folder).items() if k.startswith(prefix)}
     try:
         missing, unexpected = module.load_state_dict(tensors, strict=False)
@@ -416,8 +418,7 @@ def load_prefixed(module: Any, folder: str | Path, prefix: str, base_loaded: boo
                               f"{str(exc).strip().splitlines()[-1][:300]}") from exc
     missing = _unaliased(module, missing, set(tensors))
     if base_loaded:
-        trained = {f"model.{n}" for n in module.peft["trained_embeddings"]}
-        missing = [m for m in missing if "lora_" in m or m in trained]
+        missing = [m for m in missing if m in adapters.trained_names(module)]
     if missing or unexpected:
         raise CheckpointError(f"{folder}: {prefix}* does not match: missing {missing[:5]}, unexpected {unexpected[:5]}")
 

@@ -264,7 +264,7 @@ class Trainer:
         added = [tok for t in self.tasks for tok in t.special_tokens()]
         backbone.add_special_tokens(added)
         if cfg.backbone.peft is not None:
-            adapters.apply(backbone, cfg.backbone.peft, train_embeddings=bool(added),
+            adapters.apply(backbone, cfg.backbone.peft, tokens=added,
                            gradient_checkpointing=self.tc.gradient_checkpointing)
         heads = {}
         for t in self.tasks:

@@ -75,8 +75,9 @@ def test_all_eight_tasks_train_on_one_decoder_with_one_adapter_and_reload_with_t
     assert meta["backbone"]["peft"]["storage"] == "adapter"
     names = checkpoint.weight_names(checkpoint.resolve(tmp_path / "run"))
     backbone_names = [n for n in names if n.startswith("backbone.")]
-    # adapters, and the embeddings grown for the relation markers; never the frozen base layers
-    assert backbone_names and all("lora_" in n or "embed" in n or "wte" in n or "lm_head" in n for n in backbone_names)
+    # adapters, and the embedding rows of the relation markers only; never the frozen base layers
+    assert backbone_names and all("lora_" in n or "trainable_tokens_delta" in n for n in backbone_names)
+    assert any("trainable_tokens_delta" in n for n in backbone_names)
     assert all(any(n.startswith(f"heads.{t}.") for n in names) for t in INPUTS if t not in ("translation", "summarization"))
 
 
@@ -200,12 +201,15 @@ def test_a_merged_multi_head_export_is_backbone_plus_heads(models, tmp_path):
 
     from nlpkit.export import export
 
+    re_file = str(_re_file(tmp_path))  # relation markers: added tokens, whose trained rows are merged too
     train_run(tmp_path, decoder_folder(models, "gpt2"), [{"type": "sentiment", "options": {"max_length": 64}},
-                                                       {"type": "ner", "options": {"max_length": 64}}],
+                                                       {"type": "ner", "options": {"max_length": 64}},
+                                                       {"type": "relation-extraction", "data": {"train": re_file,
+                                                                                                "dev": re_file}}],
               peft={"method": "lora"})
     result = export(tmp_path / "run", "transformers", tmp_path / "out", merge=True)
-    assert set(result.written) == {"sentiment", "ner"}
-    assert all(result.max_diff[f"{t} (merge)"] <= 1e-4 for t in ("sentiment", "ner"))
+    assert set(result.written) == {"sentiment", "ner", "relation-extraction"}
+    assert all(result.max_diff[f"{t} (merge)"] <= 1e-4 for t in ("sentiment", "ner", "relation-extraction"))
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "out" / "backbone")
     assert not any("lora" in n for n, _ in model.named_parameters())
     assert (tmp_path / "out" / "heads.safetensors").is_file()
@@ -216,7 +220,7 @@ def test_lora_on_an_encoder_over_a_loadable_base_and_on_a_preset(models, tmp_pat
     enc = train_run(tmp_path / "bert", bert, [{"type": "relation-extraction",
                                                "data": {"train": str(_re_file(tmp_path)), "dev": str(_re_file(tmp_path))}}],
                     peft={"method": "lora"})
-    assert enc.backbone.peft["storage"] == "adapter" and enc.backbone.peft["trained_embeddings"]
+    assert enc.backbone.peft["storage"] == "adapter" and enc.backbone.peft["trained_tokens"]
     loaded = nlpkit.load(tmp_path / "bert" / "run")
     items = INPUTS["relation-extraction"]
     assert loaded.predict(items) == in_memory(enc).predict(items)
