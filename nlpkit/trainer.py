@@ -40,7 +40,7 @@ from .optim import default_lr, make_optimizer, make_scheduler, no_decay  # noqa:
 from .preemption import Preemption, exit_code
 from .registry import import_plugin_module
 from .run_log import Board, RunLog, _mean_all, peak_memory_mb, write_curves
-from .task import Task
+from .task import Task, replace_options
 from .task_data import (TaskSampler, TaskStream, build_task, data_fingerprint, describe_batch,  # noqa: F401
                         read_any, read_splits)
 from .train_state import (BACKBONE_KERNEL_KEYS, NEUTRAL_KEYS, ORDER_KEYS, LoopState,  # noqa: F401
@@ -255,9 +255,10 @@ class Trainer:
                     f"but {backbone.spec!r} is {backbone.kind}: choose {' or '.join(f'an {k}' for k in t.backbone_kinds)} "
                     "backbone")
             limit = backbone.max_positions
-            if limit and getattr(t.options, "max_length", 0) > limit:
-                raise ConfigError(f"tasks.{t.name}.options.max_length: {t.options.max_length} tokens do not fit "
-                                  f"{backbone.spec!r}, which has {limit} positions: set it to {limit} or less")
+            if limit and getattr(t.options, "max_length", 0) > limit:  # longer inputs would index past the table
+                self.notes.append(f"warning: tasks.{t.name}.options.max_length={t.options.max_length} is more than the "
+                                  f"{limit} positions of {backbone.spec!r}: inputs are cut to {limit} tokens")
+                replace_options(t, max_length=limit)
         if cfg.backbone.dropout is not None:
             backbone.set_dropout(cfg.backbone.dropout)
         backbone.set_attention(cfg.backbone.attention)

@@ -279,11 +279,15 @@ def test_the_cli_peft_flag_and_the_log_line(models, tmp_path, capsys):
     assert saved["backbone"]["peft"]["method"] == "lora" and saved["backbone"]["peft"]["r"] == 2
 
 
-def test_a_task_longer_than_the_backbone_positions_is_refused_at_start(models, tmp_path):
+def test_a_max_length_beyond_the_backbone_positions_is_cut_to_them_and_said(models, tmp_path, capsys):
     config = {"tasks": [{"type": "sentiment", "options": {"max_length": 1024}}], "output_dir": str(tmp_path / "run"),
-              "backbone": {"spec": decoder_folder(models, "gpt2")}, "trainer": {"max_steps": 1, "progress": False}}
-    with pytest.raises(ConfigError, match="max_length: 1024 tokens do not fit"):
-        nlpkit.train(config)
+              "backbone": {"spec": decoder_folder(models, "gpt2")},
+              "trainer": {"max_steps": 1, "progress": False, "plots": False}}
+    nlpkit.train(config)
+    assert "max_length=1024 is more than the 512 positions" in capsys.readouterr().out
+    pipe = nlpkit.load(tmp_path / "run")
+    assert pipe.task().options.max_length == 512
+    assert pipe.predict("word " * 2000)["label"]  # a long input is cut, not an index error
 
 
 def test_a_gguf_path_splits_into_its_folder_and_file_also_when_the_file_is_named_again(tmp_path):
