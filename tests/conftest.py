@@ -25,6 +25,18 @@ def _seed():
     yield
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op thread for a module's tests: on 2 shared cores, two OpenMP threads fighting other processes ran
+    ~8x slower than one. Use with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def tiny_config(task_type: str, tmp_path, data: dict | None = None, **trainer) -> dict:
     """A run config for a few steps of the smallest from-scratch backbone."""
     return {

@@ -29,12 +29,7 @@ CHAT = ("{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['conten
 OPTIONS = {"max_length": 64, "max_target_length": 24, "max_new_tokens": 12}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tokenizer_for(kind: str, chat: bool = False):

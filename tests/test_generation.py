@@ -20,12 +20,7 @@ SENTENCES = ["the dog sees the cat .", "a red bird sings .", "my old house is bi
              "ein roter Vogel singt .", "mein altes Haus ist groß ."]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -151,7 +151,6 @@ def test_the_prompt_shows_the_entities_in_semeval_markup_that_reads_back():
 
 # ---- end to end --------------------------------------------------------------------------------------------
 
-import torch  # noqa: E402
 
 import nlpkit  # noqa: E402
 from nlpkit import ConfigError  # noqa: E402
@@ -175,12 +174,7 @@ GENERATIVE_NER = {"mode": "generative", "max_length": 96, "max_target_length": 4
 GENERATIVE_RE = {"mode": "generative", "max_length": 128, "max_target_length": 16, "max_new_tokens": 12}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def conll(tmp_path, sentences=NER_SENTENCES) -> str:

@@ -9,7 +9,6 @@ import logging
 from pathlib import Path
 
 import pytest
-import torch
 
 import nlpkit
 from nlpkit import DataError
@@ -18,12 +17,7 @@ from nlpkit.cli import main as cli
 DIALOGSUM = Path("/work/shared/benchmarks/dialogsum")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def task(**options):

@@ -8,7 +8,6 @@ import logging
 from pathlib import Path
 
 import pytest
-import torch
 
 import nlpkit
 from nlpkit import DataError
@@ -19,13 +18,7 @@ from conftest import tiny_config
 MULTI30K = Path("/work/shared/benchmarks/multi30k")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # 2 shared cores: two OpenMP threads fighting other processes run ~8x slower than one
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def task(**options):
