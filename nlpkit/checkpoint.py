@@ -42,15 +42,22 @@ def versions() -> dict[str, str]:
     return {"nlpkit": __version__, "torch": torch.__version__, "transformers": transformers.__version__}
 
 
-def atomic_folder(target: Path, write: Callable[[Path], None]) -> None:
+def tmp_folder(target: Path) -> Path:
+    """Where ``atomic_folder`` writes ``target`` before renaming it into place."""
+    return target.with_name(f".{target.name}.tmp-{os.getpid()}")
+
+
+def atomic_folder(target: Path, write: Callable[[Path], None], tmp: Path | None = None) -> None:
     """Call ``write(tmp_folder)`` then move the folder to ``target``; a kill at any point leaves
     either the old complete folder or the new complete one (see ``resolve``), plus at worst a hidden
-    ``.NAME.tmp-PID`` folder that ``clean_partial`` removes."""
+    ``.NAME.tmp-PID`` folder that ``clean_partial`` removes. ``tmp``: a folder already begun (by the
+    processes of a sharded run, each of which wrote its shard into it)."""
     target = Path(target)
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     old = target.with_name(f".{target.name}.old")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    if tmp is None:
+        tmp = tmp_folder(target)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
     write(tmp)
     _fsync_tree(tmp)
     if target.exists():
@@ -111,26 +118,38 @@ def resolve(path: str | Path) -> Path:
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
+    from .sharding import is_sharded
+
     for candidate in (path, path / "best", path.with_name(f".{path.name}.old"), path / ".best.old"):
-        if (candidate / META_FILE).is_file() and (candidate / WEIGHTS_FILE).is_file():
+        if (candidate / META_FILE).is_file() and ((candidate / WEIGHTS_FILE).is_file() or is_sharded(candidate)):
             return candidate
     raise CheckpointError(
         f"{str(path)!r} is not an nlpkit checkpoint or run folder (no {META_FILE} + {WEIGHTS_FILE} in it or in best/)"
     )
 
 
-def _write_model(tmp: Path, model: Any, tasks: Sequence[Any], extra: dict[str, Any] | None) -> None:
-    """The model files; nlpkit.json comes last and lists the others with their sizes."""
+def _write_model(tmp: Path, model: Any, tasks: Sequence[Any], extra: dict[str, Any] | None,
+                 state_dict: dict[str, Any] | None = None) -> None:
+    """The model files; nlpkit.json comes last and lists the others with their sizes.
+
+    ``state_dict``: the full weights gathered from a sharded model (whose own tensors are shards). A folder
+    that already holds ``sharded/`` (a sharded step checkpoint) keeps its weights there, not in safetensors."""
     from safetensors.torch import save_file, save_model
 
     from .adapters import tensors_to_save
+    from .sharding import SHARDED_DIR
 
     backbone = model.backbone
-    partial = tensors_to_save(model)  # a peft backbone over a loadable base: adapters and heads only
-    if partial is None:
-        save_model(model, str(tmp / WEIGHTS_FILE))
+    if (tmp / SHARDED_DIR).is_dir():
+        pass  # the weights are in the shards
+    elif state_dict is not None:
+        save_file(gathered_tensors(model, state_dict), str(tmp / WEIGHTS_FILE))
     else:
-        save_file(partial, str(tmp / WEIGHTS_FILE))
+        partial = tensors_to_save(model)  # a peft backbone over a loadable base: adapters and heads only
+        if partial is None:
+            save_model(model, str(tmp / WEIGHTS_FILE))
+        else:
+            save_file(partial, str(tmp / WEIGHTS_FILE))
     backbone.save_config(tmp)
     meta = {
         "format": FORMAT_VERSION,
@@ -154,8 +173,26 @@ def _write_model(tmp: Path, model: Any, tasks: Sequence[Any], extra: dict[str, A
     (tmp / META_FILE).write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
 
 
-def save(folder: str | Path, model: Any, tasks: Sequence[Any], extra: dict[str, Any] | None = None) -> None:
-    atomic_folder(Path(folder), lambda tmp: _write_model(tmp, model, tasks, extra))
+def gathered_tensors(model: Any, state: dict[str, Any]) -> dict[str, Any]:
+    """What an unsharded save of ``model`` writes, taken from its gathered ``state``: the same names (a tied
+    tensor once, under the name safetensors' ``save_model`` keeps: the first in sorted order) and, for an
+    adapter-only checkpoint, only the adapters, trained rows and heads. So a sharded run's ``best/`` is
+    the same file as a one-process run's."""
+    from .adapters import saved_names
+
+    aliases: dict[int, list[str]] = {}
+    for name, tensor in [*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)]:
+        aliases.setdefault(id(tensor), []).append(name)
+    dropped = {n for names in aliases.values() for n in sorted(names)[1:]}
+    keep = saved_names(model)
+    return {k: v.detach().contiguous() for k, v in state.items()
+            if k not in dropped and (keep is None or k in keep)}
+
+
+def save(folder: str | Path, model: Any, tasks: Sequence[Any], extra: dict[str, Any] | None = None,
+         state_dict: dict[str, Any] | None = None) -> None:
+    """``state_dict``: the gathered weights of a sharded model (see ``_write_model``)."""
+    atomic_folder(Path(folder), lambda tmp: _write_model(tmp, model, tasks, extra, state_dict))
 
 
 def read_json(path: Path) -> Any:
@@ -254,6 +291,10 @@ def weight_names(folder: str | Path) -> list[str]:
     """The tensor names in the safetensors header (reads the header only)."""
     from safetensors import SafetensorError, safe_open
 
+    from .sharding import is_sharded, read_model_tensors
+
+    if is_sharded(folder):
+        return list(read_model_tensors(folder))
     path = Path(folder) / WEIGHTS_FILE
     try:
         with safe_open(str(path), framework="pt") as f:
@@ -373,15 +414,22 @@ def load_weights(model: Any, folder: str | Path) -> None:
     from safetensors.torch import load_model
 
     from . import adapters
+    from .sharding import SHARDED_DIR, is_sharded
 
-    path = Path(folder) / WEIGHTS_FILE
-    if adapters.adapter_only(model.backbone):  # the base weights are in the model already; the rest is here
+    sharded = is_sharded(folder)  # a sharded step checkpoint: its weights are DCP shards, read in this process
+    path = Path(folder) / (SHARDED_DIR if sharded else WEIGHTS_FILE)
+    if adapters.adapter_only(model.backbone) or sharded:  # adapter-only: the base weights are in the model already
         tensors = _tensors(folder)
         try:
             missing, unexpected = model.load_state_dict(tensors, strict=False)
         except RuntimeError as exc:
             raise CheckpointError(f"{path} does not match the model: {str(exc).strip().splitlines()[-1][:300]}") from exc
-        adapters.check_loaded(model, path, _unaliased(model, missing, set(tensors)), unexpected)
+        missing = _unaliased(model, missing, set(tensors))
+        if adapters.adapter_only(model.backbone):
+            adapters.check_loaded(model, path, missing, unexpected)
+        elif missing or unexpected:
+            raise CheckpointError(f"{path} does not match the model: missing {sorted(missing)[:5]}, "
+                                  f"unexpected {sorted(unexpected)[:5]}")
         return
     try:
         missing, unexpected = load_model(model, str(path), strict=False)
@@ -397,6 +445,10 @@ def _tensors(folder: str | Path) -> dict[str, Any]:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
+    from .sharding import is_sharded, read_model_tensors
+
+    if is_sharded(resolve(folder)):
+        return read_model_tensors(resolve(folder))
     path = resolve(folder) / WEIGHTS_FILE
     try:
         return load_file(str(path))
@@ -459,19 +511,21 @@ def load_matching_heads(model: Any, folder: str | Path, tasks: Sequence[Any]) ->
 # Resumable training checkpoints
 # ---------------------------------------------------------------------------------------------------
 def save_training(folder: str | Path, model: Any, tasks: Sequence[Any], state: dict[str, Any],
-                  tensors: dict[str, Any], extra: dict[str, Any] | None = None) -> None:
+                  tensors: dict[str, Any], extra: dict[str, Any] | None = None, tmp: Path | None = None,
+                  state_dict: dict[str, Any] | None = None) -> None:
     """A model checkpoint plus what resuming needs: ``tensors`` (optimizer, scheduler, scaler, RNG:
-    tensors and plain Python values only) and ``state`` (JSON). The state file is written last."""
+    tensors and plain Python values only) and ``state`` (JSON). The state file is written last.
+    ``tmp``: the folder a sharded run's processes began, holding their shards (``sharding.SHARDED_DIR``)."""
     import torch
 
     def write(tmp: Path) -> None:
-        _write_model(tmp, model, tasks, extra)
+        _write_model(tmp, model, tasks, extra, state_dict)
         torch.save(tensors, tmp / TENSOR_STATE_FILE)
         record = {"format": FORMAT_VERSION, "created": time.strftime("%Y-%m-%dT%H:%M:%S"), **state,
                   "files": _file_sizes(tmp)}
         (tmp / STATE_FILE).write_text(json.dumps(record, indent=1, ensure_ascii=False) + "\n")
 
-    atomic_folder(Path(folder), write)
+    atomic_folder(Path(folder), write, tmp)
 
 
 def read_training_state(folder: str | Path) -> dict[str, Any]:

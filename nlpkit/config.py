@@ -180,10 +180,20 @@ class TrainerConfig:
 
 
 @dataclass
+class DistributedConfig:
+    """How several processes share the model (docs/distributed.md); the processes come from the launcher."""
+
+    #: none: every process holds the whole model (DDP); fsdp: weights, gradients and optimizer state sharded
+    #: over the processes with torch FSDP2 (CPU and GPU); zero3: DeepSpeed ZeRO-3 through Accelerate (CUDA only)
+    sharding: Literal["none", "fsdp", "zero3"] = "none"
+
+
+@dataclass
 class RunConfig:
     tasks: list[TaskEntry]
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
     #: run folder; default runs/<task names>-<time>
     output_dir: Optional[str] = None
     #: model selection and early stopping: "mean" of the tasks' main scores, or one task's name

@@ -106,24 +106,17 @@ def from_main(acc: Any, value: Any) -> Any:
 def check_engine(acc: Any, batch_size: int, grad_accum: int, max_grad_norm: float | None) -> None:
     """Fit an Accelerate engine chosen by a config file to nlpkit's loop, or refuse it before training.
 
-    nlpkit's loop does its own batching and gradient accumulation and evaluates and saves the
-    unwrapped model, which works with DDP and DeepSpeed ZeRO-1/2 (every process holds all weights).
-    FSDP and ZeRO-3 shard the weights: evaluation and the best checkpoint would read one shard, so they
-    are refused here rather than failing at the first evaluation (docs/distributed.md says what is missing).
+    nlpkit's loop does its own batching and gradient accumulation. Sharded weights (FSDP2, ZeRO-3) are
+    gathered for evaluation and saves by nlpkit.sharding; ZeRO-3 must gather 16-bit weights on save for
+    best/ to hold the full model, so that is switched on here.
     """
     kind = str(acc.distributed_type).split(".")[-1]
-    if kind == "FSDP":
-        raise ConfigError("FSDP is not supported by nlpkit's trainer yet: evaluation and checkpoints read the "
-                          "unwrapped model, which FSDP shards across processes. Use DDP (multi_gpu.yaml) or "
-                          "DeepSpeed ZeRO-2 (deepspeed_zero2.yaml); see docs/distributed.md")
     if kind != "DEEPSPEED":
         return
     plugin = acc.state.deepspeed_plugin
-    if int(plugin.zero_stage) == 3:
-        raise ConfigError("DeepSpeed ZeRO-3 is not supported by nlpkit's trainer yet: evaluation and checkpoints "
-                          "read the unwrapped model, whose weights ZeRO-3 partitions. Use ZeRO-2 "
-                          "(deepspeed_zero2.yaml); see docs/distributed.md")
     ds = plugin.deepspeed_config
+    if int(plugin.zero_stage) == 3:
+        ds.setdefault("zero_optimization", {})["stage3_gather_16bit_weights_on_model_save"] = True
     gas = ds.get("gradient_accumulation_steps", "auto")
     if grad_accum != 1 or gas not in ("auto", 1):
         raise ConfigError(f"with DeepSpeed keep trainer.grad_accum=1 and no gradient_accumulation_steps in the "

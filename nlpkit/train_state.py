@@ -174,34 +174,57 @@ class LoopState:
 def save_step_checkpoint(acc: Any, out: Path, model: torch.nn.Module, tasks: Sequence[Task], optimizer: Any,
                          scheduler: Any, sampler: Any, streams: dict[str, Any], state: LoopState,
                          fingerprints: dict[str, str], total_steps: int, stop_reason: str | None,
-                         config: dict[str, Any], keep_last: int) -> Path:
+                         config: dict[str, Any], keep_last: int, sharding: Any = None) -> Path:
     """Write ``<run>/checkpoints/step-N``. Every process calls it (each one's RNG states are gathered);
-    the main process writes, then prunes to the newest ``keep_last``."""
+    the main process writes, then prunes to the newest ``keep_last``. With a sharding engine every process
+    first writes its shard of the weights and optimizer state into the folder (``sharding.SHARDED_DIR``)."""
+    from .distributed import from_main
+
     rngs = [rng_state()]
     if acc.num_processes > 1:
         from accelerate.utils import gather_object
 
         rngs = gather_object(rngs)
     folder = out / checkpoint.CHECKPOINTS_DIR / f"step-{state.step}"
+    tmp = weights = None
+    if sharding is not None and sharding.sharded_checkpoints:
+        tmp = Path(from_main(acc, str(checkpoint.tmp_folder(folder))))  # one folder for all processes
+        if acc.is_main_process:
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        acc.wait_for_everyone()
+        from .adapters import adapter_only
+
+        sharding.save_sharded(tmp, model, optimizer, frozen_too=not adapter_only(model.backbone))
+        weights = None if sharding.weights_in_shards else sharding.full_state_dict(model)
+        acc.wait_for_everyone()
     if acc.is_main_process:
-        tensors = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+        tensors = {"optimizer": None if tmp else optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                    "scaler": acc.scaler.state_dict() if acc.scaler is not None else None, "rng": rngs}
         record = {"step": state.step, "total_steps": total_steps, "stop_reason": stop_reason,
                   "world_size": acc.num_processes, "loop": state.to_dict(), "sampler": sampler.state_dict(),
                   "streams": {n: s.state_dict() for n, s in streams.items()}, "data": fingerprints,
                   "config": config}
-        checkpoint.save_training(folder, model, tasks, record, tensors, extra={"step": state.step, "config": config})
+        checkpoint.save_training(folder, model, tasks, record, tensors, extra={"step": state.step, "config": config},
+                                 tmp=tmp, state_dict=weights)
         checkpoint.prune_training(out, keep_last)
     acc.wait_for_everyone()
     return folder
 
 
 def restore_step_checkpoint(src: Path, saved: dict[str, Any], acc: Any, optimizer: Any, scheduler: Any,
-                            sampler: Any, streams: dict[str, Any]) -> tuple[LoopState, list[dict[str, Any]]]:
+                            sampler: Any, streams: dict[str, Any], model: Any = None,
+                            sharding: Any = None) -> tuple[LoopState, list[dict[str, Any]]]:
     """Load everything but the weights (already in the model) and the RNG states, which are returned: the
-    caller sets them last, after everything that draws random numbers (head initialisation) has run."""
+    caller sets them last, after everything that draws random numbers (head initialisation) has run.
+    A sharded checkpoint's optimizer state comes from its DCP shards, resharded to this run's processes."""
     tensors = checkpoint.load_training_tensors(src)
-    optimizer.load_state_dict(tensors["optimizer"])
+    if tensors.get("optimizer") is None:
+        sharding.load_optimizer(src, model, optimizer)
+    else:
+        optimizer.load_state_dict(tensors["optimizer"])
     scheduler.load_state_dict(tensors["scheduler"])
     if acc.scaler is not None and tensors.get("scaler") is not None:
         acc.scaler.load_state_dict(tensors["scaler"])

@@ -10,6 +10,7 @@ in ``_setup_model``, an optimizer change in ``_setup_optimizer``, a new kind of 
     optim         AdamW groups and the learning-rate schedule
     train_state   resume checks, RNG states, LoopState, writing and restoring step checkpoints
     run_log       log.jsonl and stdout, TensorBoard, learning curves
+    sharding      FSDP2 / ZeRO-3: wrapping, gathered evaluation and saves, sharded step checkpoints
     preemption    SIGTERM / Ctrl-C: finish the step, save, say how to resume
 
 Every batch holds one task; in a distributed run each process takes its slice of the same global batch,
@@ -19,7 +20,6 @@ folder is touched, so a mistake never costs a previous run's checkpoints or log.
 """
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import json
 import math
@@ -31,7 +31,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from . import adapters, checkpoint
+from . import adapters, checkpoint, sharding
 from .config import RunConfig
 from .distributed import auto_precision, check_engine, check_launch, describe, step_stats
 from .errors import CheckpointError, ConfigError, Interrupted, NlpkitError, TrainingError
@@ -134,11 +134,14 @@ class Trainer:
             cfg.backbone.spec = checkpoint.read_meta(cfg.init_from)["backbone"]["spec"]
         self.acc = self._accelerator()
         check_engine(self.acc, tc.batch_size, tc.grad_accum, tc.max_grad_norm)
+        self.sharding = sharding.engine(self.shard_name, self.acc)
         adapters.check_quantize(cfg.backbone.quantize, self.acc.device)  # before anything is read or written
         self.main = self.acc.is_main_process
         set_seed(tc.seed)
         self.out, self.src = self._locate(self.acc)
         self.saved = checkpoint.read_training_state(self.src) if self.src else None
+        if self.saved:
+            self.sharding.check_resume(self.src)
         self.log = RunLog(self.out, self.main, start=False)  # prints now; the file opens with the folder
         self._setup_data()
         self._setup_model()
@@ -181,7 +184,13 @@ class Trainer:
             pass
         # On a machine without GPUs, cpu=True is what lets Accelerate start gloo under torchrun.
         cpu = self.tc.cpu or not torch.cuda.is_available()
-        return Accelerator(mixed_precision=precision, cpu=cpu, kwargs_handlers=handlers)
+        self.shard_name = sharding.requested(self.config.distributed.sharding)
+        plugin = None
+        if self.shard_name == "zero3":
+            sharding.check_zero3(cuda=not cpu)
+            if self.config.distributed.sharding == "zero3":  # else the accelerate config brings its own plugin
+                plugin = sharding.deepspeed_plugin(self.tc.max_grad_norm)
+        return Accelerator(mixed_precision=precision, cpu=cpu, kwargs_handlers=handlers, deepspeed_plugin=plugin)
 
     def _locate(self, acc) -> tuple[Path, Path | None]:
         """(run folder, checkpoint to resume from), decided on the main process and shared."""
@@ -393,6 +402,9 @@ class Trainer:
             log.info(said)
         if acc.num_processes > 1:
             log.info(describe(acc, self.tc.batch_size))
+        said = self.sharding.describe(self.model)
+        if said:
+            log.info(said)
         advice = self._pretrained_advice()
         if advice:
             log.info(f"note: {advice}")
@@ -414,10 +426,11 @@ class Trainer:
     def _setup_optimizer(self) -> None:
         tc = self.tc
         self.lr = tc.lr or default_lr(self.config.backbone.spec, peft=self.config.backbone.peft is not None)
+        self.model = self.sharding.shard(self.model)  # before the optimizer: sharding replaces the parameters
         optimizer = make_optimizer(self.model, self.lr, tc.weight_decay)
         self.scheduler = make_scheduler(optimizer, tc.scheduler, int(tc.warmup_ratio * self.total_steps),
                                         self.total_steps)
-        self.model, self.optimizer = self.acc.prepare(self.model, optimizer)
+        self.model, self.optimizer = self.sharding.prepare(self.model, optimizer)
         self.raw_model = self.acc.unwrap_model(self.model)
         if tc.compile:
             self.model = torch.compile(self.model)
@@ -427,7 +440,8 @@ class Trainer:
         self.state = LoopState(running={t.name: [] for t in self.tasks})
         if self.saved:
             self.state, self._saved_rngs = restore_step_checkpoint(self.src, self.saved, self.acc, self.optimizer,
-                                                                   self.scheduler, self.sampler, self.streams)
+                                                                   self.scheduler, self.sampler, self.streams,
+                                                                   self.model, self.sharding)
             if self.changed:
                 self._adopt_newer_best()
         tc = self.tc
@@ -440,6 +454,7 @@ class Trainer:
         self.session_start, self.wall_before = time.time(), self.state.wall_time
         self.last_save = time.time()
         self.window: dict[str, int] = {}  # samples per task since the last log line (per-task throughput)
+        self.held_bytes: dict[str, int] | None = None  # parameter/gradient/optimizer bytes in this process
         self.window_start = self.state.train_time
         if self.main and self.tc.progress:
             from tqdm.auto import tqdm
@@ -493,7 +508,7 @@ class Trainer:
                 break
             done.append(mb)
         if bad is None and tc.max_grad_norm:
-            norm = float(acc.clip_grad_norm_(self.model.parameters(), tc.max_grad_norm))
+            norm = self.sharding.clip_grad_norm(self.model, tc.max_grad_norm)
             state.last_grad_norm = norm if math.isfinite(norm) else None
             if not math.isfinite(norm) and acc.scaler is None:  # fp16's scaler handles its own overflows
                 bad = (done[-1].task, "; ".join(mb.where for mb in done), f"gradient norm {norm}")
@@ -503,6 +518,8 @@ class Trainer:
             return None
         state.bad_in_row = 0
         self.optimizer.step()
+        if self.held_bytes is None:  # what this process holds at its fullest: gradients and optimizer state exist
+            self.held_bytes = sharding.local_bytes(self.model, self.optimizer)
         if not acc.optimizer_step_was_skipped:  # fp16 overflow: the scaler skipped this update
             self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -530,7 +547,7 @@ class Trainer:
         position = (stream.epoch, stream.position)
         where = lambda: describe_batch(stream, idx, self.data[name]["train"],  # noqa: E731 - on failure only
                                        self.paths[name].get("train", "train data"), position)
-        with contextlib.nullcontext() if last or acc.num_processes == 1 else acc.no_sync(self.model):
+        with self.sharding.no_sync(self.model, sync=last):
             with acc.autocast():
                 loss = self.model(name, batch)["loss"]
             nonfinite, value, tokens = step_stats(acc, loss, batch)
@@ -609,9 +626,10 @@ class Trainer:
         raise TrainingError(stop)
 
     def _evaluate_and_select(self, last: bool) -> None:
-        state, acc, log, out = self.state, self.acc, self.log, self.out
+        state, acc, log = self.state, self.acc, self.log
         step = state.step
-        metrics = self._evaluate(self.tasks, self.data, self.features, self.raw_model, self.eval_batch_size, acc)
+        with self.sharding.gathered(self.model):  # sharded: every process holds the full weights while it evaluates
+            metrics = self._evaluate(self.tasks, self.data, self.features, self.raw_model, self.eval_batch_size, acc)
         if metrics:
             score = selection_score(metrics, self.tasks, self.config.selection)
             state.history.append({"step": step, "score": score, "metrics": metrics})
@@ -625,15 +643,20 @@ class Trainer:
             improved = best is None or score > best or (math.isnan(best) and not math.isnan(score))
             if improved:
                 state.best_score, state.best_step, state.best_metrics, state.bad_evals = score, step, metrics, 0
-                if acc.is_main_process:
-                    checkpoint.save(out / "best", self.raw_model, self.tasks,
-                                    {"step": step, "selection_score": score, "metrics": metrics,
-                                     "config": self.config.to_dict()})
+                self._save_best({"step": step, "selection_score": score, "metrics": metrics,
+                                 "config": self.config.to_dict()})
             else:
                 state.bad_evals += 1
-        elif last and acc.is_main_process:  # no dev data: the best model is the last one
-            checkpoint.save(out / "best", self.raw_model, self.tasks, {"step": step, "config": self.config.to_dict()})
+        elif last:  # no dev data: the best model is the last one
+            self._save_best({"step": step, "config": self.config.to_dict()})
         acc.wait_for_everyone()
+
+    def _save_best(self, extra: dict[str, Any]) -> None:
+        """best/: one ordinary checkpoint. A sharded model's weights are gathered to the main process first
+        (a collective: every process calls it), so best/ is the same file as an unsharded run's."""
+        weights = self.sharding.full_state_dict(self.model)
+        if self.acc.is_main_process:
+            checkpoint.save(self.out / "best", self.raw_model, self.tasks, extra, state_dict=weights)
 
     def _evaluate(self, tasks, data, features, model, batch_size, acc) -> dict[str, dict[str, Any]]:
         metrics = {}
@@ -666,7 +689,7 @@ class Trainer:
         self.state.wall_time = self.wall_before + time.time() - self.session_start
         folder = save_step_checkpoint(self.acc, self.out, self.raw_model, self.tasks, self.optimizer, self.scheduler,
                                       self.sampler, self.streams, self.state, self.fingerprints, self.total_steps,
-                                      stop_reason, self.config.to_dict(), self.tc.keep_last)
+                                      stop_reason, self.config.to_dict(), self.tc.keep_last, self.sharding)
         self.log.event({"step": self.state.step, "checkpoint": str(folder)})
         self.last_save = time.time()
         return folder
@@ -731,7 +754,9 @@ class Trainer:
             "processes": acc.num_processes,
             "device": str(acc.device),
             "precision": precision_name(acc),
+            "sharding": self.sharding.name,
             **peak_memory_mb(acc.device),
+            **{f"{k}_per_process": v for k, v in (self.held_bytes or {}).items()},
         }
         if error:
             result["error"] = error
