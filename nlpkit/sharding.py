@@ -26,6 +26,7 @@ import contextlib
 import io
 import os
 import pickle
+import warnings
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -300,9 +301,16 @@ def _unsharded(model: Any) -> Iterator[None]:
     for unit in units:
         unit.unshard()
         unit.set_reshard_after_forward(False, recurse=False)
+    # transformers' generate() sees this flag and makes the processes decode in lock-step (an all-reduce per
+    # token); with the weights gathered each process decodes its own batches, and lock-step would hang
+    managed = [m for m in model.modules() if getattr(m, "_is_fsdp_managed_module", False)]
+    for m in managed:
+        m._is_fsdp_managed_module = False
     try:
         yield
     finally:
+        for m in managed:
+            m._is_fsdp_managed_module = True
         for unit in units:
             unit.reshard()
             unit.set_reshard_after_forward(unit is not model, recurse=False)
@@ -350,21 +358,21 @@ def is_sharded(folder: str | Path) -> bool:
     return (Path(folder) / SHARDED_DIR / ".metadata").is_file()
 
 
-#: what a DCP .metadata pickle may name; anything else is refused (a tampered file cannot run code)
+#: what a DCP .metadata pickle may name (besides torch dtypes); anything else is refused, so a tampered
+#: index cannot run code when a checkpoint is loaded
 _SAFE_GLOBALS = {
-    ("torch.distributed.checkpoint.metadata", None), ("torch.distributed.checkpoint.filesystem", None),
-    ("torch.distributed.checkpoint.planner", None), ("torch", "Size"), ("torch", "float32"), ("torch", "float16"),
-    ("torch", "bfloat16"), ("torch", "float64"), ("torch", "int64"), ("torch", "int32"), ("torch", "int8"),
-    ("torch", "uint8"), ("torch", "bool"), ("torch", "strided"), ("torch", "contiguous_format"),
-    ("torch", "device"), ("collections", "OrderedDict"), ("builtins", "set"), ("builtins", "frozenset"),
-    ("pathlib", "PosixPath"), ("pathlib", "WindowsPath"), ("pathlib", "PurePosixPath"), ("torch._utils", "_rebuild_tensor_v2"),
-    ("torch", "layout"), ("torch", "memory_format"), ("torch", "dtype"),
+    *(("torch.distributed.checkpoint.metadata", n) for n in (
+        "Metadata", "MetadataIndex", "StorageMeta", "TensorProperties", "TensorStorageMetadata",
+        "BytesStorageMetadata", "ChunkStorageMetadata", "_MEM_FORMAT_ENCODING")),
+    ("torch.distributed.checkpoint.filesystem", "_StorageInfo"), ("torch", "Size"),
+    ("torch.serialization", "_get_layout"), ("pathlib", "PosixPath"), ("pathlib", "WindowsPath"),
+    ("collections", "OrderedDict"),
 }
 
 
 class _SafeUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
-        if (module, None) in _SAFE_GLOBALS or (module, name) in _SAFE_GLOBALS:
+        if (module, name) in _SAFE_GLOBALS or module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
             return super().find_class(module, name)
         raise pickle.UnpicklingError(f"{module}.{name} is not allowed in a checkpoint's metadata")
 
@@ -404,7 +412,9 @@ def read_model_tensors(folder: str | Path) -> dict[str, torch.Tensor]:
               for key, m in metadata.state_dict_metadata.items()
               if key.startswith("model.") and isinstance(m, TensorStorageMetadata)}
     try:
-        dcp.load({"model": wanted}, storage_reader=_reader(path), no_dist=True)
+        with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
+            warnings.simplefilter("ignore", UserWarning)
+            dcp.load({"model": wanted}, storage_reader=_reader(path), no_dist=True)
     except Exception as exc:  # noqa: BLE001 - a missing or truncated shard file: name the folder
         raise CheckpointError(f"{path}: cannot read the sharded weights ({type(exc).__name__}: {str(exc)[:200]}); "
                               "a shard file is missing or damaged") from exc
@@ -425,6 +435,8 @@ def load_optimizer(folder: str | Path, model: Any, optimizer: Any) -> None:
     opt = _torch_optimizer(optimizer)
     state = get_optimizer_state_dict(model, opt)
     path = Path(folder) / SHARDED_DIR
-    dcp.load({"optimizer": state}, storage_reader=_reader(path), no_dist=not dist.is_initialized())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        dcp.load({"optimizer": state}, storage_reader=_reader(path), no_dist=not dist.is_initialized())
     # parameters that never had a gradient (an unused pooler) have no saved state: that is not an error
     set_optimizer_state_dict(model, opt, state, options=StateDictOptions(strict=False))

@@ -402,9 +402,6 @@ class Trainer:
             log.info(said)
         if acc.num_processes > 1:
             log.info(describe(acc, self.tc.batch_size))
-        said = self.sharding.describe(self.model)
-        if said:
-            log.info(said)
         advice = self._pretrained_advice()
         if advice:
             log.info(f"note: {advice}")
@@ -427,6 +424,9 @@ class Trainer:
         tc = self.tc
         self.lr = tc.lr or default_lr(self.config.backbone.spec, peft=self.config.backbone.peft is not None)
         self.model = self.sharding.shard(self.model)  # before the optimizer: sharding replaces the parameters
+        said = self.sharding.describe(self.model)
+        if said:
+            self.log.info(said)
         optimizer = make_optimizer(self.model, self.lr, tc.weight_decay)
         self.scheduler = make_scheduler(optimizer, tc.scheduler, int(tc.warmup_ratio * self.total_steps),
                                         self.total_steps)
@@ -758,6 +758,11 @@ class Trainer:
             **peak_memory_mb(acc.device),
             **{f"{k}_per_process": v for k, v in (self.held_bytes or {}).items()},
         }
+        if acc.num_processes > 1:  # what each process held: sharding's saving shows here, not in rank 0 alone
+            from accelerate.utils import gather_object
+
+            result["per_process"] = gather_object([{"rank": acc.process_index, **(self.held_bytes or {}),
+                                                    **peak_memory_mb(acc.device)}])
         if error:
             result["error"] = error
         if self.main:
