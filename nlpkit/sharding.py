@@ -270,18 +270,18 @@ class Zero3(Unsharded):
 
 # ---- FSDP2 pieces ----------------------------------------------------------------------------------
 def blocks(model: nn.Module) -> list[nn.Module]:
-    """The backbone's transformer blocks, each to be sharded as one unit.
-
-    The model's ``_no_split_modules`` names them where transformers says (LlamaDecoderLayer, T5Block, ...);
-    otherwise (BERT says nothing) they are the entries of each ModuleList of same-class modules with weights.
-    Only outermost matches count: a block inside a block is part of it."""
+    """The backbone's transformer blocks, each to be sharded as one unit: the entries of its ModuleLists of
+    layers (the classes transformers names in ``_no_split_modules``, e.g. LlamaDecoderLayer, T5Block; or,
+    where it names none, any ModuleList of same-class modules with weights). Embeddings stay in the root's
+    unit even where ``_no_split_modules`` names them: a head may tie its weights to them (masked-LM, LM
+    heads), and tied weights must live in one unit. A block inside a block is part of it."""
     hf = model.backbone.model
     names = set(getattr(hf, "_no_split_modules", None) or ())
-    found = [m for m in hf.modules() if type(m).__name__ in names]
-    if not found:
-        for m in hf.modules():
-            if isinstance(m, nn.ModuleList) and len(m) > 1 and len({type(x) for x in m}) == 1 \
-                    and any(True for _ in m[0].parameters()):
+    found = []
+    for m in hf.modules():
+        if isinstance(m, nn.ModuleList) and m and any(True for _ in m[0].parameters()):
+            same = len({type(x) for x in m}) == 1
+            if names and all(type(x).__name__ in names for x in m) or not names and same and len(m) > 1:
                 found.extend(m)
     inner = {id(x) for m in found for x in m.modules() if x is not m}
     return [m for m in found if id(m) not in inner]
