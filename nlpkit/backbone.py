@@ -54,9 +54,26 @@ def resolve_alias(spec: str) -> str:
                 f"pip install {module.replace('_', '-')}{extra}"
             )
         if sub is None:
-            return str(importlib.import_module(module).assemble())
+            return _assembled(module)
         return str(Path(list(found.submodule_search_locations)[0]) / sub)
     return spec
+
+
+def _assembled(module: str) -> str:
+    """The package's GGUF file, joined from its parts by one process per machine (LOCAL_RANK 0) while the others
+    wait at a barrier: two processes writing the same file at once left one of them a corrupt file."""
+    import os
+
+    import torch.distributed as dist
+
+    together = dist.is_available() and dist.is_initialized()
+    first = os.environ.get("LOCAL_RANK", "0") == "0"
+    if together and not first:
+        dist.barrier()
+    path = str(importlib.import_module(module).assemble())
+    if together and first:
+        dist.barrier()
+    return path
 
 
 def resolve_source(spec: str, gguf_file: str | None = None) -> tuple[str, str | None]:

@@ -114,7 +114,8 @@ class Unsharded:
         return contextlib.nullcontext() if sync or self.acc.num_processes == 1 else self.acc.no_sync(model)
 
     def clip_grad_norm(self, model: Any, max_norm: float) -> float:
-        return float(self.acc.clip_grad_norm_(model.parameters(), max_norm))
+        norm = self.acc.clip_grad_norm_(model.parameters(), max_norm)
+        return float(norm) if norm is not None else 0.0  # DeepSpeed (ZeRO-2) clips in its step, reports nothing here
 
     def gathered(self, model: Any):
         return contextlib.nullcontext()
@@ -236,10 +237,6 @@ class Zero3(Unsharded):
         import deepspeed
 
         return deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None)
-
-    def clip_grad_norm(self, model: Any, max_norm: float) -> float:
-        norm = self.acc.clip_grad_norm_(model.parameters(), max_norm)  # DeepSpeed clips inside its step
-        return float(norm) if norm is not None else 0.0
 
     def no_sync(self, model: Any, sync: bool):
         return contextlib.nullcontext()

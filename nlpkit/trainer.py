@@ -424,13 +424,13 @@ class Trainer:
         tc = self.tc
         self.lr = tc.lr or default_lr(self.config.backbone.spec, peft=self.config.backbone.peft is not None)
         self.model = self.sharding.shard(self.model)  # before the optimizer: sharding replaces the parameters
-        said = self.sharding.describe(self.model)
-        if said:
-            self.log.info(said)
         optimizer = make_optimizer(self.model, self.lr, tc.weight_decay)
         self.scheduler = make_scheduler(optimizer, tc.scheduler, int(tc.warmup_ratio * self.total_steps),
                                         self.total_steps)
         self.model, self.optimizer = self.sharding.prepare(self.model, optimizer)
+        said = self.sharding.describe(self.model)
+        if said:
+            self.log.info(said)
         self.raw_model = self.acc.unwrap_model(self.model)
         if tc.compile:
             self.model = torch.compile(self.model)

@@ -369,12 +369,14 @@ def test_accelerate_config_parses(name, monkeypatch):
 
 
 @pytest.mark.parametrize("name", ["fsdp.yaml", "deepspeed_zero2.yaml", "deepspeed_zero3.yaml"])
-def test_accelerate_builds_the_engine_and_nlpkit_accepts_or_refuses_it(name, monkeypatch):
+def test_accelerate_builds_the_engine_and_nlpkit_fits_it_to_its_loop(name, monkeypatch):
     """Accelerate's plugins are built from the launch environment (DeepSpeed need not be installed for
-    this); nlpkit takes DDP and ZeRO-2 and refuses FSDP and ZeRO-3 before training, not at the first eval."""
+    this). nlpkit reads which sharding the launch asks for (FSDP2 or ZeRO-3; ZeRO-2 is not sharding of the
+    weights), and for DeepSpeed fills the batch size and clipping and has ZeRO-3 gather weights on save."""
     from accelerate.utils import DeepSpeedPlugin, FullyShardedDataParallelPlugin
 
     from nlpkit.distributed import check_engine
+    from nlpkit.sharding import requested
 
     _, env = _launch_env(RECIPES / name, monkeypatch)
     for key, value in env.items():
@@ -383,22 +385,20 @@ def test_accelerate_builds_the_engine_and_nlpkit_accepts_or_refuses_it(name, mon
         plugin = FullyShardedDataParallelPlugin()
         assert plugin.fsdp_version == 2 and plugin.activation_checkpointing
         assert plugin.transformer_cls_names_to_wrap == ["BertLayer"]
-        acc = SimpleNamespace(distributed_type="DistributedType.FSDP", num_processes=8, state=SimpleNamespace())
-        with pytest.raises(ConfigError, match="FSDP is not supported"):
-            check_engine(acc, 32, 1, 1.0)
+        assert requested("none") == "fsdp"
+        check_engine(SimpleNamespace(distributed_type="DistributedType.FSDP", num_processes=8), 32, 1, 1.0)
         return
     plugin = DeepSpeedPlugin()
     acc = SimpleNamespace(distributed_type="DistributedType.DEEPSPEED", num_processes=8,
                           state=SimpleNamespace(deepspeed_plugin=plugin))
-    if plugin.zero_stage == 3:
-        with pytest.raises(ConfigError, match="ZeRO-3"):
-            check_engine(acc, 32, 1, 1.0)
-        return
+    assert requested("none") == ("zero3" if plugin.zero_stage == 3 else "none")
     with pytest.raises(ConfigError, match="grad_accum"):
         check_engine(acc, 32, 2, 1.0)
     check_engine(acc, 32, 1, 1.0)
     assert plugin.deepspeed_config["train_micro_batch_size_per_gpu"] == 4  # global batch 32 over 8 processes
     assert plugin.deepspeed_config["gradient_clipping"] == 1.0
+    if plugin.zero_stage == 3:  # best/ needs the full weights gathered on the main process
+        assert plugin.deepspeed_config["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] is True
 
 
 def test_plain_ddp_is_accepted():
