@@ -52,15 +52,19 @@ def _sentence(rng: random.Random, n: int) -> str:
     return "\n".join(f"{w} {t}" for w, t in zip(words, tags))
 
 
-@pytest.fixture(scope="module")
-def ner_files(tmp_path_factory) -> Path:
+def write_ner_files(folder: Path) -> Path:
     """96 training sentences of exactly 8 words (6 full batches of 16); 37 dev sentences of 3-12 words:
-    37 is divisible neither by 2 processes nor by the evaluation batch of 8 (batches 8+8+8+8+5, split 3/2)."""
-    folder = tmp_path_factory.mktemp("ner-dist")
+    37 is divisible neither by 2 processes nor by the evaluation batch of 8 (batches 8+8+8+8+5, split 3/2).
+    tests/test_sharding.py trains on the same files."""
     rng = random.Random(0)
     (folder / "train.conll").write_text("\n\n".join(_sentence(rng, 8) for _ in range(96)) + "\n")
     (folder / "dev.conll").write_text("\n\n".join(_sentence(rng, rng.randint(3, 12)) for _ in range(N_DEV)) + "\n")
     return folder
+
+
+@pytest.fixture(scope="module")
+def ner_files(tmp_path_factory) -> Path:
+    return write_ner_files(tmp_path_factory.mktemp("ner-dist"))
 
 
 def _train_args(files: Path, out: Path) -> list[str]:
