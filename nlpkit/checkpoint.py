@@ -47,6 +47,13 @@ def tmp_folder(target: Path) -> Path:
     return target.with_name(f".{target.name}.tmp-{os.getpid()}")
 
 
+def fresh_folder(path: Path) -> Path:
+    """An empty folder at ``path`` (what a killed save left there is removed)."""
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    return path
+
+
 def atomic_folder(target: Path, write: Callable[[Path], None], tmp: Path | None = None) -> None:
     """Call ``write(tmp_folder)`` then move the folder to ``target``; a kill at any point leaves
     either the old complete folder or the new complete one (see ``resolve``), plus at worst a hidden
@@ -55,9 +62,7 @@ def atomic_folder(target: Path, write: Callable[[Path], None], tmp: Path | None 
     target = Path(target)
     old = target.with_name(f".{target.name}.old")
     if tmp is None:
-        tmp = tmp_folder(target)
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
+        tmp = fresh_folder(tmp_folder(target))
     write(tmp)
     _fsync_tree(tmp)
     if target.exists():

@@ -17,6 +17,7 @@ from typing import Any, Sequence
 import torch
 
 from . import checkpoint
+from .adapters import adapter_only
 from .config import RunConfig
 from .errors import ConfigError
 from .task import Task
@@ -190,13 +191,8 @@ def save_step_checkpoint(acc: Any, out: Path, model: torch.nn.Module, tasks: Seq
     if sharding is not None and sharding.sharded_checkpoints:
         tmp = Path(from_main(acc, str(checkpoint.tmp_folder(folder))))  # one folder for all processes
         if acc.is_main_process:
-            import shutil
-
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
+            checkpoint.fresh_folder(tmp)
         acc.wait_for_everyone()
-        from .adapters import adapter_only
-
         sharding.save_sharded(tmp, model, optimizer, frozen_too=not adapter_only(model.backbone))
         weights = None if sharding.weights_in_shards else sharding.full_state_dict(model)
         acc.wait_for_everyone()
