@@ -97,6 +97,19 @@ def compare(a: list[list[tuple]], b: list[list[tuple]], words: list[list[str]], 
             "scores_within_tolerance": max_score_diff <= tol, "differences": examples}
 
 
+VARIANT_ARGS = {"bf16": 'precision="bf16"', "int8": 'quantize="int8"'}
+
+
+def dev_file(args: argparse.Namespace, root: Path) -> Path:
+    """The scored inputs with their gold labels, as a CoNLL file (the same sentences, CoNLL tokens)."""
+    out = C.CACHE / f"predict-gold-{args.sentences}.conll"
+    if not out.is_file():
+        sentences = C.read_conll_sentences(root / "conll2003" / "valid.txt.gz")[:args.sentences]
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text("".join("".join(f"{w} {t}\n" for w, t in zip(words, tags)) + "\n" for words, tags in sentences))
+    return out
+
+
 def main(argv=None) -> int:
     C.offline()
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -115,9 +128,12 @@ def main(argv=None) -> int:
     p.add_argument("--tolerance", type=float, default=1e-3, help="largest allowed score difference")
     p.add_argument("--onnx", action=argparse.BooleanOptionalAction, default=None,
                    help="add an onnxruntime row (default: when onnxruntime is installed)")
+    p.add_argument("--variants", default="bf16,int8",
+                   help="cheaper nlpkit rows, compared with fp32: bf16 autocast, int8 Linear layers (CPU); '' for none")
     p.add_argument("--data-root")
     p.add_argument("--json")
     args = p.parse_args(argv)
+    args.variants = [v for v in args.variants.split(",") if v]
     if args.onnx is None:
         import importlib.util
 
@@ -166,12 +182,21 @@ def main(argv=None) -> int:
         return hf(words, batch_size=hf_bs, is_split_into_words=True)
 
     systems = [("nlpkit", run_nlpkit), ("hf", run_hf)]
+    # cheaper nlpkit variants, each compared with nlpkit fp32 (agreement) and scored on gold labels
+    variants: dict[str, Any] = {}
+    for name, load_args in [("bf16", {"precision": "bf16"}), ("int8", {"quantize": "int8"})]:
+        if name in args.variants and not (name == "int8" and device != "cpu"):
+            variants[name] = nlpkit.load(ckpt, device=device, **load_args)
+            systems.append((name, lambda v=variants[name]: v.predict([{"tokens": w} for w in words],
+                                                                     batch_size=args.batch_size)))
     if args.onnx:
         run_onnx = onnx_runner(ckpt, nlp, words, args.batch_size)
         systems.append(("onnxruntime", run_onnx))
 
     # warm-up: first calls allocate and pick kernels
     nlp.predict([{"tokens": w} for w in words[:64]], batch_size=args.batch_size)
+    for v in variants.values():
+        v.predict([{"tokens": w} for w in words[:64]], batch_size=args.batch_size)
     hf(words[:64], batch_size=hf_bs, is_split_into_words=True)
 
     timings: dict[str, list[float]] = {name: [] for name, _ in systems}
@@ -201,13 +226,19 @@ def main(argv=None) -> int:
           statistics.median(timings["nlpkit"]) * n_tokens / len(words)],
          ["transformers.pipeline", statistics.median(timings["hf"]), min(timings["hf"]), max(timings["hf"]),
           statistics.median(timings["hf"]) * n_tokens / len(words)]]
+        + [[f"nlpkit.load(DIR, {VARIANT_ARGS[n]}).predict", statistics.median(timings[n]), min(timings[n]),
+            max(timings[n]), statistics.median(timings[n]) * n_tokens / len(words)] for n in variants]
         + ([["nlpkit + onnxruntime (exported graph)", statistics.median(timings["onnxruntime"]),
              min(timings["onnxruntime"]), max(timings["onnxruntime"]),
              statistics.median(timings["onnxruntime"]) * n_tokens / len(words)]] if args.onnx else [])))
-    lo, mid, hi = C.spread(ratios)
+    rows = [["nlpkit fp32 / HF pipeline", *(f"{x:.2f}x" for x in C.spread(ratios))]]
+    for n in variants:
+        rows.append([f"nlpkit {n} / HF pipeline",
+                     *(f"{x:.2f}x" for x in C.spread([a / b for a, b in zip(timings[n], timings["hf"])]))])
+        rows.append([f"nlpkit {n} / nlpkit fp32",
+                     *(f"{x:.2f}x" for x in C.spread([a / b for a, b in zip(timings[n], timings["nlpkit"])]))])
     print()
-    print(C.markdown_table(["nlpkit / HF pipeline (per repeat)", "min", "median", "max"],
-                           [["sentences/s ratio", f"{lo:.2f}x", f"{mid:.2f}x", f"{hi:.2f}x"]]))
+    print(C.markdown_table(["sentences/s ratio (per repeat)", "min", "median", "max"], rows))
     print()
     print(f"outputs: {result['identical']}/{result['sentences']} sentences with identical entity lists "
           f"(type, start, end); entities nlpkit {result['entities_nlpkit']}, HF {result['entities_hf']}; "
@@ -223,6 +254,20 @@ def main(argv=None) -> int:
         print(f"onnxruntime: {onnx_result['identical']}/{onnx_result['sentences']} sentences with the same entity "
               f"lists as nlpkit; largest score difference {onnx_result['max_score_diff']:.2e}")
         result["onnxruntime"] = onnx_result
+    if variants:
+        gold = dev_file(args, root)
+        print(f"\nagreement with nlpkit fp32 on the {len(words)} inputs, and entity F1 on gold labels "
+              f"({gold.name}, untimed):")
+        f1 = {"fp32": nlp.evaluate(str(gold))["f1"]}
+        table = [["fp32", "-", "-", f1["fp32"]]]
+        for n, v in variants.items():
+            same = compare(nlpkit_entities(outputs["nlpkit"]), nlpkit_entities(outputs[n]), words, args.tolerance)
+            f1[n] = v.evaluate(str(gold))["f1"]
+            table.append([n, f"{same['identical']}/{same['sentences']}", f"{same['max_score_diff']:.2e}", f1[n]])
+            result[n] = {**same, "f1": f1[n]}
+        result["f1_fp32"] = f1["fp32"]
+        print(C.markdown_table(["nlpkit precision", "sentences with the same entities as fp32",
+                                "largest score difference", "entity F1"], table))
     C.save_json(args.json, {"device": info, "args": vars(args), "timings": timings, "ratios": ratios,
                             "comparison": result, "tokens": n_tokens})
     return 0 if result["identical"] == result["sentences"] and result["scores_within_tolerance"] and onnx_ok else 1

@@ -160,8 +160,8 @@ def hf_worker(spec: dict[str, Any]) -> dict[str, Any]:
         max_steps=spec["steps"],
         max_grad_norm=1.0,
         seed=spec["seed"],
-        bf16=spec["precision"] == "bf16",
-        fp16=spec["precision"] == "fp16",
+        bf16=spec.get("hf_precision", spec["precision"]) == "bf16",
+        fp16=spec.get("hf_precision", spec["precision"]) == "fp16",
         use_cpu=not cuda,
         train_sampling_strategy=spec["hf_sampling"],
         torch_compile=spec["hf_compile"],
@@ -182,7 +182,7 @@ def hf_worker(spec: dict[str, Any]) -> dict[str, Any]:
             "attn_implementation": getattr(model.config, "_attn_implementation", None),
             "optimizer": type(trainer.optimizer.optimizer if hasattr(trainer.optimizer, "optimizer")
                               else trainer.optimizer).__name__ + f" ({args.optim})",
-            "precision": spec["precision"], "np": np.__version__}
+            "precision": spec.get("hf_precision", spec["precision"]), "np": np.__version__}
 
 
 def _hf_ner(spec, tokenizer):
@@ -302,6 +302,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="instead of HF, run nlpkit against nlpkit with one setting changed, e.g. "
                         "nlpkit_optimizer=foreach, nlpkit_compile=true, nlpkit_group=false, nlpkit_attention=eager, "
                         "precision=bf16")
+    p.add_argument("--setting", choices=["defaults", "best"],
+                   help="defaults: each side as it comes (nlpkit precision auto, which is bf16 on a CPU with native "
+                        "bf16; HF fp32, random batches); best: both bf16, HF group_by_length (overrides --precision "
+                        "and --hf-sampling)")
     p.add_argument("--only", choices=["nlpkit", "hf"], help="run one side only (profiling)")
     p.add_argument("--data-root", help="folder with conll2003/ and sst2/ (default: ../shared/benchmarks)")
     p.add_argument("--json", help="write every run's raw result here")
@@ -315,6 +319,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
+    args.hf_precision = None
+    if args.setting == "defaults":
+        args.precision, args.hf_precision, args.hf_sampling = "nlpkit-auto", "fp32", "random"
+    elif args.setting == "best":
+        args.precision, args.hf_sampling = "bf16", "group_by_length"
     if args.steps is None:  # one epoch of the slice: both sides then train on exactly the same sentences
         args.steps = -(-args.train_sentences // args.batch_size)
     return args
@@ -343,13 +352,15 @@ def run_variant(task: str, args: argparse.Namespace, backbone: str, precision: s
     spec = {"task": task, "backbone": backbone, "train": str(files["train"]), "dev": str(files["dev"]),
             "steps": args.steps, "batch_size": args.batch_size, "eval_batch_size": args.eval_batch_size,
             "max_length": args.max_length, "lr": args.lr, "warmup_steps": int(args.warmup_ratio * args.steps),
-            "seed": args.seed, "precision": precision, "hf_sampling": args.hf_sampling, "hf_compile": args.hf_compile,
+            "seed": args.seed, "precision": "auto" if precision == "nlpkit-auto" else precision,
+            "hf_precision": args.hf_precision or ("fp32" if precision == "nlpkit-auto" else precision),
+            "hf_sampling": args.hf_sampling, "hf_compile": args.hf_compile,
             "nlpkit_group": not args.nlpkit_no_group, "nlpkit_compile": args.nlpkit_compile,
             "nlpkit_optimizer": args.nlpkit_optimizer, "nlpkit_attention": "sdpa"}
     print(f"\n== {task}: {data_desc}")
     print(f"   {args.steps} steps x batch {args.batch_size}, max length {args.max_length}, AdamW lr {args.lr:g} "
           f"(weight decay 0.01, linear schedule, {spec['warmup_steps']} warm-up steps, clip 1.0), "
-          f"precision {precision}, seed {args.seed}; HF sampling: {args.hf_sampling}"
+          f"precision nlpkit {spec['precision']}, HF {spec['hf_precision']}, seed {args.seed}; HF sampling: {args.hf_sampling}"
           + ("; nlpkit compile" if args.nlpkit_compile else "") + ("; nlpkit no length grouping" if args.nlpkit_no_group else "")
           + (f"; nlpkit AdamW forced to {args.nlpkit_optimizer}" if args.nlpkit_optimizer != "default" else ""),
           flush=True)
@@ -365,6 +376,7 @@ def run_variant(task: str, args: argparse.Namespace, backbone: str, precision: s
             print(f"   repeat {r + 1} {label:>12}: {res['samples_per_s']:8.1f} samples/s {res['tokens_per_s']:9.0f} tokens/s "
                   f"{res.get('samples_per_cpu_s', float('nan')):7.1f} samples/CPU-s  "
                   f"dev {res['metric']} {res['dev_score']:6.2f}  peak RSS {res['peak_rss_mb']:6.0f} MB  "
+                  f"{res.get('precision', '?')}  "
                   f"({time.time() - t0:.0f} s)", flush=True)
     print_tables(runs)
     return {"spec": spec, "runs": runs}

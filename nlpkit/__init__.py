@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
+from . import phases  # noqa: F401  first: its clock marks the process start (metrics.json "phases")
+
 from .errors import ConfigError, DataError, NlpkitError, UnknownTaskError
 from .registry import get_task_class, list_tasks, register_task
 from .task import Task, TaskOptions
@@ -25,10 +27,13 @@ def train(config: Any) -> "TrainResult":
     return _train(config)
 
 
-def load(path: Any, device: str | None = None, tasks: Any = None) -> "Pipeline":
+def load(path: Any, device: str | None = None, tasks: Any = None, precision: str = "fp32",
+         quantize: str | None = None) -> "Pipeline":
+    """A trained checkpoint, ready to predict; precision "bf16"/"auto" and quantize "int8" trade a little agreement
+    with fp32 for speed (see nlpkit.predict.load)."""
     from .predict import load as _load
 
-    return _load(path, device=device, tasks=tasks)
+    return _load(path, device=device, tasks=tasks, precision=precision, quantize=quantize)
 
 
 __all__ = [

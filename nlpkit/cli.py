@@ -46,6 +46,11 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--batch-size", type=int)
     t.add_argument("--lr", type=float)
     t.add_argument("--seed", type=int)
+    t.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="default auto: bf16 on GPUs with bf16 units and on CPUs with native bf16, else fp32 (fp16 on "
+                        "older GPUs); the log says which and why")
+    t.add_argument("--eval-max-examples", type=positive_int, metavar="N",
+                   help="score only the first N examples of each dev split during training (quick runs)")
     t.add_argument("--option", action="append", default=[], metavar="[TASK:]KEY=VALUE", help="task option")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any config key, e.g. trainer.lr=3e-5")
     t.add_argument("--plugin", action="append", default=[], metavar="MODULE", help="import a module that registers tasks")
@@ -80,6 +85,10 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--json", action="store_true", help="print one JSON object per input")
     r.add_argument("--batch-size", type=positive_int, default=64)
     r.add_argument("--num-beams", type=positive_int, help="beam size for generation tasks")
+    r.add_argument("--precision", choices=["fp32", "bf16", "auto"], default="fp32",
+                   help="default fp32 (what `nlpkit evaluate` scores); bf16 autocast, or auto: bf16 where the CPU or GPU "
+                        "multiplies it natively")
+    r.add_argument("--quantize", choices=["int8"], help="dynamic int8 Linear layers (CPU): faster, slightly different")
     r.add_argument("--encoding", default="utf-8",
                    help="encoding of stdin (default utf-8; a byte-order mark overrides it)")
     r.add_argument("--plugin", action="append", default=[], metavar="MODULE")
@@ -192,7 +201,8 @@ def build_config(args: argparse.Namespace) -> "Any":
         task, key, raw = _split_prefixed(value, names, "--option")
         by_name[task or names[0]].setdefault("options", {})[key] = _yaml_value(raw, f"--option {value!r}")
     trainer = _section(data, "trainer", where)
-    for flag, key in [("epochs", "epochs"), ("max_steps", "max_steps"), ("batch_size", "batch_size"), ("lr", "lr"), ("seed", "seed")]:
+    for flag, key in [("epochs", "epochs"), ("max_steps", "max_steps"), ("batch_size", "batch_size"), ("lr", "lr"), ("seed", "seed"),
+                      ("precision", "precision"), ("eval_max_examples", "eval_max_examples")]:
         if getattr(args, flag) is not None:
             trainer[key] = getattr(args, flag)
     if args.no_progress or not sys.stderr.isatty():  # a bar in a log file is noise: print log lines
@@ -429,7 +439,7 @@ def cmd_predict(args: argparse.Namespace, extra: list[str]) -> int:
     flagged = [t for t in args.texts if re.match(r"--[A-Za-z][\w-]*=", t)]
     args.texts = [t for t in args.texts if t not in flagged]
     fields, more_texts = _parse_fields(flagged + extra)
-    pipe = load(args.checkpoint)
+    pipe = load(args.checkpoint, precision=args.precision, quantize=args.quantize)
     _check_predict_flags(pipe, args, fields)
     items: list[str | dict] = list(args.texts) + more_texts
     if fields:
@@ -573,6 +583,10 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
+    if argv is None:  # a real `nlpkit` process (not a call from Python): time its start-up too
+        from .phases import count_from_process_start
+
+        count_from_process_start()
     argv = list(sys.argv[1:] if argv is None else argv)
     args, extra = parser.parse_known_args(argv)
     args.argv = argv

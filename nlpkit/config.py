@@ -15,6 +15,7 @@ from .options import Range, require
 
 #: what torch, numpy and random all accept as a seed
 SEED = Annotated[int, Range(0, 2**32 - 1)]
+COUNT = Annotated[int, Range(1, 2**31 - 1)]
 
 
 @dataclass
@@ -118,10 +119,14 @@ class TrainerConfig:
     #: clip the gradient norm to this value (null: no clipping)
     max_grad_norm: Optional[float] = 1.0
     seed: SEED = 42
-    #: "auto" picks bf16 on GPUs that support it, fp16 on other GPUs, fp32 on CPU (autocast via Accelerate)
+    #: "auto" picks bf16 on GPUs with bf16 units, fp16 on other GPUs, bf16 on CPUs with native bf16 (AMX or
+    #: AVX512-BF16), fp32 on other CPUs (autocast via Accelerate; the log says which and why)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     #: evaluate every N optimizer steps (default: at the end of each epoch)
     eval_every: Optional[int] = None
+    #: evaluations during training score only the first N examples of each dev split (null: all); the
+    #: final `nlpkit evaluate` is unaffected. For quick runs where scoring a large dev set dominates
+    eval_max_examples: Optional[COUNT] = None
     #: also evaluate before the first step (logged as step 0, a candidate for best/ like any evaluation): the
     #: zero-shot score of a pretrained model, the "before" of a fine-tuning
     eval_at_start: bool = False

@@ -5,7 +5,7 @@ back in feature order before decoding, so every example is scored exactly once.
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -17,8 +17,9 @@ def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
 
 
 def predict_features(task: Any, model: Any, features: Sequence[dict], batch_size: int, accelerator: Any = None,
-                     progress: bool = False, desc: str = "") -> list[Any]:
-    """One raw output per feature, in feature order."""
+                     progress: bool = False, desc: str = "", autocast: Callable[[], Any] | None = None) -> list[Any]:
+    """One raw output per feature, in feature order. ``autocast``: the context of a loaded model's predictions
+    (nlpkit.inference_precision); during training the accelerator's."""
     device = accelerator.device if accelerator is not None else next(model.parameters()).device
     rank = accelerator.process_index if accelerator is not None else 0
     world = accelerator.num_processes if accelerator is not None else 1
@@ -33,8 +34,11 @@ def predict_features(task: Any, model: Any, features: Sequence[dict], batch_size
         from tqdm.auto import tqdm
 
         iterator = tqdm(mine, desc=desc or f"predict {task.name}", leave=False, unit="batch")
-    autocast = accelerator.autocast() if accelerator is not None else _null()
-    with torch.inference_mode(), autocast:
+    if accelerator is not None:
+        context = accelerator.autocast()
+    else:
+        context = autocast() if autocast is not None else _null()
+    with torch.inference_mode(), context:
         for idx in iterator:
             batch = to_device(task.collate([features[i] for i in idx]), device)
             outputs = task.predict_batch(head, backbone, batch)
@@ -54,10 +58,11 @@ def predict_features(task: Any, model: Any, features: Sequence[dict], batch_size
 
 
 def evaluate(task: Any, model: Any, examples: Sequence[dict], batch_size: int, accelerator: Any = None,
-             features: Sequence[dict] | None = None, progress: bool = False) -> tuple[list[Any], dict[str, Any]]:
+             features: Sequence[dict] | None = None, progress: bool = False,
+             autocast: Callable[[], Any] | None = None) -> tuple[list[Any], dict[str, Any]]:
     """(predictions, metrics) for one task on labelled examples."""
     features = task.encode(examples) if features is None else features
-    outputs = predict_features(task, model, features, batch_size, accelerator, progress, f"eval {task.name}")
+    outputs = predict_features(task, model, features, batch_size, accelerator, progress, f"eval {task.name}", autocast)
     predictions = task.decode(examples, features, outputs)
     return predictions, checked_scores(task, task.score(predictions, examples))
 

@@ -6,7 +6,7 @@ from typing import Any, Sequence
 
 import torch
 
-from . import checkpoint
+from . import checkpoint, inference_precision
 from .errors import NlpkitError, UnknownTaskError
 from .evaluation import evaluate as _evaluate
 from .evaluation import predict_features
@@ -15,8 +15,11 @@ from .evaluation import predict_features
 class Pipeline:
     """A loaded checkpoint: the model, its tasks (with their label maps) and the saved metadata."""
 
-    def __init__(self, model: Any, tasks: Sequence[Any], meta: dict[str, Any], path: Path, device: torch.device):
+    def __init__(self, model: Any, tasks: Sequence[Any], meta: dict[str, Any], path: Path, device: torch.device,
+                 precision: str = "fp32", quantized: bool = False):
         self.model, self.tasks, self.meta, self.path, self.device = model, list(tasks), meta, path, device
+        self.precision, self.quantized = precision, quantized  # what predictions run in (nlpkit.inference_precision)
+        self._autocast = inference_precision.autocast(precision, device)
 
     @property
     def task_names(self) -> list[str]:
@@ -52,7 +55,7 @@ class Pipeline:
             if not examples:
                 return []
             features = t.encode(examples)
-            outputs = predict_features(t, self.model, features, batch_size)
+            outputs = predict_features(t, self.model, features, batch_size, autocast=self._autocast)
             predictions = t.decode(examples, features, outputs)
         finally:
             t.options = saved
@@ -71,7 +74,7 @@ class Pipeline:
 
         require_examples(examples, path)
         t.check(examples, path)
-        _, metrics = _evaluate(t, self.model, examples, batch_size, progress=progress)
+        _, metrics = _evaluate(t, self.model, examples, batch_size, progress=progress, autocast=self._autocast)
         return metrics
 
     def format(self, prediction: Any, task: str | None = None) -> str:
@@ -86,10 +89,30 @@ def _check_batch_size(batch_size: Any) -> None:
         raise ConfigError(f"batch_size must be a whole number >= 1, got {batch_size!r}")
 
 
-def load(path: str | Path, device: str | None = None, tasks: Sequence[str] | None = None) -> Pipeline:
-    """Load a checkpoint folder (or a run folder, whose best model is used). Never touches the network."""
+def load(path: str | Path, device: str | None = None, tasks: Sequence[str] | None = None, precision: str = "fp32",
+         quantize: str | None = None) -> Pipeline:
+    """Load a checkpoint folder (or a run folder, whose best model is used). Never touches the network.
+
+    ``precision``: "fp32" (default: the predictions ``nlpkit evaluate`` scored), "bf16" autocast, or "auto"
+    (bf16 where the GPU or CPU multiplies it natively). ``quantize="int8"``: dynamic int8 Linear layers (CPU).
+    Both are faster and agree slightly less with fp32; benchmarks/predict_throughput.py measures how much.
+    """
+    from .errors import ConfigError
+
+    if quantize is not None and quantize not in inference_precision.QUANTIZE:
+        raise ConfigError(f"quantize must be one of {', '.join(inference_precision.QUANTIZE)} or None, got {quantize!r}")
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    chosen, _ = inference_precision.resolve(precision, dev)  # refuses a bad name before the weights are read
+    if quantize and dev.type != "cpu":
+        raise ConfigError(f"quantize int8 runs on CPU only; device is {dev}")
+    if quantize and chosen == "bf16":
+        if precision == "bf16":
+            raise ConfigError("quantize int8 computes in fp32 around its int8 weights (PyTorch's dynamic kernels take "
+                              "fp32 inputs): use it with precision fp32 or auto, not bf16")
+        chosen = "fp32"
     folder = checkpoint.resolve(path)
     model, task_objs, meta = checkpoint.load(folder, only=tasks)
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model.to(dev)
-    return Pipeline(model, task_objs, meta, folder, dev)
+    if quantize:
+        inference_precision.quantize_int8(model, dev)
+    return Pipeline(model, task_objs, meta, folder, dev, chosen, bool(quantize))

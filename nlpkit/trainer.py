@@ -33,7 +33,8 @@ import torch
 
 from . import adapters, checkpoint, sharding
 from .config import RunConfig
-from .distributed import auto_precision, check_engine, check_launch, describe, step_stats
+from .phases import PhaseClock
+from .distributed import check_engine, choose_precision, check_launch, describe, step_stats
 from .errors import CheckpointError, ConfigError, Interrupted, NlpkitError, TrainingError
 from .evaluation import evaluate, to_device
 from .optim import default_lr, make_optimizer, make_scheduler, no_decay  # noqa: F401 (no_decay: public)
@@ -109,6 +110,7 @@ class Trainer:
         self.bar: Any = None
         self.board: Board | None = None
         self.log: RunLog | None = None
+        self.clock = PhaseClock.for_run()
 
     def run(self) -> TrainResult:
         try:
@@ -132,7 +134,8 @@ class Trainer:
             cfg.init_from = cfg.backbone.spec  # --backbone RUN: a trained run (a pretraining run) is a backbone
         if cfg.init_from:  # the backbone is the checkpoint's, whatever backbone.spec says
             cfg.backbone.spec = checkpoint.read_meta(cfg.init_from)["backbone"]["spec"]
-        self.acc = self._accelerator()
+        with self.clock("launch"):
+            self.acc = self._accelerator()
         check_engine(self.acc, tc.batch_size, tc.grad_accum, tc.max_grad_norm)
         self.sharding = sharding.engine(self.shard_name, self.acc)
         adapters.check_quantize(cfg.backbone.quantize, self.acc.device)  # before anything is read or written
@@ -143,9 +146,12 @@ class Trainer:
         if self.saved:
             self.sharding.check_resume(self.src)
         self.log = RunLog(self.out, self.main, start=False)  # prints now; the file opens with the folder
-        self._setup_data()
-        self._setup_model()
-        self._setup_batches()
+        with self.clock("read"):
+            self._setup_data()
+        with self.clock("model"):
+            self._setup_model()
+        with self.clock("encode"):
+            self._setup_batches()
         self._setup_folder()  # the first step that changes what an earlier run left
         self._setup_optimizer()
         self._setup_state()
@@ -161,8 +167,10 @@ class Trainer:
         check_launch()
         precision = self.tc.precision
         cuda = torch.cuda.is_available() and not self.tc.cpu
+        self.precision_why = "asked for"
         if precision == "auto":
-            precision = auto_precision(self.tc.cpu)
+            precision, why = choose_precision(self.tc.cpu)
+            self.precision_why = f"auto: {why}; --precision fp32 or bf16 to choose"
         elif precision == "fp32":
             precision = "no"
         elif precision == "fp16" and not cuda:
@@ -240,11 +248,20 @@ class Trainer:
             if "dev" in self.data[task.name]:
                 paths = self.paths[task.name]
                 task.check(self.data[task.name]["dev"], paths.get("dev") or paths.get("train", "dev"))
+                self._cap_dev(task.name)
         self.fingerprints = {t.name: data_fingerprint(self.data[t.name]["train"]) for t in self.tasks}
         self.changed: list[str] = []
         if self.saved:
             self.changed = check_resume(self.src, self.saved, checkpoint.read_meta(self.src), cfg, self.tasks,
                                         self.fingerprints, self.acc.num_processes)
+
+    def _cap_dev(self, name: str) -> None:
+        """trainer.eval_max_examples: the first N dev examples, so that a quick run is not mostly scoring."""
+        cap, dev = self.tc.eval_max_examples, self.data[name]["dev"]
+        if cap and len(dev) > cap:
+            self.notes.append(f"{name} dev: evaluating on the first {cap} of {len(dev)} examples "
+                              "(trainer.eval_max_examples); `nlpkit evaluate` scores them all")
+            self.data[name]["dev"] = dev[:cap]
 
     def _setup_model(self) -> None:
         """Backbone, one head per task, and the weights of a resumed or starting checkpoint."""
@@ -321,10 +338,12 @@ class Trainer:
                 checkpoint.atomic_folder(tok_dir, lambda tmp: shutil.copytree(src / "tokenizer", tmp, dirs_exist_ok=True))
             if src is None:
                 preset_vocab = PRESETS[spec]["vocab_size"]
-                tokenizer = train_tokenizer(texts_fn(), self.config.backbone.vocab_size or preset_vocab)
-                checkpoint.atomic_folder(tok_dir, tokenizer.save_pretrained)
+                with self.clock("tokenizer"):
+                    tokenizer = train_tokenizer(texts_fn(), self.config.backbone.vocab_size or preset_vocab)
+                    checkpoint.atomic_folder(tok_dir, tokenizer.save_pretrained)
         acc.wait_for_everyone()
-        tokenizer = AutoTokenizer.from_pretrained(tok_dir)
+        with self.clock("tokenizer"):
+            tokenizer = AutoTokenizer.from_pretrained(tok_dir)
         preset = {k: v for k, v in PRESETS[spec].items() if k != "vocab_size"}
         return Backbone.from_scratch(preset, tokenizer, spec)
 
@@ -396,7 +415,7 @@ class Trainer:
                      + (f"; new heads: {', '.join(new)}" if new else ""))
         log.info(f"backbone: {self.backbone.spec} ({self.backbone.describe()['parameters'] / 1e6:.1f}M parameters, "
                  f"{self.backbone.kind}); device {acc.device}; processes {acc.num_processes}; "
-                 f"precision {precision_name(acc)}")
+                 f"precision {precision_name(acc)} ({self.precision_why})")
         said = adapters.summary(self.model)
         if said:
             log.info(said)
@@ -474,24 +493,30 @@ class Trainer:
                           "(to train again: --resume never, or another --output-dir)")
         if self.tc.eval_at_start and state.step == 0 and stop is None:
             self.log.info("evaluating the starting weights (trainer.eval_at_start): step 0 is the baseline")
-            self._evaluate_and_select(last=False)
+            with self.clock("evaluation"):
+                self._evaluate_and_select(last=False)
         self.model.train()
         with Preemption(self._latest_checkpoint_words) as preemption:
             while stop is None:
                 signum = self._agree_max(preemption.requested or 0)
                 if signum:
                     self._stop_on_signal(signum)
-                if self.train_step() is None:
+                with self.clock("first_step" if state.step == start_step else "steps"):
+                    done = self.train_step()
+                if done is None:
                     continue  # skipped: a non-finite loss or gradient
                 if state.step % self.eval_every == 0 or state.step == self.total_steps:
-                    self._evaluate_and_select(last=state.step == self.total_steps)
+                    with self.clock("evaluation"):
+                        self._evaluate_and_select(last=state.step == self.total_steps)
                 stop = self._finished()
                 if stop is not None and stop != "budget":
                     self.log.info(f"step {state.step}: {stop}")
                 elif stop is None and self._save_due():
-                    self._save_training()
+                    with self.clock("saving"):
+                        self._save_training()
             if state.step > start_step or not self.saved:
-                self._save_training(stop)
+                with self.clock("saving"):
+                    self._save_training(stop)
         return self._finish(stop)
 
     def train_step(self) -> StepResult | None:
@@ -754,6 +779,7 @@ class Trainer:
             "processes": acc.num_processes,
             "device": str(acc.device),
             "precision": precision_name(acc),
+            "precision_reason": self.precision_why,
             "sharding": self.sharding.name,
             **peak_memory_mb(acc.device),
             **{f"{k}_per_process": v for k, v in (self.held_bytes or {}).items()},
@@ -774,8 +800,12 @@ class Trainer:
         log, state = self.log, self.state
         if self.main:
             if self.tc.plots:
-                write_curves(self.out, {t.name: t.main_score for t in self.tasks}, log,
-                             {t.name: t.curve_metric for t in self.tasks if t.curve_metric})
+                with self.clock("plots"):
+                    write_curves(self.out, {t.name: t.main_score for t in self.tasks}, log,
+                                 {t.name: t.curve_metric for t in self.tasks if t.curve_metric})
+            # where the wall time went (docs/training.md); rewritten here so that the plots are counted too
+            result["phases"] = self.clock.summary()
+            (self.out / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
             for t in self.tasks:
                 if t.name in result["tasks"]:
                     log.info(f"dev {t.name}: " + ", ".join(f"{k} {v:.4f}" for k, v in result["tasks"][t.name].items()
@@ -787,6 +817,7 @@ class Trainer:
                 log.info(f"note: {advice}")
             log.info(f"saved to {self.out} (best model in {self.out / 'best'}, step {state.best_step}); "
                      f"wall time {result['wall_time_s']:.1f}s")
+            log.info(self.clock.line())
         log.close()
         self.acc.wait_for_everyone()
 

@@ -227,6 +227,11 @@ def test_predict_throughput_quick_compares_equal_outputs(quick_env):
     assert len(result["timings"]["nlpkit"]) == len(result["timings"]["hf"]) == 1
     assert "200/200 sentences with identical entity lists" in out, out[-2000:]
     assert "sentences/s ratio" in out
+    # the cheaper variants ran, were timed and were compared with fp32 and scored on gold labels
+    for name in ("bf16", "int8"):
+        assert len(result["timings"][name]) == 1 and f"nlpkit {name} / nlpkit fp32" in out
+        agreement = result["comparison"][name]
+        assert agreement["sentences"] == 200 and 0 <= agreement["identical"] <= 200 and "f1" in agreement
 
 
 def test_mfu_quick_reports_a_fraction_of_the_measured_peak(quick_env):
