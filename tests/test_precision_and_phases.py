@@ -117,7 +117,7 @@ def test_metrics_have_a_phase_breakdown_and_eval_cap(tmp_path, capsys):
     for name in ("read", "tokenizer", "model", "encode", "first_step", "steps", "evaluation", "saving", "total"):
         assert name in phases and phases[name] >= 0, name
     assert sum(v for k, v in phases.items() if k != "total") == pytest.approx(phases["total"], abs=0.01)
-    assert "time: read " in said_full
+    assert "\ntime: " in said_full and "(total " in said_full
     dev_full = int(said_full.split(" train, ")[1].split(" dev)")[0])
     assert dev_full > 2 and f"evaluating on the first 2 of {dev_full} examples" in said
     assert "train, 2 dev)" in said
