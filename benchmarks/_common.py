@@ -201,7 +201,7 @@ def device_line(info: dict[str, Any]) -> str:
 
 def pick_precision(requested: str, info: dict[str, Any]) -> str:
     """auto: bf16 on a GPU that has it, fp32 on the CPU (nlpkit's own default)."""
-    if requested != "auto":  # "nlpkit-auto": each side's own default (train_throughput.py --setting defaults)
+    if requested != "auto":
         return requested
     return "bf16" if info["type"] == "cuda" and info["bf16"] else "fp32"
 

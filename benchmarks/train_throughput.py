@@ -160,8 +160,8 @@ def hf_worker(spec: dict[str, Any]) -> dict[str, Any]:
         max_steps=spec["steps"],
         max_grad_norm=1.0,
         seed=spec["seed"],
-        bf16=spec.get("hf_precision", spec["precision"]) == "bf16",
-        fp16=spec.get("hf_precision", spec["precision"]) == "fp16",
+        bf16=spec["hf_precision"] == "bf16",
+        fp16=spec["hf_precision"] == "fp16",
         use_cpu=not cuda,
         train_sampling_strategy=spec["hf_sampling"],
         torch_compile=spec["hf_compile"],
@@ -182,7 +182,7 @@ def hf_worker(spec: dict[str, Any]) -> dict[str, Any]:
             "attn_implementation": getattr(model.config, "_attn_implementation", None),
             "optimizer": type(trainer.optimizer.optimizer if hasattr(trainer.optimizer, "optimizer")
                               else trainer.optimizer).__name__ + f" ({args.optim})",
-            "precision": spec.get("hf_precision", spec["precision"]), "np": np.__version__}
+            "precision": spec["hf_precision"], "np": np.__version__}
 
 
 def _hf_ner(spec, tokenizer):
@@ -319,9 +319,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
-    args.hf_precision = None
-    if args.setting == "defaults":
-        args.precision, args.hf_precision, args.hf_sampling = "nlpkit-auto", "fp32", "random"
+    if args.setting == "defaults":  # nlpkit's own "auto" (bf16 on a CPU with native bf16); HF's default fp32
+        args.hf_sampling = "random"
     elif args.setting == "best":
         args.precision, args.hf_sampling = "bf16", "group_by_length"
     if args.steps is None:  # one epoch of the slice: both sides then train on exactly the same sentences
@@ -340,7 +339,8 @@ def classification_available() -> bool:
         return False
 
 
-def run_variant(task: str, args: argparse.Namespace, backbone: str, precision: str, root: Path) -> dict[str, Any]:
+def run_variant(task: str, args: argparse.Namespace, backbone: str, precision: str, hf_precision: str,
+                root: Path) -> dict[str, Any]:
     if task == "ner":
         files = C.conll_slices(root, args.train_sentences, args.dev_sentences)
         data_desc = (f"CoNLL-2003: first {args.train_sentences} train sentences, first {args.dev_sentences} "
@@ -352,8 +352,7 @@ def run_variant(task: str, args: argparse.Namespace, backbone: str, precision: s
     spec = {"task": task, "backbone": backbone, "train": str(files["train"]), "dev": str(files["dev"]),
             "steps": args.steps, "batch_size": args.batch_size, "eval_batch_size": args.eval_batch_size,
             "max_length": args.max_length, "lr": args.lr, "warmup_steps": int(args.warmup_ratio * args.steps),
-            "seed": args.seed, "precision": "auto" if precision == "nlpkit-auto" else precision,
-            "hf_precision": args.hf_precision or ("fp32" if precision == "nlpkit-auto" else precision),
+            "seed": args.seed, "precision": precision, "hf_precision": hf_precision,
             "hf_sampling": args.hf_sampling, "hf_compile": args.hf_compile,
             "nlpkit_group": not args.nlpkit_no_group, "nlpkit_compile": args.nlpkit_compile,
             "nlpkit_optimizer": args.nlpkit_optimizer, "nlpkit_attention": "sdpa"}
@@ -444,7 +443,10 @@ def main(argv=None) -> int:
     info = C.device_info()
     print(C.device_line(info))
     print(C.versions())
-    precision = C.pick_precision(args.precision, info)
+    if args.setting == "defaults":  # each side as it comes
+        precision, hf_precision = "auto", C.pick_precision("auto", info)
+    else:
+        precision = hf_precision = C.pick_precision(args.precision, info)
     backbone = C.tiny_bert_folder() if args.quick else C.resolve_backbone(args.backbone)
     print(f"backbone: {'tiny random BERT (--quick)' if args.quick else args.backbone} -> {backbone}")
     root = C.data_root(args.data_root)
@@ -455,7 +457,7 @@ def main(argv=None) -> int:
             print("\n== classification: nlpkit has no task plugin registered as 'classification' in this install; "
                   "skipping the classification variant (run it again once the plugin is merged)")
             continue
-        payload["variants"][task] = run_variant(task, args, backbone, precision, root)
+        payload["variants"][task] = run_variant(task, args, backbone, precision, hf_precision, root)
     C.save_json(args.json, payload)
     return 0
 

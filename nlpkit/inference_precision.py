@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from typing import Any, Callable, ContextManager
+from typing import Callable, ContextManager
 
 import torch
 
@@ -34,6 +34,22 @@ def resolve(precision: str, device: torch.device) -> tuple[str, str]:
     return ("bf16" if native else "fp32"), f"auto: {why}"
 
 
+def settle(precision: str, quantize: str | None, device: torch.device) -> str:
+    """The precision predictions run in ("fp32" or "bf16"), or a ConfigError for a setting that cannot run;
+    checked before any weights are read."""
+    if quantize is not None and quantize not in QUANTIZE:
+        raise ConfigError(f"quantize must be one of {', '.join(QUANTIZE)} or None, got {quantize!r}")
+    chosen, _ = resolve(precision, device)
+    if not quantize:
+        return chosen
+    if device.type != "cpu":
+        raise ConfigError(f"quantize int8 runs on CPU only (PyTorch's dynamic quantization); device is {device}")
+    if precision == "bf16":
+        raise ConfigError("quantize int8 computes in fp32 around its int8 weights (PyTorch's dynamic kernels take "
+                          "fp32 inputs): use it with precision fp32 or auto, not bf16")
+    return "fp32"  # "auto" with int8
+
+
 def autocast(precision: str, device: torch.device) -> Callable[[], ContextManager]:
     """A factory of the context that predictions run in."""
     if precision == "bf16":
@@ -41,20 +57,12 @@ def autocast(precision: str, device: torch.device) -> Callable[[], ContextManage
     return contextlib.nullcontext
 
 
-def quantize_int8(model: torch.nn.Module, device: torch.device) -> int:
-    """Dynamic int8 quantization of every nn.Linear in place (weights int8, activations quantized per batch);
-    returns how many layers were converted. CPU only: PyTorch's quantized kernels (fbgemm/oneDNN) are CPU
-    kernels. Embeddings and LayerNorm stay fp32, so the model shrinks by its Linear weights only."""
-    if device.type != "cpu":
-        raise ConfigError(f"quantize int8 runs on CPU only (PyTorch's dynamic quantization); this model is on {device}")
+def quantize_int8(model: torch.nn.Module) -> None:
+    """Dynamic int8 quantization of every nn.Linear in place (weights int8, activations quantized per batch), on a
+    CPU model (see settle): PyTorch's quantized kernels (fbgemm/oneDNN) are CPU kernels. Embeddings and
+    LayerNorm stay fp32, so the model shrinks by its Linear weights only."""
     from torch.ao.quantization import quantize_dynamic
 
-    before = sum(isinstance(m, torch.nn.Linear) for m in model.modules())
     with warnings.catch_warnings():  # torch.ao's deprecation notices; the kernels are what we measure
         warnings.simplefilter("ignore")
         quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
-    return before
-
-
-def describe(precision: str, quantized: Any) -> str:
-    return precision + (", int8 Linear weights" if quantized else "")

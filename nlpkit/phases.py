@@ -28,22 +28,20 @@ class PhaseClock:
     def __init__(self, start: float | None = None) -> None:
         self.start = PROCESS_START if start is None else start
         self.seconds: dict[str, float] = {}
-        self._stack: list[list] = []  # [name, started, paused-for seconds]
+        self._inner: list[float] = []  # per open phase: seconds spent in the phases nested inside it
 
     @contextmanager
     def __call__(self, name: str) -> Iterator[None]:
         began = time.perf_counter()
         self.seconds.setdefault(name, 0.0)  # listed in the order the phases begin
-        entry = [name, began, 0.0]
-        self._stack.append(entry)
+        self._inner.append(0.0)
         try:
             yield
         finally:
-            self._stack.pop()
             spent = time.perf_counter() - began
-            self.add(name, spent - entry[2])
-            if self._stack:
-                self._stack[-1][2] += spent
+            self.add(name, spent - self._inner.pop())
+            if self._inner:
+                self._inner[-1] += spent
 
     @classmethod
     def for_run(cls) -> "PhaseClock":

@@ -97,22 +97,11 @@ def load(path: str | Path, device: str | None = None, tasks: Sequence[str] | Non
     (bf16 where the GPU or CPU multiplies it natively). ``quantize="int8"``: dynamic int8 Linear layers (CPU).
     Both are faster and agree slightly less with fp32; benchmarks/predict_throughput.py measures how much.
     """
-    from .errors import ConfigError
-
-    if quantize is not None and quantize not in inference_precision.QUANTIZE:
-        raise ConfigError(f"quantize must be one of {', '.join(inference_precision.QUANTIZE)} or None, got {quantize!r}")
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    chosen, _ = inference_precision.resolve(precision, dev)  # refuses a bad name before the weights are read
-    if quantize and dev.type != "cpu":
-        raise ConfigError(f"quantize int8 runs on CPU only; device is {dev}")
-    if quantize and chosen == "bf16":
-        if precision == "bf16":
-            raise ConfigError("quantize int8 computes in fp32 around its int8 weights (PyTorch's dynamic kernels take "
-                              "fp32 inputs): use it with precision fp32 or auto, not bf16")
-        chosen = "fp32"
+    chosen = inference_precision.settle(precision, quantize, dev)  # before the weights are read
     folder = checkpoint.resolve(path)
     model, task_objs, meta = checkpoint.load(folder, only=tasks)
     model.to(dev)
     if quantize:
-        inference_precision.quantize_int8(model, dev)
+        inference_precision.quantize_int8(model)
     return Pipeline(model, task_objs, meta, folder, dev, chosen, bool(quantize))

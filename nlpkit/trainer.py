@@ -33,11 +33,11 @@ import torch
 
 from . import adapters, checkpoint, sharding
 from .config import RunConfig
-from .phases import PhaseClock
-from .distributed import check_engine, choose_precision, check_launch, describe, step_stats
+from .distributed import check_engine, check_launch, choose_precision, describe, step_stats
 from .errors import CheckpointError, ConfigError, Interrupted, NlpkitError, TrainingError
 from .evaluation import evaluate, to_device
 from .optim import default_lr, make_optimizer, make_scheduler, no_decay  # noqa: F401 (no_decay: public)
+from .phases import PhaseClock
 from .preemption import Preemption, exit_code
 from .registry import import_plugin_module
 from .run_log import Board, RunLog, _mean_all, peak_memory_mb, write_curves
