@@ -86,10 +86,14 @@ class TaskEntry:
     options: dict[str, Any] = field(default_factory=dict)
     #: loss weight in multi-task training
     weight: float = 1.0
+    #: this task's own warm-up, as a fraction of its own steps (default: trainer.warmup_ratio); needs
+    #: trainer.schedule_per_task
+    warmup_ratio: Optional[float] = None
 
     def validate(self, key: str) -> None:
         self.name = self.name or self.type
         require(self.weight > 0, f"{key}.weight", "must be positive")
+        require(self.warmup_ratio is None or 0 <= self.warmup_ratio < 1, f"{key}.warmup_ratio", "must be in [0, 1)")
         for split, path in self.data.items():
             require(bool(path.strip()), f"{key}.data.{split}", "the path is empty")
 
@@ -132,10 +136,22 @@ class TrainerConfig:
     eval_at_start: bool = False
     #: stop after this many evaluations without improvement of the selection score
     patience: Optional[int] = None
-    #: multi-task batch sampling
-    sampler: Literal["proportional", "temperature", "round-robin"] = "proportional"
+    #: multi-task batch sampling (docs/multitask.md): proportional to the tasks' batches, temperature,
+    #: annealed (proportional at the start, close to uniform at the end), or round-robin
+    sampler: Literal["proportional", "temperature", "annealed", "round-robin"] = "proportional"
     #: sampler "temperature": task i is drawn with p ∝ n_i^(1/T) (1 = proportional, large = uniform)
     temperature: float = 2.0
+    #: multi-task: count each task's learning-rate schedule (warm-up, decay) in its own steps, so that its
+    #: k-th update gets the rate of its k-th update in a single-task run; false: one schedule over the run
+    schedule_per_task: bool = True
+    #: the heads' learning rate as a multiple of the backbone's
+    head_lr_scale: float = 1.0
+    #: multi-task loss weights: "fixed" (each task entry's weight) or "uncertainty" (Kendall et al. 2018:
+    #: each task's loss divided by its running mean, the closed-form optimum of the learned variance)
+    task_weighting: Literal["fixed", "uncertainty"] = "fixed"
+    #: multi-task: also keep each task's own best model in <run>/best-per-task/<task> (best/ holds the
+    #: checkpoint the selection score picked, one step for all tasks)
+    best_per_task: bool = False
     #: group similar lengths into batches (less padding)
     group_by_length: bool = True
     #: write a log.jsonl / TensorBoard record (and refresh the progress bar) every N steps
@@ -175,6 +191,7 @@ class TrainerConfig:
         require(self.eval_every is None or self.eval_every > 0, f"{key}.eval_every", "must be positive")
         require(self.patience is None or self.patience > 0, f"{key}.patience", "must be positive")
         require(self.temperature > 0, f"{key}.temperature", "must be positive")
+        require(0 < self.head_lr_scale <= 1000, f"{key}.head_lr_scale", "must be in (0, 1000]")
         require(self.log_every > 0, f"{key}.log_every", "must be positive")
         require(self.max_bad_steps >= 1, f"{key}.max_bad_steps", "must be >= 1")
         require(self.keep_last >= 1, f"{key}.keep_last", "must be >= 1")

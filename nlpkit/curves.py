@@ -111,11 +111,56 @@ def plot_curve(curve: Curve, path: str | Path, title: str | None = None) -> Path
     return path
 
 
+def plot_tasks(curves: Mapping[str, Curve], path: str | Path, selected: int | None = None) -> Path:
+    """A multi-task run's dev curves in one PNG, one panel per task (their scores have different scales),
+    sharing the step axis: each task's own best step is a dot, the step the selection picked a dashed
+    line. A task whose curve peaks long before the selected step is the one the others crowd out."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    shown = [c for c in curves.values() if c.score]
+    fig = Figure(figsize=(7, 2.2 + 1.8 * len(shown)), dpi=100)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(len(shown), 1, sharex=True, squeeze=False)[:, 0]
+    for ax, curve in zip(axes, shown):
+        ax.plot(curve.eval_steps, curve.score, "o-", markersize=3, color="tab:orange")
+        best = curve.best_step
+        if best is not None:
+            at = curve.eval_steps.index(best)
+            ax.plot([best], [curve.score[at]], "o", color="tab:green", markersize=8,
+                    label=f"own best: step {best}, {curve.score[at]:.4g}")
+        if selected is not None:
+            ax.axvline(selected, color="gray", linestyle="--", linewidth=1, label=f"selected: step {selected}")
+        ax.set_ylabel(f"{curve.task}\ndev {curve.metric}")
+        ax.grid(alpha=0.3)
+        ax.legend(loc="best", fontsize="small")
+    axes[-1].set_xlabel("optimizer step (of the run)")
+    fig.suptitle("dev curves per task")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    return path
+
+
+#: the one-PNG view of a multi-task run's dev curves, beside the per-task PNGs
+ALL_TASKS_PNG = "all-tasks.png"
+
+
 def plot_run(log_path: str | Path, out_dir: str | Path, main_scores: Mapping[str, str],
              plot_metrics: Mapping[str, str] | None = None) -> dict[str, Path]:
-    """A ``<task>.png`` per task in ``out_dir`` from a run's log.jsonl; returns task -> file."""
-    curves = curves_from_log(read_log(log_path), main_scores, plot_metrics)
-    return {name: plot_curve(c, Path(out_dir) / f"{_safe(name)}.png") for name, c in curves.items() if c.loss or c.score}
+    """A ``<task>.png`` per task in ``out_dir`` from a run's log.jsonl, and for several tasks with dev scores
+    ``all-tasks.png`` as well; returns task (or "all tasks") -> file."""
+    records = read_log(log_path)
+    curves = curves_from_log(records, main_scores, plot_metrics)
+    written = {name: plot_curve(c, Path(out_dir) / f"{_safe(name)}.png") for name, c in curves.items()
+               if c.loss or c.score}
+    if sum(1 for c in curves.values() if c.score) > 1:
+        selected = [r["step"] for r in records if isinstance(r.get("step"), int) and "selection_score" in r]
+        scores = [r["selection_score"] for r in records if isinstance(r.get("step"), int) and "selection_score" in r]
+        best = max(zip(scores, selected), key=lambda p: p[0])[1] if selected else None
+        written["all tasks"] = plot_tasks(curves, Path(out_dir) / ALL_TASKS_PNG, best)
+    return written
 
 
 def _safe(name: str) -> str:

@@ -383,6 +383,16 @@ def carve_dev_split(examples: Sequence[Any], fraction: float, seed: int, path: s
             [ex for i, ex in enumerate(examples) if i in held])
 
 
+def sample_examples(examples: Sequence[Any], k: int, seed: int) -> list[Any]:
+    """A seeded random ``k`` of the examples, in file order (the same file, k and seed: the same sample)."""
+    order = list(range(len(examples)))
+    random.Random(seed).shuffle(order)
+    keep = sorted(order[:k])
+    if callable(getattr(examples, "subset", None)):
+        return examples.subset(keep)
+    return [examples[i] for i in keep]
+
+
 def require_examples(examples: Sequence[Any], path: str | Path) -> None:
     if not examples:
         raise DataError("no examples found (the file is empty or holds only blank lines)", str(path))

@@ -31,15 +31,24 @@ def no_decay(name: str, param: torch.nn.Parameter) -> bool:
     return param.ndim < 2 or "norm" in name.lower()
 
 
-def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
-    """AdamW without weight decay on biases and normalisation weights."""
-    decay, plain = [], []
+def is_head(name: str) -> bool:
+    """A task head's parameter (MultiTaskModel.heads), as opposed to the shared backbone's."""
+    return name.startswith("heads.") or ".heads." in name
+
+
+def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float,
+                   head_lr_scale: float = 1.0) -> torch.optim.Optimizer:
+    """AdamW without weight decay on biases and normalisation weights; the heads' learning rate is
+    ``head_lr_scale`` times the backbone's (a new head starts from random weights, the backbone does not)."""
+    buckets: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        (plain if no_decay(name, param) else decay).append(param)
-    groups = [g for g in ({"params": decay, "weight_decay": weight_decay}, {"params": plain, "weight_decay": 0.0})
-              if g["params"]]
+        head = head_lr_scale != 1.0 and is_head(name)
+        buckets.setdefault((no_decay(name, param), head), []).append(param)
+    groups = [{"params": params, "weight_decay": 0.0 if plain else weight_decay,
+               "lr": lr * (head_lr_scale if head else 1.0)}
+              for (plain, head), params in sorted(buckets.items())]
     # fused: one kernel over all parameters, on CPU and GPU. MiniLM on 2 CPU cores trained 1.14x faster
     # (median samples/s) than with foreach at the same dev F1: docs/performance.md, measured with
     # benchmarks/train_throughput.py --ab nlpkit_optimizer=foreach
@@ -51,22 +60,78 @@ def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> to
     raise AssertionError("unreachable: plain AdamW always constructs")
 
 
-def make_scheduler(optimizer: torch.optim.Optimizer, kind: str, warmup: int, total: int):
-    """Linear warm-up over ``warmup`` steps, then linear/cosine decay to 0 at ``total`` (or constant).
+def schedule_factor(kind: str, step: int, warmup: int, total: int) -> float:
+    """The learning-rate multiplier of update ``step + 1``: linear warm-up over ``warmup`` steps, then
+    linear/cosine decay to 0 at ``total`` (or constant). So the first update already moves (lr/warmup)
+    and the last one uses a small positive rate."""
+    if step < warmup:
+        return (step + 1) / max(1, warmup)
+    progress = (step - warmup) / max(1, total - warmup)
+    if kind == "linear":
+        return max(0.0, 1.0 - progress)
+    if kind == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    return 1.0
 
-    The factor of step k is applied to optimizer step k+1, so the first update already moves (lr/warmup)
-    and the last one uses a small positive rate.
+
+def make_scheduler(optimizer: torch.optim.Optimizer, kind: str, warmup: int, total: int):
+    """One schedule counted in the run's optimizer steps, as a torch LambdaLR."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: schedule_factor(kind, step, warmup, total))
+
+
+RUN = "*"  #: the one clock of a schedule counted in the run's steps
+
+
+class TaskSchedule:
+    """The learning rate of each update, counted in the steps of the task(s) that update trains.
+
+    In a multi-task run a task makes only part of the run's steps. Counted in run steps (one clock for
+    all), a task drawn rarely early on would meet its warm-up and decay at other points of its own
+    training than it does alone; counted per task, each task's k-th update gets the rate its k-th update
+    gets in a single-task run of the same length, whatever the sampler. With one clock (``totals`` =
+    {RUN: steps}) this is exactly ``make_scheduler``.
+
+    ``prepare(tasks)`` sets the rate just before ``optimizer.step()`` (the step's tasks are known only
+    once its batches are drawn); ``step(tasks)`` counts the update. A step whose micro-batches come from
+    several tasks takes the mean of their rates.
     """
 
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / max(1, warmup)
-        progress = (step - warmup) / max(1, total - warmup)
-        if kind == "linear":
-            return max(0.0, 1.0 - progress)
-        if kind == "cosine":
-            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-        return 1.0
+    def __init__(self, optimizer: torch.optim.Optimizer, kind: str, warmups: dict[str, int], totals: dict[str, int]):
+        self.optimizer, self.kind = optimizer, kind
+        self.warmups, self.totals = dict(warmups), dict(totals)
+        self.done = {name: 0 for name in totals}
+        for group in optimizer.param_groups:
+            group.setdefault("initial_lr", group["lr"])
+        self.prepare([])
 
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    def _clock(self, task: str) -> str:
+        return task if task in self.totals else RUN
+
+    def factor(self, task: str) -> float:
+        c = self._clock(task)
+        return schedule_factor(self.kind, self.done[c], self.warmups[c], self.totals[c])
+
+    def prepare(self, tasks: list[str]) -> float:
+        clocks = sorted({self._clock(t) for t in tasks}) or sorted(self.totals)[:1]
+        f = sum(self.factor(c) for c in clocks) / len(clocks)
+        for group in self.optimizer.param_groups:
+            group["lr"] = group["initial_lr"] * f
+        return f
+
+    def step(self, tasks: list[str]) -> None:
+        for c in {self._clock(t) for t in tasks}:
+            self.done[c] += 1
+
+    def get_last_lr(self) -> list[float]:
+        return [group["lr"] for group in self.optimizer.param_groups]
+
+    def state_dict(self) -> dict[str, dict[str, int]]:
+        return {"done": dict(self.done)}
+
+    def load_state_dict(self, state: dict) -> None:
+        if "done" in state:
+            self.done.update(state["done"])
+        else:  # a LambdaLR's state (checkpoints of nlpkit before per-task schedules): one clock
+            for c in self.done:
+                self.done[c] = int(state.get("last_epoch", 0))
 

@@ -40,6 +40,10 @@ class TaskOptions:
     dev_split: float = 0.0
     #: seed of that hold-out, apart from the training seed so runs with other seeds score the same split
     dev_split_seed: int = 0
+    #: train on a seeded random sample of this many training examples (after any dev_split; the sample
+    #: uses dev_split_seed, so it does not move with the training seed). For learning curves, budgeted
+    #: comparisons and quick runs (None: all)
+    max_train_examples: Optional[int] = None
     #: text encoding of the data files, used unless a file starts with a byte-order mark (then that
     #: decides); reading stops at the first byte that does not decode (nlpkit.data explains the policy)
     #: (None: UTF-8, or the format's own encoding where it has one, e.g. Latin-1 for TREC's label-first)
@@ -52,6 +56,8 @@ class TaskOptions:
             check_encoding(self.encoding, f"{key}.encoding")
         _options.require(8 <= self.max_length <= 100_000, f"{key}.max_length", "must be between 8 and 100000")
         _options.require(0 <= self.dev_split < 1, f"{key}.dev_split", "must be in [0, 1)")
+        _options.require(self.max_train_examples is None or self.max_train_examples >= 1,
+                         f"{key}.max_train_examples", "must be at least 1")
 
 
 Example = dict  # a raw record; by convention "line" (or "record") says where it came from

@@ -6,13 +6,14 @@ sees the same batches: (epoch, position) per stream and the sampler's state are 
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import random
 from typing import Any, Sequence
 
 from .config import TaskEntry
-from .data import LengthGroupedBatches, carve_dev_split, require_examples
+from .data import LengthGroupedBatches, carve_dev_split, require_examples, sample_examples
 from .errors import ConfigError
 from .registry import get_task_class
 from .task import Task
@@ -46,6 +47,9 @@ def read_splits(task: Task, entry: TaskEntry, splits: Sequence[str] = ("train", 
                               "but a dev file is given too; use one or the other")
         data["train"], data["dev"] = carve_dev_split(data["train"], fraction, task.options.dev_split_seed,
                                                      files["train"])
+    keep = getattr(task.options, "max_train_examples", None)
+    if keep and "train" in data and keep < len(data["train"]):
+        data["train"] = sample_examples(data["train"], keep, task.options.dev_split_seed)
     return data
 
 
@@ -62,30 +66,59 @@ class TaskSampler:
     """Which task the next batch comes from. Seeded identically on every process.
 
     proportional: each pass interleaves every task's batches once, in random order (p ∝ batches);
-    temperature: draws with p ∝ n^(1/T); round-robin: tasks in turn.
+    temperature: draws with p ∝ n^(1/T); annealed (Stickland & Murray 2019): p ∝ n^α with α moving
+    linearly from 1 (proportional) at the first draw to 0.2 (close to uniform) at the last of ``total``
+    draws; round-robin: tasks in turn.
     """
 
-    def __init__(self, names: Sequence[str], sizes: Sequence[int], kind: str, temperature: float, seed: int):
+    #: annealed sampling's exponent at the end of training (the paper's 1 - 0.8)
+    ANNEAL_TO = 0.2
+
+    def __init__(self, names: Sequence[str], sizes: Sequence[int], kind: str, temperature: float, seed: int,
+                 total: int | None = None):
         self.names, self.sizes, self.kind = list(names), list(sizes), kind
         self.rng = random.Random(seed)
         weights = [n ** (1.0 / temperature) for n in sizes]
         self.probs = [w / sum(weights) for w in weights]
+        self.total = total
         self.queue: list[str] = []
-        self.turn = 0
+        self.turn = 0  # draws so far (round-robin's position; annealed's progress)
+
+    def probabilities(self, draw: int | None = None) -> list[float]:
+        """Each task's chance at draw ``draw`` (default: the next); proportional's is its long-run share."""
+        if self.kind == "round-robin":
+            return [1.0 / len(self.names)] * len(self.names)
+        if self.kind == "annealed":
+            progress = min(1.0, (self.turn if draw is None else draw) / max(1, (self.total or 1) - 1))
+            alpha = 1.0 - (1.0 - self.ANNEAL_TO) * progress
+            weights = [n ** alpha for n in self.sizes]
+            return [w / sum(weights) for w in weights]
+        if self.kind == "temperature":
+            return list(self.probs)
+        return [n / sum(self.sizes) for n in self.sizes]
 
     def __next__(self) -> str:
         if len(self.names) == 1:
             return self.names[0]
+        turn, self.turn = self.turn, self.turn + 1
         if self.kind == "round-robin":
-            name = self.names[self.turn % len(self.names)]
-            self.turn += 1
-            return name
-        if self.kind == "temperature":
-            return self.rng.choices(self.names, weights=self.probs)[0]
+            return self.names[turn % len(self.names)]
+        if self.kind in ("temperature", "annealed"):
+            return self.rng.choices(self.names, weights=self.probabilities(turn))[0]
         if not self.queue:
             self.queue = [n for n, size in zip(self.names, self.sizes) for _ in range(size)]
             self.rng.shuffle(self.queue)
         return self.queue.pop()
+
+    def plan(self, steps: int, per_step: int = 1) -> dict[str, int]:
+        """How many of the next ``steps`` optimizer steps (of ``per_step`` draws each) each task will be in:
+        a copy of this sampler draws them, so the count is exact, not an expectation."""
+        twin = copy.deepcopy(self)
+        counts = {n: 0 for n in self.names}
+        for _ in range(steps):
+            for name in {next(twin) for _ in range(per_step)}:
+                counts[name] += 1
+        return counts
 
     def state_dict(self) -> dict[str, Any]:
         return {"rng": self.rng.getstate(), "queue": list(self.queue), "turn": self.turn}

@@ -159,6 +159,12 @@ class LoopState:
     running: dict[str, list[float]] = field(default_factory=dict)
     last_grad_norm: float | None = None
     resumed_from: list[int] = field(default_factory=list)
+    #: multi-task: optimizer steps each task has made (a step of several tasks' micro-batches counts for each)
+    task_steps: dict[str, int] = field(default_factory=dict)
+    #: multi-task: each task's best evaluation so far, {task: {"step", "score", "metrics"}}
+    task_best: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: trainer.task_weighting "uncertainty": each task's running mean loss
+    loss_means: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -36,12 +36,13 @@ from .config import RunConfig
 from .distributed import check_engine, check_launch, choose_precision, describe, step_stats
 from .errors import CheckpointError, ConfigError, Interrupted, NlpkitError, TrainingError
 from .evaluation import evaluate, to_device
-from .optim import default_lr, make_optimizer, make_scheduler, no_decay  # noqa: F401 (no_decay: public)
+from .optim import RUN, TaskSchedule, default_lr, make_optimizer, make_scheduler, no_decay  # noqa: F401 (public)
 from .phases import PhaseClock
 from .preemption import Preemption, exit_code
 from .registry import import_plugin_module
 from .run_log import Board, RunLog, _mean_all, peak_memory_mb, write_curves
 from .task import Task, replace_options
+from .task_weighting import TaskWeighting
 from .task_data import (TaskSampler, TaskStream, build_task, data_fingerprint, describe_batch,  # noqa: F401
                         read_any, read_splits)
 from .train_state import (BACKBONE_KERNEL_KEYS, NEUTRAL_KEYS, ORDER_KEYS, LoopState,  # noqa: F401
@@ -51,6 +52,8 @@ from .train_state import (BACKBONE_KERNEL_KEYS, NEUTRAL_KEYS, ORDER_KEYS, LoopSt
 
 #: the run folder's tokenizer for a from-scratch preset (trained on the run's text, reused on resume)
 TOKENIZER_DIR = "tokenizer-scratch"
+#: trainer.best_per_task: <run>/best-per-task/<task> holds the model at that task's own best evaluation
+BEST_PER_TASK = "best-per-task"
 
 
 def precision_name(accelerator: Any) -> str:
@@ -362,7 +365,7 @@ class Trainer:
         self.steps_per_epoch = max(1, batches_per_epoch // tc.grad_accum)
         self.total_steps = tc.max_steps or max(1, math.ceil(tc.epochs * self.steps_per_epoch))
         self.sampler = TaskSampler([t.name for t in self.tasks], [len(self.streams[t.name]) for t in self.tasks],
-                                   tc.sampler, tc.temperature, tc.seed)
+                                   tc.sampler, tc.temperature, tc.seed, total=self.total_steps * tc.grad_accum)
         self.weights = {e.name: e.weight for e in self.config.tasks}
         self.eval_every = tc.eval_every or self.steps_per_epoch
         self.save_every = tc.save_every or self.eval_every
@@ -443,9 +446,8 @@ class Trainer:
         tc = self.tc
         self.lr = tc.lr or default_lr(self.config.backbone.spec, peft=self.config.backbone.peft is not None)
         self.model = self.sharding.shard(self.model)  # before the optimizer: sharding replaces the parameters
-        optimizer = make_optimizer(self.model, self.lr, tc.weight_decay)
-        self.scheduler = make_scheduler(optimizer, tc.scheduler, int(tc.warmup_ratio * self.total_steps),
-                                        self.total_steps)
+        optimizer = make_optimizer(self.model, self.lr, tc.weight_decay, tc.head_lr_scale)
+        self.scheduler = self._schedule(optimizer)
         self.model, self.optimizer = self.sharding.prepare(self.model, optimizer)
         said = self.sharding.describe(self.model)
         if said:
@@ -453,6 +455,23 @@ class Trainer:
         self.raw_model = self.acc.unwrap_model(self.model)
         if tc.compile:
             self.model = torch.compile(self.model)
+
+    def _schedule(self, optimizer: torch.optim.Optimizer) -> TaskSchedule:
+        """One clock for the run, or (multi-task, ``schedule_per_task``) one per task, each as long as the
+        steps its task will make: the sampler's twin draws them in advance (TaskSampler.plan)."""
+        tc = self.tc
+        if len(self.tasks) == 1 or not tc.schedule_per_task:
+            for e in self.config.tasks:
+                if e.warmup_ratio is not None and len(self.tasks) > 1:
+                    self.log.info(f"note: tasks.{e.name}.warmup_ratio is ignored: it needs trainer.schedule_per_task")
+            return TaskSchedule(optimizer, tc.scheduler, {RUN: int(tc.warmup_ratio * self.total_steps)},
+                                {RUN: self.total_steps})
+        totals = self.sampler.plan(self.total_steps, tc.grad_accum)
+        ratios = {e.name: tc.warmup_ratio if e.warmup_ratio is None else e.warmup_ratio for e in self.config.tasks}
+        warmups = {n: int(ratios[n] * totals[n]) for n in totals}
+        self.log.info("learning-rate schedule per task (trainer.schedule_per_task): "
+                          + ", ".join(f"{n} {totals[n]} steps, {warmups[n]} warm-up" for n in totals))
+        return TaskSchedule(optimizer, tc.scheduler, warmups, totals)
 
     def _setup_state(self) -> None:
         """A fresh LoopState, or the checkpoint's: optimizer, schedule, data position, counters."""
@@ -463,6 +482,7 @@ class Trainer:
                                                                    self.model, self.sharding)
             if self.changed:
                 self._adopt_newer_best()
+        self.weighting = TaskWeighting(self.tc.task_weighting, self.weights, self.state.loss_means)
         tc = self.tc
         self.log.info(f"training {self.total_steps} steps ({self.steps_per_epoch} per epoch), batch {tc.batch_size} x "
                       f"{tc.grad_accum} accumulation, lr {self.lr:g}, sampler {tc.sampler}")
@@ -523,7 +543,6 @@ class Trainer:
         """One optimizer step over ``grad_accum`` micro-batches; None when it was skipped."""
         acc, tc, state = self.acc, self.tc, self.state
         t0 = time.perf_counter()
-        lr = self.scheduler.get_last_lr()[0]  # the rate of this update
         done: list[MicroBatch] = []
         bad: tuple[str, str, str] | None = None
         for micro in range(tc.grad_accum):
@@ -542,15 +561,19 @@ class Trainer:
             self._skip(bad)
             return None
         state.bad_in_row = 0
+        tasks = [mb.task for mb in done]
+        lr = self.lr * self.scheduler.prepare(tasks)  # the rate of this update (the backbone's)
         self.optimizer.step()
         if self.held_bytes is None:  # what this process holds at its fullest: gradients and optimizer state exist
             self.held_bytes = sharding.local_bytes(self.model, self.optimizer)
         if not acc.optimizer_step_was_skipped:  # fp16 overflow: the scaler skipped this update
-            self.scheduler.step()
+            self.scheduler.step(tasks)
         self.optimizer.zero_grad(set_to_none=True)
         state.step += 1
         state.train_time += time.perf_counter() - t0
         result = StepResult(lr=lr)
+        for name in {mb.task for mb in done}:
+            state.task_steps[name] = state.task_steps.get(name, 0) + 1
         for mb in done:
             result.samples[mb.task] = result.samples.get(mb.task, 0) + mb.samples
             state.n_samples += mb.samples
@@ -577,7 +600,8 @@ class Trainer:
                 loss = self.model(name, batch)["loss"]
             nonfinite, value, tokens = step_stats(acc, loss, batch)
             if not nonfinite:
-                acc.backward(loss * self.weights[name] / self.tc.grad_accum)
+                self.weighting.observe(name, value)
+                acc.backward(loss * self.weighting(name) / self.tc.grad_accum)
         return MicroBatch(name, where, len(idx), value, tokens, nonfinite)
 
     # ===============================================================================================
@@ -664,6 +688,8 @@ class Trainer:
                                          if isinstance(v, (int, float)) and not isinstance(v, bool)}})
             log.info(f"step {step}: " + "  ".join(f"{n}: {t.main_score} {metrics[n][t.main_score]:.4f}"
                                                   for t in self.tasks for n in [t.name] if n in metrics))
+            if len(self.tasks) > 1:
+                self._track_task_best(step, metrics)
             best = state.best_score
             improved = best is None or score > best or (math.isnan(best) and not math.isnan(score))
             if improved:
@@ -676,12 +702,30 @@ class Trainer:
             self._save_best({"step": step, "config": self.config.to_dict()})
         acc.wait_for_everyone()
 
-    def _save_best(self, extra: dict[str, Any]) -> None:
-        """best/: one ordinary checkpoint. A sharded model's weights are gathered to the main process first
-        (a collective: every process calls it), so best/ is the same file as an unsharded run's."""
+    def _track_task_best(self, step: int, metrics: dict[str, dict[str, Any]]) -> None:
+        """Each task's own best evaluation: a log.jsonl record when one improves, and metrics.json's
+        ``best_per_task``. The selected checkpoint is one step for all tasks; this says what each task
+        reached at its best, and when (a task that peaks early and then declines is being crowded out)."""
+        for t in self.tasks:
+            if t.name not in metrics:
+                continue
+            score = float(metrics[t.name][t.main_score])
+            best = self.state.task_best.get(t.name)
+            if best is None or score > best["score"]:
+                self.state.task_best[t.name] = {"step": step, "score": score, "metrics": metrics[t.name]}
+                self.log.event({"step": step, "task_best": t.name, "score": score,
+                                "task_steps": self.state.task_steps.get(t.name, 0)})
+                if self.tc.best_per_task:
+                    self._save_best({"step": step, "selection_score": score, "selected_for": t.name,
+                                     "metrics": metrics, "config": self.config.to_dict()},
+                                    self.out / BEST_PER_TASK / t.name)
+
+    def _save_best(self, extra: dict[str, Any], folder: Path | None = None) -> None:
+        """best/ (or ``folder``): one ordinary checkpoint. A sharded model's weights are gathered to the main
+        process first (a collective: every process calls it), so best/ is the same file as an unsharded run's."""
         weights = self.sharding.full_state_dict(self.model)
         if self.acc.is_main_process:
-            checkpoint.save(self.out / "best", self.raw_model, self.tasks, extra, state_dict=weights)
+            checkpoint.save(folder or self.out / "best", self.raw_model, self.tasks, extra, state_dict=weights)
 
     def _evaluate(self, tasks, data, features, model, batch_size, acc) -> dict[str, dict[str, Any]]:
         metrics = {}
@@ -776,6 +820,8 @@ class Trainer:
             "train_tokens": state.n_tokens,
             "wall_time_s": state.wall_time,
             "resumed_from": state.resumed_from,
+            **({"steps_per_task": dict(state.task_steps), "best_per_task": state.task_best}
+               if len(self.tasks) > 1 else {}),
             "processes": acc.num_processes,
             "device": str(acc.device),
             "precision": precision_name(acc),

@@ -209,3 +209,154 @@ def test_decoder_only_backbone_trains_ner_within_its_positions(tmp_path, capsys)
     out = capsys.readouterr().out
     assert code == 0 and "tasks.ner.options.max_length=256 is more than the 64 positions" in out
     assert (tmp_path / "r" / "best").is_dir()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Multi-task quality controls (docs/multitask.md): annealed sampling, per-task schedules, task weighting,
+# head learning rates, per-task best records
+# ---------------------------------------------------------------------------------------------------
+def test_annealed_sampler_moves_from_proportional_to_near_uniform():
+    s = TaskSampler(["small", "big"], [10, 1000], "annealed", 1.0, seed=1, total=1001)
+    assert s.probabilities(0)[0] == pytest.approx(10 / 1010)
+    end = [10 ** 0.2, 1000 ** 0.2]
+    assert s.probabilities(1000)[0] == pytest.approx(end[0] / sum(end))
+    draws = [next(s) for _ in range(1001)]
+    assert draws[:300].count("small") < draws[-300:].count("small")  # the small task is drawn more later
+    state = json.loads(json.dumps(s.state_dict()))
+    t = TaskSampler(["small", "big"], [10, 1000], "annealed", 1.0, seed=5, total=1001)
+    t.load_state_dict(state)
+    assert t.probabilities() == s.probabilities()
+
+
+@pytest.mark.parametrize("kind", ["proportional", "temperature", "annealed", "round-robin"])
+def test_sampler_plan_counts_exactly_the_steps_each_task_will_make(kind):
+    s = TaskSampler(["a", "b", "c"], [3, 7, 2], kind, 2.0, seed=4, total=60)
+    plan = s.plan(30, per_step=2)
+    seen = {"a": 0, "b": 0, "c": 0}
+    for _ in range(30):
+        for name in {next(s), next(s)}:
+            seen[name] += 1
+    assert plan == seen
+    assert sum(plan.values()) >= 30
+
+
+def _lrs(schedule, opt, order):
+    used = []
+    for task in order:
+        schedule.prepare([task])
+        used.append(opt.param_groups[0]["lr"])
+        schedule.step([task])
+    return used
+
+
+def test_per_task_schedule_gives_each_task_its_single_task_curve():
+    import torch
+
+    from nlpkit.optim import RUN, TaskSchedule, make_scheduler
+
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([p], lr=1.0)
+    sched = TaskSchedule(opt, "linear", {"a": 2, "b": 1}, {"a": 10, "b": 4})
+    order = ["a", "a", "b", "a", "b", "a", "a", "b", "a", "a", "b", "a", "a", "a"]
+    used = _lrs(sched, opt, order)
+    a_rates = [lr for lr, t in zip(used, order) if t == "a"]
+    b_rates = [lr for lr, t in zip(used, order) if t == "b"]
+    # each task's k-th update has the rate of its own 10-step (a) or 4-step (b) single-task schedule
+    assert a_rates == pytest.approx([0.5, 1.0] + [1 - k / 8 for k in range(8)])
+    assert b_rates == pytest.approx([1.0] + [1 - k / 3 for k in range(3)])
+    state = sched.state_dict()
+    assert state == {"done": {"a": 10, "b": 4}}
+
+    # one clock: identical to the LambdaLR schedule of single-task runs
+    q = torch.nn.Parameter(torch.zeros(1))
+    opt2, opt3 = torch.optim.SGD([q], lr=0.5), torch.optim.SGD([q], lr=0.5)
+    one = TaskSchedule(opt2, "cosine", {RUN: 3}, {RUN: 12})
+    ref = make_scheduler(opt3, "cosine", 3, 12)
+    mine = _lrs(one, opt2, ["a", "b"] * 6)
+    theirs = []
+    for _ in range(12):
+        theirs.append(opt3.param_groups[0]["lr"])
+        opt3.step()
+        ref.step()
+    assert mine == pytest.approx(theirs)
+    # a LambdaLR state (checkpoints of older versions) resumes the one clock
+    one.load_state_dict({"last_epoch": 5})
+    assert one.done[RUN] == 5
+
+
+def test_uncertainty_weighting_divides_by_running_loss_and_averages_one():
+    from nlpkit.task_weighting import TaskWeighting
+
+    means: dict = {}
+    w = TaskWeighting("uncertainty", {"ner": 1.0, "re": 1.0}, means)
+    assert w("ner") == 1.0  # nothing seen yet
+    for _ in range(200):
+        w.observe("ner", 0.2)
+        w.observe("re", 2.0)
+    assert means["ner"] == pytest.approx(0.2) and means["re"] == pytest.approx(2.0)
+    assert w("ner") / w("re") == pytest.approx(10.0)
+    assert (w("ner") + w("re")) / 2 == pytest.approx(1.0)
+    fixed = TaskWeighting("fixed", {"ner": 2.0, "re": 1.0}, {})
+    fixed.observe("ner", 5.0)
+    assert fixed("ner") == 2.0
+
+
+def test_head_lr_scale_gives_heads_their_own_rate():
+    import torch
+
+    from nlpkit.model import MultiTaskModel
+    from nlpkit.optim import make_optimizer
+
+    class Backbone(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layer = torch.nn.Linear(3, 3)
+
+    model = MultiTaskModel(Backbone(), {"a": torch.nn.Linear(3, 2)})
+    opt = make_optimizer(model, 1e-4, 0.01, head_lr_scale=10.0)
+    by_id = {id(p): g for g in opt.param_groups for p in g["params"]}
+    assert by_id[id(model.heads["a"].weight)]["lr"] == pytest.approx(1e-3)
+    assert by_id[id(model.heads["a"].bias)]["weight_decay"] == 0.0
+    assert by_id[id(model.backbone.layer.weight)]["lr"] == pytest.approx(1e-4)
+    assert len(make_optimizer(model, 1e-4, 0.01).param_groups) == 2  # scale 1: the two groups as before
+
+
+def test_max_train_examples_keeps_a_seeded_sample_in_file_order(tmp_path):
+    from nlpkit.config import TaskEntry
+    from nlpkit.task_data import build_task, read_splits
+
+    ner = _ner_slice(tmp_path, 50)
+    entry = TaskEntry(type="ner", data={"train": str(ner)}, options={"max_train_examples": 12, "dev_split": 0.2})
+    entry.validate("tasks.0")
+    task = build_task(entry)
+    data = read_splits(task, entry)
+    again = read_splits(task, entry)
+    assert len(data["train"]) == 12 and len(data["dev"]) == 10
+    assert [e["tokens"] for e in data["train"]] == [e["tokens"] for e in again["train"]]
+    dev = {tuple(e["tokens"]) for e in data["dev"]}
+    assert not any(tuple(e["tokens"]) in dev for e in data["train"])
+
+
+def test_joint_run_records_each_tasks_best_and_draws_all_tasks_curves(tmp_path, capsys):
+    ner = _ner_slice(tmp_path, 40)
+    out = tmp_path / "r"
+    assert main(["train", "--task", "ner:a", "--task", "ner:b", "--data", f"a:train={ner}", "--data", f"a:dev={ner}",
+                 "--data", f"b:train={ner}", "--data", f"b:dev={ner}", "--backbone", "mini", "--max-steps", "6",
+                 "--batch-size", "8", "--output-dir", str(out), "--no-progress", "--set", "backbone.vocab_size=400",
+                 "--set", "trainer.eval_every=2", "--set", "trainer.sampler=annealed",
+                 "--set", "trainer.task_weighting=uncertainty", "--set", "trainer.head_lr_scale=5",
+                 "--set", "trainer.best_per_task=true", "--set", "tasks.b.warmup_ratio=0.5"]) == 0
+    said = capsys.readouterr().out
+    assert "learning-rate schedule per task" in said
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert sum(metrics["steps_per_task"].values()) == 6
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    bests = [r for r in records if "task_best" in r]
+    for name in ("a", "b"):
+        own = metrics["best_per_task"][name]
+        evals = [r["eval"][name]["f1"] for r in records if "eval" in r]
+        assert own["score"] == pytest.approx(max(evals))
+        assert [r for r in bests if r["task_best"] == name][-1]["step"] == own["step"]
+        saved = json.loads((out / "best-per-task" / name / "nlpkit.json").read_text())
+        assert saved["step"] == own["step"] and saved["selected_for"] == name
+    assert (out / "curves" / "all-tasks.png").stat().st_size > 1000
