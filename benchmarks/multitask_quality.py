@@ -148,9 +148,9 @@ def main() -> None:
 def score_of(metrics: dict, task: str, main: str, own_best: bool = False) -> float | None:
     if own_best:
         best = (metrics.get("best_per_task") or {}).get(task)
-        return 100 * best["score"] if best else None
+        return best["score"] if best else None
     got = (metrics.get("tasks") or {}).get(task)
-    return 100 * got[main] if got and main in got else None
+    return got[main] if got and main in got else None
 
 
 def report(pair: str, tasks: list[dict], single: dict, joint: dict, settings, base: dict) -> None:

@@ -144,6 +144,10 @@ class TrainerConfig:
     #: multi-task: count each task's learning-rate schedule (warm-up, decay) in its own steps, so that its
     #: k-th update gets the rate of its k-th update in a single-task run; false: one schedule over the run
     schedule_per_task: bool = True
+    #: multi-task: "shared" (one AdamW state for all tasks) or "per-task" (one AdamW state per task over the
+    #: shared weights, so each task's updates follow its own gradients' moments; more optimizer memory;
+    #: not with distributed.sharding)
+    optimizer_state: Literal["shared", "per-task"] = "shared"
     #: the heads' learning rate as a multiple of the backbone's
     head_lr_scale: float = 1.0
     #: multi-task loss weights: "fixed" (each task entry's weight) or "uncertainty" (Kendall et al. 2018:

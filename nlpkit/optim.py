@@ -36,10 +36,11 @@ def is_head(name: str) -> bool:
     return name.startswith("heads.") or ".heads." in name
 
 
-def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float,
-                   head_lr_scale: float = 1.0) -> torch.optim.Optimizer:
+def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, head_lr_scale: float = 1.0,
+                   tasks: list[str] | None = None) -> torch.optim.Optimizer:
     """AdamW without weight decay on biases and normalisation weights; the heads' learning rate is
-    ``head_lr_scale`` times the backbone's (a new head starts from random weights, the backbone does not)."""
+    ``head_lr_scale`` times the backbone's (a new head starts from random weights, the backbone does not).
+    ``tasks`` (two or more): one AdamW state per task (PerTaskAdamW)."""
     buckets: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
@@ -49,6 +50,12 @@ def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float,
     groups = [{"params": params, "weight_decay": 0.0 if plain else weight_decay,
                "lr": lr * (head_lr_scale if head else 1.0)}
               for (plain, head), params in sorted(buckets.items())]
+    if tasks and len(tasks) > 1:
+        return PerTaskAdamW(groups, tasks, lr)
+    return adamw(groups, lr)
+
+
+def adamw(groups: list[dict], lr: float) -> torch.optim.AdamW:
     # fused: one kernel over all parameters, on CPU and GPU. MiniLM on 2 CPU cores trained 1.14x faster
     # (median samples/s) than with foreach at the same dev F1: docs/performance.md, measured with
     # benchmarks/train_throughput.py --ab nlpkit_optimizer=foreach
@@ -58,6 +65,45 @@ def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float,
         except (TypeError, RuntimeError):
             continue
     raise AssertionError("unreachable: plain AdamW always constructs")
+
+
+class PerTaskAdamW(torch.optim.Optimizer):
+    """One AdamW state (moments, step count) per task over the same parameters.
+
+    With one shared state, every task's gradients enter the same moving averages: a task whose
+    gradients are larger sets the step size of the others' updates on the shared backbone, and its
+    momentum carries into their steps. With a state per task, each task's updates follow the AdamW
+    dynamics of its own gradients only, as in its single-task run; the weights stay shared. Costs two
+    fp32 tensors per trainable parameter per extra task. ``use(task)`` picks the state of the next step.
+    """
+
+    def __init__(self, groups: list[dict], tasks: list[str], lr: float):
+        super().__init__(groups, {"lr": lr, "weight_decay": 0.0})
+        self.inner = {t: adamw([{**g, "params": list(g["params"])} for g in self.param_groups], lr) for t in tasks}
+        self.active = tasks[0]
+
+    def use(self, task: str) -> None:
+        self.active = task
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        inner = self.inner[self.active]
+        for mine, theirs in zip(self.param_groups, inner.param_groups):  # the schedule sets the rate on ours
+            theirs["lr"] = mine["lr"]
+        return inner.step(closure)
+
+    def state_dict(self) -> dict:
+        return {"per_task": {t: o.state_dict() for t, o in self.inner.items()},
+                "param_groups": [{k: v for k, v in g.items() if k != "params"} for g in self.param_groups]}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        if "per_task" not in state_dict:
+            raise ValueError("this optimizer state holds one AdamW state, not one per task "
+                             "(trainer.optimizer_state was 'shared' when it was saved)")
+        for t, o in self.inner.items():
+            o.load_state_dict(state_dict["per_task"][t])
+        for mine, saved in zip(self.param_groups, state_dict.get("param_groups", [])):
+            mine.update({k: v for k, v in saved.items() if k != "params"})
 
 
 def schedule_factor(kind: str, step: int, warmup: int, total: int) -> float:

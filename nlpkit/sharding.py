@@ -340,7 +340,8 @@ def _param_bytes(model: nn.Module) -> tuple[int, int]:
 def local_bytes(model: nn.Module, optimizer: Any) -> dict[str, int]:
     """Parameter, gradient and optimizer-state bytes this process holds (DTensors count their local shard)."""
     opt = _torch_optimizer(optimizer)
-    state = sum(_local(v).numel() * v.element_size() for s in opt.state.values() for v in s.values()
+    states = [o.state for o in getattr(opt, "inner", {}).values()] or [opt.state]  # PerTaskAdamW: one per task
+    state = sum(_local(v).numel() * v.element_size() for st in states for s in st.values() for v in s.values()
                 if isinstance(v, torch.Tensor) and v.dim() > 0)
     grads = sum(_local(p.grad).numel() * p.grad.element_size() for p in model.parameters() if p.grad is not None)
     return {"param_bytes": _param_bytes(model)[0], "grad_bytes": grads, "optimizer_state_bytes": state}

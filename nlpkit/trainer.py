@@ -115,6 +115,10 @@ class Trainer:
         self.log: RunLog | None = None
         self.clock = PhaseClock.for_run()
 
+    @property
+    def per_task_optimizer(self) -> bool:
+        return self.tc.optimizer_state == "per-task" and len(self.config.tasks) > 1
+
     def run(self) -> TrainResult:
         try:
             self.setup()
@@ -141,6 +145,9 @@ class Trainer:
             self.acc = self._accelerator()
         check_engine(self.acc, tc.batch_size, tc.grad_accum, tc.max_grad_norm)
         self.sharding = sharding.engine(self.shard_name, self.acc)
+        if self.per_task_optimizer and self.sharding.name != "none":
+            raise ConfigError(f"trainer.optimizer_state per-task does not work with {self.sharding.name} sharding "
+                              "(its optimizer state is sharded as one AdamW state): use trainer.optimizer_state=shared")
         adapters.check_quantize(cfg.backbone.quantize, self.acc.device)  # before anything is read or written
         self.main = self.acc.is_main_process
         set_seed(tc.seed)
@@ -446,7 +453,8 @@ class Trainer:
         tc = self.tc
         self.lr = tc.lr or default_lr(self.config.backbone.spec, peft=self.config.backbone.peft is not None)
         self.model = self.sharding.shard(self.model)  # before the optimizer: sharding replaces the parameters
-        optimizer = make_optimizer(self.model, self.lr, tc.weight_decay, tc.head_lr_scale)
+        optimizer = make_optimizer(self.model, self.lr, tc.weight_decay, tc.head_lr_scale,
+                                   tasks=[t.name for t in self.tasks] if self.per_task_optimizer else None)
         self.scheduler = self._schedule(optimizer)
         self.model, self.optimizer = self.sharding.prepare(self.model, optimizer)
         said = self.sharding.describe(self.model)
@@ -563,6 +571,8 @@ class Trainer:
         state.bad_in_row = 0
         tasks = [mb.task for mb in done]
         lr = self.lr * self.scheduler.prepare(tasks)  # the rate of this update (the backbone's)
+        if self.per_task_optimizer:  # a step of several tasks' micro-batches moves its first task's state
+            sharding._torch_optimizer(self.optimizer).use(tasks[0])
         self.optimizer.step()
         if self.held_bytes is None:  # what this process holds at its fullest: gradients and optimizer state exist
             self.held_bytes = sharding.local_bytes(self.model, self.optimizer)

@@ -360,3 +360,40 @@ def test_joint_run_records_each_tasks_best_and_draws_all_tasks_curves(tmp_path, 
         saved = json.loads((out / "best-per-task" / name / "nlpkit.json").read_text())
         assert saved["step"] == own["step"] and saved["selected_for"] == name
     assert (out / "curves" / "all-tasks.png").stat().st_size > 1000
+
+
+def test_per_task_adamw_keeps_each_tasks_moments_apart():
+    import copy
+
+    import torch
+
+    from nlpkit.optim import PerTaskAdamW, RUN, TaskSchedule
+
+    p = torch.nn.Parameter(torch.zeros(2))
+    opt = PerTaskAdamW([{"params": [p], "weight_decay": 0.0}], ["a", "b"], lr=0.1)
+    sched = TaskSchedule(opt, "constant", {RUN: 0}, {RUN: 10})
+    grads = [("a", torch.tensor([1.0, 0.0])), ("b", torch.tensor([0.0, 5.0])), ("a", torch.tensor([3.0, 0.0]))]
+    for task, g in grads:
+        p.grad = g.clone()
+        sched.prepare([task])
+        opt.use(task)
+        opt.step()
+        sched.step([task])
+    a = opt.inner["a"].state[p]
+    assert float(a["step"]) == 2 and float(opt.inner["b"].state[p]["step"]) == 1
+    assert a["exp_avg"].tolist() == pytest.approx([0.9 * 0.1 * 1.0 + 0.1 * 3.0, 0.0])  # b's gradient never entered
+    assert a["exp_avg_sq"][1].item() == 0.0
+
+    # the state round-trips, and the schedule's rate still reaches the task states after loading
+    q = torch.nn.Parameter(p.detach().clone())
+    twin = PerTaskAdamW([{"params": [q], "weight_decay": 0.0}], ["a", "b"], lr=0.1)
+    twin.load_state_dict(copy.deepcopy(opt.state_dict()))  # as from a file: no tensor shared with opt
+    for group in (opt.param_groups[0], twin.param_groups[0]):
+        group["lr"] = 0.01
+    for o, param in ((opt, p), (twin, q)):
+        param.grad = torch.tensor([1.0, 1.0])
+        o.use("b")
+        o.step()
+    assert torch.equal(p, q)
+    with pytest.raises(ValueError, match="one AdamW state"):
+        twin.load_state_dict(torch.optim.AdamW([q]).state_dict())

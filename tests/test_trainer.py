@@ -201,6 +201,26 @@ def test_kill_mid_epoch_and_resume_equals_uninterrupted_run(reference, ner_files
     assert_same_weights(checkpoint.latest_training(out), final)
 
 
+def test_multitask_controls_resume_exactly(ner_files, tmp_path, capsys):
+    """Per-task AdamW states, uncertainty weights, annealed sampling and per-task schedules are all part of
+    the saved state: a killed run resumed equals the uninterrupted one."""
+    extra = {"optimizer_state": "per-task", "task_weighting": "uncertainty", "sampler": "annealed",
+             "head_lr_scale": 3.0}
+    ref = tmp_path / "ref"
+    torch.set_num_threads(1)
+    train(run_config(ner_files, ref, **extra))
+    out = tmp_path / "run"
+    run_killed(tmp_path, run_config(ner_files, out, **extra), "batch", 13)
+    assert main(["train", "--resume", str(out), "--no-progress"]) == 0
+    assert_same_weights(checkpoint.latest_training(out), checkpoint.latest_training(ref))
+    got, want = json.loads((out / "metrics.json").read_text()), json.loads((ref / "metrics.json").read_text())
+    assert {k: got[k] for k in RESULT_KEYS} == {k: want[k] for k in RESULT_KEYS}
+    assert comparable_log(out) == comparable_log(ref)
+    state = torch.load(checkpoint.latest_training(ref) / "training_state.pt", weights_only=True)
+    assert set(state["optimizer"]["per_task"]) == {"ner_a", "ner_b"}
+    assert want["optimizer_state_bytes_per_process"] > 0
+
+
 def test_resume_refuses_an_incompatible_config(reference, ner_files, tmp_path, capsys):
     for change, message in [({"backbone": {"spec": "tiny", "vocab_size": 400}}, "backbone.spec was 'mini', now 'tiny'"),
                             ({"trainer_batch_size": 16}, "trainer.batch_size was 8, now 16"),
