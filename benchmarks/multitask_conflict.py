@@ -27,31 +27,10 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
 from _common import data_root, offline  # noqa: E402
+from multitask_quality import PAIRS, pair_tasks  # noqa: E402
 
 
-def pair_tasks(pair: str, root: Path, train_examples: int | None) -> list[dict]:
-    cap = {"max_train_examples": train_examples} if train_examples else {}
-    conll = {"type": "ner", "name": "conll", "options": dict(cap),
-             "data": {"train": str(root / "conll2003/train.txt.gz"), "dev": str(root / "conll2003/valid.txt.gz")}}
-    entries = {
-        "semeval": {"type": "relation-extraction", "name": "semeval",
-                    "data": {"train": str(root / "semeval2010_task8/TRAIN_FILE.TXT.gz")},
-                    "options": {"dev_split": 0.1, **cap}},
-        "wnut": {"type": "ner", "name": "wnut", "options": dict(cap),
-                 "data": {"train": str(root / "wnut17/wnut17train.conll.gz"),
-                          "dev": str(root / "wnut17/emerging.dev.conll.gz")}},
-        "sst2": {"type": "sentiment", "name": "sst2", "data": {"train": str(root / "sst2/train.tsv.gz")},
-                 "options": {"dev_split": 0.05, "max_length": 66, **cap}},
-        "trec": {"type": "classification", "name": "trec", "data": {"train": str(root / "trec/train_5500.label.gz")},
-                 "options": {"format": "label-first", "label_part": "coarse", "dev_split": 0.1, "max_length": 64,
-                             **cap}},
-        "conll": conll,
-    }
-    names = pair.split("-")
-    return [entries[n] for n in names]
-
-
-def flat_grad(params) -> "torch.Tensor":
+def flat_grad(params):
     import torch
 
     return torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).float() for p in params])
@@ -98,7 +77,8 @@ def main() -> None:
                     help="two of conll, semeval, wnut, sst2, trec joined by '-' (default conll-semeval)")
     ap.add_argument("--steps", default="0,300", help="joint training steps at which to measure (comma-separated)")
     ap.add_argument("--batches", type=int, default=16, help="batches per task per measurement (default 16)")
-    ap.add_argument("--train-examples", type=int, default=4000, help="training examples per task (default 4000)")
+    ap.add_argument("--train-examples", type=int,
+                    help="training examples per task (default: the sizes benchmarks/multitask_quality.py uses)")
     ap.add_argument("--backbone", default="minilm")
     ap.add_argument("--data-root")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -117,7 +97,8 @@ def main() -> None:
         key, _, value = item.partition("=")
         trainer_cfg[key] = yaml.safe_load(value)
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = RunConfig.from_dict({"tasks": pair_tasks(args.pair, root, args.train_examples),
+        sizes = args.train_examples or PAIRS.get(args.pair, {}).get("train")
+        cfg = RunConfig.from_dict({"tasks": pair_tasks(args.pair, root, sizes),
                                    "backbone": {"spec": args.backbone}, "trainer": trainer_cfg,
                                    "output_dir": str(Path(tmp) / "run")})
         trainer = Trainer(cfg)

@@ -83,6 +83,7 @@ def run_one(label: str, tasks: list[dict], trainer: dict, backbone: str, out: Pa
                  + (done.stdout + done.stderr)[-3000:])
     metrics = json.loads((out / "metrics.json").read_text())
     metrics["process_wall_s"] = wall
+    (out.parent / f"{out.name}.wall").write_text(f"{wall:.1f}\n")  # for --reuse
     return metrics
 
 
@@ -90,8 +91,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pair", required=True, choices=sorted(PAIRS))
     ap.add_argument("--setting", action="append", default=[], metavar="NAME[:KEY=VALUE,...]",
-                    help="a joint setting: a name and trainer overrides, e.g. rr:sampler=round-robin "
-                         "(repeatable; default: one setting 'default' with nlpkit's defaults)")
+                    help="a joint setting: a name and trainer overrides, e.g. rr:sampler=round-robin, or a task "
+                         "entry's key as tasks.NAME.KEY=VALUE (repeatable; default: one setting 'default' with "
+                         "nlpkit's defaults)")
+    ap.add_argument("--single-setting", metavar="NAME:KEY=VALUE,...",
+                    help="train the single-task runs with these trainer overrides too (their runs are named "
+                         "single-TASK@NAME), to tell a setting that helps multi-task training from one that "
+                         "helps every run")
     ap.add_argument("--only", choices=["single", "joint"], help="run only the single-task runs or only the joint ones")
     ap.add_argument("--backbone", default="minilm")
     ap.add_argument("--seed", type=int, default=42)
@@ -108,22 +114,32 @@ def main() -> None:
     base = {"epochs": args.epochs or spec["epochs"], "batch_size": 32, "lr": args.lr, "seed": args.seed,
             "tensorboard": False, "save_minutes": None}
     tasks = pair_tasks(args.pair, root, spec["train"])
-    out_dir = Path(args.out) / args.pair
-    settings = []
-    for item in args.setting or ["default"]:
+    out_dir = Path(args.out) / args.pair / ("" if args.seed == 42 else f"seed{args.seed}")
+    def parse(item: str) -> tuple[str, dict]:
         name, _, rest = item.partition(":")
         overrides = {}
         for kv in filter(None, rest.split(",")):
             key, _, value = kv.partition("=")
             overrides[key.strip()] = yaml.safe_load(value)
-        settings.append((name, overrides))
+        return name, overrides
+
+    settings = [parse(item) for item in args.setting or ["default"]]
+    suffix, single_overrides = parse(args.single_setting) if args.single_setting else ("", {})
+    suffix = f"@{suffix}" if suffix else ""
+
+    def done(label: str) -> dict | None:
+        out = out_dir / label
+        if not (out / "metrics.json").is_file():
+            return None
+        metrics = json.loads((out / "metrics.json").read_text())
+        wall = out.parent / f"{out.name}.wall"
+        metrics["process_wall_s"] = float(wall.read_text()) if wall.is_file() else metrics.get("wall_time_s")
+        return metrics
 
     def get(label: str, run_tasks: list[dict], trainer: dict) -> dict:
         out = out_dir / label
-        if args.reuse and (out / "metrics.json").is_file():
-            metrics = json.loads((out / "metrics.json").read_text())
-            metrics.setdefault("process_wall_s", metrics.get("wall_time_s"))
-            return metrics
+        if args.reuse and done(label):
+            return done(label)
         print(f"running {label} ...", flush=True)
         m = run_one(label, run_tasks, trainer, args.backbone, out)
         print(f"  done in {m['process_wall_s']:.0f} s", flush=True)
@@ -132,17 +148,22 @@ def main() -> None:
     single = {}
     if args.only != "joint":
         for t in tasks:
-            single[t["name"]] = get(f"single-{t['name']}", [t], base)
+            single[t["name"]] = get(f"single-{t['name']}{suffix}", [t], {**base, **single_overrides})
     joint = {}
     if args.only != "single":
         for name, overrides in settings:
-            joint[name] = get(f"joint-{name}", tasks, {**base, **overrides})
+            run_tasks = [dict(t) for t in tasks]
+            for key, value in overrides.items():  # tasks.NAME.KEY=VALUE: a key of that task's entry (weight, ...)
+                if key.startswith("tasks."):
+                    _, task_name, field = key.split(".", 2)
+                    next(t for t in run_tasks if t["name"] == task_name)[field] = value
+            trainer = {k: v for k, v in overrides.items() if not k.startswith("tasks.")}
+            joint[name] = get(f"joint-{name}", run_tasks, {**base, **trainer})
     if args.reuse or args.only:  # the table also takes runs made by earlier invocations
         for t in tasks:
-            path = out_dir / f"single-{t['name']}" / "metrics.json"
-            if t["name"] not in single and path.is_file():
-                single[t["name"]] = json.loads(path.read_text())
-    report(args.pair, tasks, single, joint, settings, base)
+            if t["name"] not in single and done(f"single-{t['name']}{suffix}"):
+                single[t["name"]] = done(f"single-{t['name']}{suffix}")
+    report(args.pair, tasks, single, joint, settings, base, single_overrides)
 
 
 def score_of(metrics: dict, task: str, main: str, own_best: bool = False) -> float | None:
@@ -153,7 +174,8 @@ def score_of(metrics: dict, task: str, main: str, own_best: bool = False) -> flo
     return got[main] if got and main in got else None
 
 
-def report(pair: str, tasks: list[dict], single: dict, joint: dict, settings, base: dict) -> None:
+def report(pair: str, tasks: list[dict], single: dict, joint: dict, settings, base: dict,
+           single_overrides: dict | None = None) -> None:
     from nlpkit.registry import get_task_class
 
     mains = {t["name"]: get_task_class(t["type"]).main_score for t in tasks}
@@ -163,7 +185,8 @@ def report(pair: str, tasks: list[dict], single: dict, joint: dict, settings, ba
     print("|---|---|" + "---|" * len(mains) + "---|---|")
     for n, m in single.items():
         cells = [f"{score_of(m, n, mains[n]):.2f}" if k == n else "–" for k in mains]
-        print(f"| {n} alone | – | " + " | ".join(cells) + f" | {m['steps']} | {m.get('process_wall_s', 0):.0f} s |")
+        said = ", ".join(f"{k}={v}" for k, v in (single_overrides or {}).items()) or "nlpkit defaults"
+        print(f"| {n} alone | {said} | " + " | ".join(cells) + f" | {m['steps']} | {m.get('process_wall_s', 0):.0f} s |")
     for name, overrides in settings:
         m = joint.get(name)
         if m is None:

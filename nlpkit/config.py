@@ -148,8 +148,9 @@ class TrainerConfig:
     #: shared weights, so each task's updates follow its own gradients' moments; more optimizer memory;
     #: not with distributed.sharding)
     optimizer_state: Literal["shared", "per-task"] = "shared"
-    #: the heads' learning rate as a multiple of the backbone's
-    head_lr_scale: float = 1.0
+    #: the heads' learning rate as a multiple of the backbone's (null: 1 in a single-task run, 10 in a
+    #: multi-task run, where each head must keep up with a backbone the other tasks move too; docs/multitask.md)
+    head_lr_scale: Optional[float] = None
     #: multi-task loss weights: "fixed" (each task entry's weight) or "uncertainty" (Kendall et al. 2018:
     #: each task's loss divided by its running mean, the closed-form optimum of the learned variance)
     task_weighting: Literal["fixed", "uncertainty"] = "fixed"
@@ -195,7 +196,8 @@ class TrainerConfig:
         require(self.eval_every is None or self.eval_every > 0, f"{key}.eval_every", "must be positive")
         require(self.patience is None or self.patience > 0, f"{key}.patience", "must be positive")
         require(self.temperature > 0, f"{key}.temperature", "must be positive")
-        require(0 < self.head_lr_scale <= 1000, f"{key}.head_lr_scale", "must be in (0, 1000]")
+        require(self.head_lr_scale is None or 0 < self.head_lr_scale <= 1000, f"{key}.head_lr_scale",
+                "must be in (0, 1000]")
         require(self.log_every > 0, f"{key}.log_every", "must be positive")
         require(self.max_bad_steps >= 1, f"{key}.max_bad_steps", "must be >= 1")
         require(self.keep_last >= 1, f"{key}.keep_last", "must be >= 1")

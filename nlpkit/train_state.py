@@ -55,6 +55,8 @@ def set_rng_state(state: dict[str, Any]) -> None:
 # ---- resume compatibility ----------------------------------------------------------------------------
 #: trainer keys that decide which batch comes next: changing them makes the saved data position meaningless
 ORDER_KEYS = ("seed", "batch_size", "grad_accum", "sampler", "temperature", "group_by_length")
+#: trainer keys that decide the form of the saved optimizer state (with the behaviour of older runs, which lack them)
+STATE_FORM_KEYS = {"optimizer_state": "shared"}
 #: trainer keys that change nothing about the weights (resume stays exact when they change)
 NEUTRAL_KEYS = {"resume", "progress", "tensorboard", "plots", "save_every", "save_minutes", "keep_last",
                 "log_every", "eval_batch_size"}
@@ -111,8 +113,13 @@ def check_resume(where: Path, state: dict[str, Any], meta: dict[str, Any], confi
     for key in ORDER_KEYS:
         if old_tc.get(key) != new_tc.get(key):
             refuse(f"trainer.{key} was {old_tc.get(key)!r}, now {new_tc.get(key)!r} (it decides the data order)")
+    for key, before in STATE_FORM_KEYS.items():
+        if len(tasks) > 1 and old_tc.get(key, before) != new_tc.get(key, before):
+            refuse(f"trainer.{key} was {old_tc.get(key, before)!r}, now {new_tc.get(key, before)!r} "
+                   "(the checkpoint's optimizer state has the other form)")
     warnings = kernel_changes + [f"trainer.{key} was {old_tc.get(key)!r}, now {new_tc.get(key)!r}"
-                for key in new_tc if key not in NEUTRAL_KEYS and key not in ORDER_KEYS and old_tc.get(key) != new_tc[key]]
+                for key in new_tc if key not in NEUTRAL_KEYS and key not in ORDER_KEYS and key not in STATE_FORM_KEYS
+                and old_tc.get(key) != new_tc[key]]
     old_weights = {t.get("name") or t.get("type"): t.get("weight", 1.0) for t in old_cfg.get("tasks") or []}
     warnings += [f"tasks.{e.name}.weight was {old_weights.get(e.name)!r}, now {e.weight!r}"
                  for e in config.tasks if old_weights.get(e.name, e.weight) != e.weight]

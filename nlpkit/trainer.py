@@ -36,7 +36,8 @@ from .config import RunConfig
 from .distributed import check_engine, check_launch, choose_precision, describe, step_stats
 from .errors import CheckpointError, ConfigError, Interrupted, NlpkitError, TrainingError
 from .evaluation import evaluate, to_device
-from .optim import RUN, TaskSchedule, default_lr, make_optimizer, make_scheduler, no_decay  # noqa: F401 (public)
+from .optim import (RUN, TaskSchedule, default_lr, head_lr_scale, make_optimizer, make_scheduler,  # noqa: F401
+                    no_decay)
 from .phases import PhaseClock
 from .preemption import Preemption, exit_code
 from .registry import import_plugin_module
@@ -453,9 +454,15 @@ class Trainer:
         tc = self.tc
         self.lr = tc.lr or default_lr(self.config.backbone.spec, peft=self.config.backbone.peft is not None)
         self.model = self.sharding.shard(self.model)  # before the optimizer: sharding replaces the parameters
-        optimizer = make_optimizer(self.model, self.lr, tc.weight_decay, tc.head_lr_scale,
+        head_scale = head_lr_scale(tc.head_lr_scale, len(self.tasks))
+        if head_scale != 1.0:
+            default = " (the multi-task default)" if tc.head_lr_scale is None else ""
+            self.log.info(f"heads train at {head_scale:g}x the backbone's learning rate{default}; "
+                          "trainer.head_lr_scale sets it")
+        optimizer = make_optimizer(self.model, self.lr, tc.weight_decay, head_scale,
                                    tasks=[t.name for t in self.tasks] if self.per_task_optimizer else None)
         self.scheduler = self._schedule(optimizer)
+        self.task_optimizer = optimizer if self.per_task_optimizer else None  # PerTaskAdamW, under Accelerate's wrapper
         self.model, self.optimizer = self.sharding.prepare(self.model, optimizer)
         said = self.sharding.describe(self.model)
         if said:
@@ -478,7 +485,7 @@ class Trainer:
         ratios = {e.name: tc.warmup_ratio if e.warmup_ratio is None else e.warmup_ratio for e in self.config.tasks}
         warmups = {n: int(ratios[n] * totals[n]) for n in totals}
         self.log.info("learning-rate schedule per task (trainer.schedule_per_task): "
-                          + ", ".join(f"{n} {totals[n]} steps, {warmups[n]} warm-up" for n in totals))
+                      + ", ".join(f"{n} {totals[n]} steps, {warmups[n]} warm-up" for n in totals))
         return TaskSchedule(optimizer, tc.scheduler, warmups, totals)
 
     def _setup_state(self) -> None:
@@ -571,8 +578,8 @@ class Trainer:
         state.bad_in_row = 0
         tasks = [mb.task for mb in done]
         lr = self.lr * self.scheduler.prepare(tasks)  # the rate of this update (the backbone's)
-        if self.per_task_optimizer:  # a step of several tasks' micro-batches moves its first task's state
-            sharding._torch_optimizer(self.optimizer).use(tasks[0])
+        if self.task_optimizer is not None:  # a step of several tasks' micro-batches moves its first task's state
+            self.task_optimizer.use(tasks[0])
         self.optimizer.step()
         if self.held_bytes is None:  # what this process holds at its fullest: gradients and optimizer state exist
             self.held_bytes = sharding.local_bytes(self.model, self.optimizer)

@@ -224,6 +224,7 @@ def test_multitask_controls_resume_exactly(ner_files, tmp_path, capsys):
 def test_resume_refuses_an_incompatible_config(reference, ner_files, tmp_path, capsys):
     for change, message in [({"backbone": {"spec": "tiny", "vocab_size": 400}}, "backbone.spec was 'mini', now 'tiny'"),
                             ({"trainer_batch_size": 16}, "trainer.batch_size was 8, now 16"),
+                            ({"per_task": True}, "trainer.optimizer_state was 'shared', now 'per-task'"),
                             ({"one_task": True}, "it was trained on tasks [ner_a (ner), ner_b (ner)]")]:
         cfg = run_config(ner_files, tmp_path / "unused", resume=str(reference))
         if "backbone" in change:
@@ -232,6 +233,8 @@ def test_resume_refuses_an_incompatible_config(reference, ner_files, tmp_path, c
             cfg["trainer"]["batch_size"] = change["trainer_batch_size"]
         if "one_task" in change:
             cfg["tasks"] = cfg["tasks"][:1]
+        if "per_task" in change:
+            cfg["trainer"]["optimizer_state"] = "per-task"
         cfg_file = tmp_path / "recipe.json"
         cfg_file.write_text(json.dumps(cfg))  # JSON is YAML
         assert main(["train", "--recipe", str(cfg_file), "--no-progress"]) == 2
