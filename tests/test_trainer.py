@@ -190,7 +190,7 @@ def test_kill_mid_epoch_and_resume_equals_uninterrupted_run(reference, ner_files
     assert_same_weights(out / "best", reference / "best")
     got, want = json.loads((out / "metrics.json").read_text()), json.loads((reference / "metrics.json").read_text())
     assert {k: got[k] for k in RESULT_KEYS} == {k: want[k] for k in RESULT_KEYS}
-    assert want["best_step"] == 8 and want["selection_score"] > 0  # the best came after the kill
+    assert want["best_step"] > 4 and want["selection_score"] > 0  # the best came after the kill's checkpoint
     assert got["resumed_from"] == [4] and want["resumed_from"] == []
     assert comparable_log(out) == comparable_log(reference)  # the replayed steps are logged once
     assert json.loads((out / "checkpoints" / "step-12" / checkpoint.STATE_FILE).read_text())["stop_reason"] == "budget"
@@ -718,7 +718,9 @@ def test_data_fingerprint_sees_any_change():
 # ---------------------------------------------------------------------------------------------------
 def test_run_folder_has_tensorboard_events_and_learning_curves(ner_files, tmp_path):
     out = tmp_path / "run"
-    cfg = run_config(ner_files, out, max_steps=4, eval_every=2, grad_accum=1, tensorboard=True, plots=True)
+    # one schedule over the run, so that the logged rate is a function of the run's step (checked below)
+    cfg = run_config(ner_files, out, max_steps=4, eval_every=2, grad_accum=1, tensorboard=True, plots=True,
+                     schedule_per_task=False)
     train(cfg)
     events = list((out / "tensorboard").glob("events.out.tfevents.*"))
     assert events and events[0].stat().st_size > 0
