@@ -39,7 +39,7 @@ def no_decay(name: str, param: torch.nn.Parameter) -> bool:
 MULTITASK_HEAD_LR_SCALE = 10.0
 
 
-def head_lr_scale(setting: float | None, n_tasks: int) -> float:
+def resolve_head_lr_scale(setting: float | None, n_tasks: int) -> float:
     if setting is not None:
         return setting
     return MULTITASK_HEAD_LR_SCALE if n_tasks > 1 else 1.0

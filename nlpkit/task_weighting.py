@@ -38,7 +38,3 @@ class TaskWeighting:
         inverse = {t: 1.0 / max(m, 1e-8) for t, m in self.means.items()}
         mean_inverse = sum(inverse.values()) / len(inverse)
         return self.weights[task] * inverse[task] / mean_inverse
-
-    def describe(self) -> dict[str, float]:
-        """The current weight of every task seen so far (for the log)."""
-        return {t: self(t) for t in self.weights if t in self.means or self.kind == "fixed"}

@@ -36,8 +36,8 @@ from .config import RunConfig
 from .distributed import check_engine, check_launch, choose_precision, describe, step_stats
 from .errors import CheckpointError, ConfigError, Interrupted, NlpkitError, TrainingError
 from .evaluation import evaluate, to_device
-from .optim import (RUN, TaskSchedule, default_lr, head_lr_scale, make_optimizer, make_scheduler,  # noqa: F401
-                    no_decay)
+from .optim import (RUN, TaskSchedule, default_lr, make_optimizer, make_scheduler,  # noqa: F401
+                    no_decay, resolve_head_lr_scale)
 from .phases import PhaseClock
 from .preemption import Preemption, exit_code
 from .registry import import_plugin_module
@@ -454,7 +454,7 @@ class Trainer:
         tc = self.tc
         self.lr = tc.lr or default_lr(self.config.backbone.spec, peft=self.config.backbone.peft is not None)
         self.model = self.sharding.shard(self.model)  # before the optimizer: sharding replaces the parameters
-        head_scale = head_lr_scale(tc.head_lr_scale, len(self.tasks))
+        head_scale = resolve_head_lr_scale(tc.head_lr_scale, len(self.tasks))
         if head_scale != 1.0:
             default = " (the multi-task default)" if tc.head_lr_scale is None else ""
             self.log.info(f"heads train at {head_scale:g}x the backbone's learning rate{default}; "

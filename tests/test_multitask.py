@@ -322,11 +322,11 @@ def test_head_lr_scale_gives_heads_their_own_rate():
 
 
 def test_head_lr_scale_default_is_ten_only_with_several_tasks():
-    from nlpkit.optim import MULTITASK_HEAD_LR_SCALE, head_lr_scale
+    from nlpkit.optim import MULTITASK_HEAD_LR_SCALE, resolve_head_lr_scale
 
-    assert head_lr_scale(None, 1) == 1.0
-    assert head_lr_scale(None, 2) == MULTITASK_HEAD_LR_SCALE == 10.0
-    assert head_lr_scale(3.0, 2) == 3.0 and head_lr_scale(1.0, 3) == 1.0
+    assert resolve_head_lr_scale(None, 1) == 1.0
+    assert resolve_head_lr_scale(None, 2) == MULTITASK_HEAD_LR_SCALE == 10.0
+    assert resolve_head_lr_scale(3.0, 2) == 3.0 and resolve_head_lr_scale(1.0, 3) == 1.0
 
 
 def test_max_train_examples_keeps_a_seeded_sample_in_file_order(tmp_path):
