@@ -23,7 +23,7 @@ Timed: the whole call, from word lists to entity lists (tokenisation, batching, 
 
 With onnx/onnxruntime installed (``nlpkit[onnx]``) a third row runs the checkpoint exported by
 ``nlpkit export --format onnx`` under onnxruntime, inside nlpkit's own encoding, batching and decoding
-(``nlpkit.export.predict_onnx``), so it differs from the first row by the runtime alone; its entities
+(``nlpkit.load(DIR, runtime="onnxruntime")``), so it differs from the first row by the runtime alone; its entities
 are compared with nlpkit's the same way (``--no-onnx`` leaves it out).
 
     python benchmarks/predict_throughput.py                 # MiniLM, 2,000 sentences, 3 repeats
@@ -190,7 +190,7 @@ def main(argv=None) -> int:
             systems.append((name, lambda v=variants[name]: v.predict([{"tokens": w} for w in words],
                                                                      batch_size=args.batch_size)))
     if args.onnx:
-        run_onnx = onnx_runner(ckpt, nlp, words, args.batch_size)
+        run_onnx = onnx_runner(ckpt, words, args.batch_size)
         systems.append(("onnxruntime", run_onnx))
 
     # warm-up: first calls allocate and pick kernels
@@ -228,7 +228,7 @@ def main(argv=None) -> int:
           statistics.median(timings["hf"]) * n_tokens / len(words)]]
         + [[f"nlpkit.load(DIR, {VARIANT_ARGS[n]}).predict", statistics.median(timings[n]), min(timings[n]),
             max(timings[n]), statistics.median(timings[n]) * n_tokens / len(words)] for n in variants]
-        + ([["nlpkit + onnxruntime (exported graph)", statistics.median(timings["onnxruntime"]),
+        + ([['nlpkit.load(DIR, runtime="onnxruntime").predict', statistics.median(timings["onnxruntime"]),
              min(timings["onnxruntime"]), max(timings["onnxruntime"]),
              statistics.median(timings["onnxruntime"]) * n_tokens / len(words)]] if args.onnx else [])))
     rows = [["nlpkit fp32 / HF pipeline", *(f"{x:.2f}x" for x in C.spread(ratios))]]
@@ -237,6 +237,10 @@ def main(argv=None) -> int:
                      *(f"{x:.2f}x" for x in C.spread([a / b for a, b in zip(timings[n], timings["hf"])]))])
         rows.append([f"nlpkit {n} / nlpkit fp32",
                      *(f"{x:.2f}x" for x in C.spread([a / b for a, b in zip(timings[n], timings["nlpkit"])]))])
+    if args.onnx:
+        for base, label in (("hf", "HF pipeline"), ("nlpkit", "nlpkit fp32")):
+            rows.append([f"nlpkit onnxruntime / {label}", *(f"{x:.2f}x" for x in C.spread(
+                [a / b for a, b in zip(timings["onnxruntime"], timings[base])]))])
     print()
     print(C.markdown_table(["sentences/s ratio (per repeat)", "min", "median", "max"], rows))
     print()
@@ -273,22 +277,23 @@ def main(argv=None) -> int:
     return 0 if result["identical"] == result["sentences"] and result["scores_within_tolerance"] and onnx_ok else 1
 
 
-def onnx_runner(ckpt: Path, nlp: Any, words: list[list[str]], batch_size: int):
-    """The checkpoint exported by ``nlpkit export --format onnx`` (cached), run by onnxruntime under
-    nlpkit's own encoding, batching and decoding: the row shows what the runtime alone changes."""
+def onnx_runner(ckpt: Path, words: list[list[str]], batch_size: int):
+    """``nlpkit.load(DIR, runtime="onnxruntime")``: the graph nlpkit exports (cached under benchmarks/.cache),
+    run by onnxruntime under nlpkit's own encoding, batching and decoding: the row shows what the runtime alone
+    changes."""
+    import os
+
     import torch
 
-    from nlpkit.export import OnnxRuntimeHead, export, predict_onnx
+    import nlpkit
 
-    task = nlp.task()
-    out = C.CACHE / "predict-onnx" / ckpt.parent.name
-    if not (out / task.name / "model.onnx").is_file():
-        export(ckpt, "onnx", out, task=task.name)
-    head = OnnxRuntimeHead(out / task.name, threads=torch.get_num_threads())
-    print(f"onnx: {out / task.name / 'model.onnx'} (onnxruntime, {torch.get_num_threads()} threads)")
+    os.environ.setdefault("NLPKIT_CACHE", str(C.CACHE / "nlpkit-cache"))
+    pipe = nlpkit.load(ckpt, runtime="onnxruntime")
+    print(f"onnx: {pipe._runner.folders[pipe.task().name] / 'model.onnx'} (onnxruntime, {torch.get_num_threads()} "
+          "threads)")
     items = [{"tokens": w} for w in words]
-    predict_onnx(task, head, items[:64], batch_size)  # warm-up
-    return lambda: predict_onnx(task, head, items, batch_size)
+    pipe.predict(items[:64], batch_size=batch_size)  # warm-up
+    return lambda: pipe.predict(items, batch_size=batch_size)
 
 
 if __name__ == "__main__":

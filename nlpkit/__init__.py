@@ -28,12 +28,13 @@ def train(config: Any) -> "TrainResult":
 
 
 def load(path: Any, device: str | None = None, tasks: Any = None, precision: str = "fp32",
-         quantize: str | None = None) -> "Pipeline":
+         quantize: str | None = None, runtime: str = "torch") -> "Pipeline":
     """A trained checkpoint, ready to predict; precision "bf16"/"auto" and quantize "int8" trade a little agreement
-    with fp32 for speed (see nlpkit.predict.load)."""
+    with fp32 for speed, runtime "onnxruntime" keeps fp32 predictions and runs faster on CPU (see
+    nlpkit.predict.load)."""
     from .predict import load as _load
 
-    return _load(path, device=device, tasks=tasks, precision=precision, quantize=quantize)
+    return _load(path, device=device, tasks=tasks, precision=precision, quantize=quantize, runtime=runtime)
 
 
 __all__ = [

@@ -76,6 +76,8 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--encoding", help="encoding of the data files without a byte-order mark (default: the "
                                       "checkpoint's task option encoding, else UTF-8)")
     e.add_argument("--json", action="store_true", help="print JSON")
+    e.add_argument("--runtime", choices=["torch", "onnxruntime"], default="torch",
+                   help="onnxruntime: score the exported fp32 graph (CPU; needs nlpkit[onnx])")
     e.add_argument("--plugin", action="append", default=[], metavar="MODULE")
 
     r = sub.add_parser("predict", help="predict for texts given as arguments or one per line on stdin")
@@ -89,6 +91,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="default fp32 (what `nlpkit evaluate` scores); bf16 autocast, or auto: bf16 where the CPU or GPU "
                         "multiplies it natively")
     r.add_argument("--quantize", choices=["int8"], help="dynamic int8 Linear layers (CPU): faster, slightly different")
+    r.add_argument("--runtime", choices=["torch", "onnxruntime"], default="torch",
+                   help="onnxruntime: the same fp32 predictions from the exported graph (CPU; exported once and "
+                        "cached, needs nlpkit[onnx])")
     r.add_argument("--encoding", default="utf-8",
                    help="encoding of stdin (default utf-8; a byte-order mark overrides it)")
     r.add_argument("--plugin", action="append", default=[], metavar="MODULE")
@@ -376,7 +381,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     for module in args.plugin:
         import_plugin_module(module)
-    pipe = load(args.checkpoint)
+    pipe = load(args.checkpoint, runtime=args.runtime)
     if args.encoding:
         from .data import check_encoding
         from .task import replace_options
@@ -439,7 +444,7 @@ def cmd_predict(args: argparse.Namespace, extra: list[str]) -> int:
     flagged = [t for t in args.texts if re.match(r"--[A-Za-z][\w-]*=", t)]
     args.texts = [t for t in args.texts if t not in flagged]
     fields, more_texts = _parse_fields(flagged + extra)
-    pipe = load(args.checkpoint, precision=args.precision, quantize=args.quantize)
+    pipe = load(args.checkpoint, precision=args.precision, quantize=args.quantize, runtime=args.runtime)
     _check_predict_flags(pipe, args, fields)
     items: list[str | dict] = list(args.texts) + more_texts
     if fields:

@@ -770,21 +770,3 @@ class OnnxRuntimeHead:
         feed = {k: batch[k].cpu().numpy() for k in self.meta["inputs"]}
         values = self.session.run(self.meta["outputs"], feed)
         return {k: torch.from_numpy(v) for k, v in zip(self.meta["outputs"], values)}
-
-
-def predict_onnx(task: Any, head: OnnxRuntimeHead, items: Sequence[Any], batch_size: int = 64) -> list[Any]:
-    """``Pipeline.predict`` with an onnxruntime graph as the model: the task's parsing, encoding,
-    length-sorted batching and decoding, so predictions are comparable one for one."""
-    import torch
-
-    from .data import sorted_batches
-
-    examples = [task.parse_input(item) for item in items]
-    features = task.encode(examples)
-    outputs: list[Any] = [None] * len(features)
-    with torch.inference_mode():
-        for idx in sorted_batches(task.feature_lengths(features), batch_size):
-            batch = task.collate([features[i] for i in idx])
-            for i, out in zip(idx, task.predict_batch(head, None, batch)):
-                outputs[i] = out
-    return task.decode(examples, features, outputs)

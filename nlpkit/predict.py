@@ -20,6 +20,20 @@ class Pipeline:
         self.model, self.tasks, self.meta, self.path, self.device = model, list(tasks), meta, path, device
         self.precision, self.quantized = precision, quantized  # what predictions run in (nlpkit.inference_precision)
         self._autocast = inference_precision.autocast(precision, device)
+        self.runtime = "torch"
+        self._runner: Any = model  # what computes predictions: the torch model, or nlpkit.onnx_runtime.OnnxModel
+
+    def use_onnxruntime(self) -> None:
+        """Compute predictions with onnxruntime from now on (nlpkit.onnx_runtime)."""
+        from . import onnx_runtime
+
+        self._runner = onnx_runtime.build(self, self.path, self.tasks)
+        self.runtime = "onnxruntime"
+
+    def _runner_for(self, task: Any) -> Any:
+        if self.runtime == "onnxruntime":
+            self._runner.require(task.name)
+        return self._runner
 
     @property
     def task_names(self) -> list[str]:
@@ -55,7 +69,7 @@ class Pipeline:
             if not examples:
                 return []
             features = t.encode(examples)
-            outputs = predict_features(t, self.model, features, batch_size, autocast=self._autocast)
+            outputs = predict_features(t, self._runner_for(t), features, batch_size, autocast=self._autocast)
             predictions = t.decode(examples, features, outputs)
         finally:
             t.options = saved
@@ -74,7 +88,7 @@ class Pipeline:
 
         require_examples(examples, path)
         t.check(examples, path)
-        _, metrics = _evaluate(t, self.model, examples, batch_size, progress=progress, autocast=self._autocast)
+        _, metrics = _evaluate(t, self._runner_for(t), examples, batch_size, progress=progress, autocast=self._autocast)
         return metrics
 
     def format(self, prediction: Any, task: str | None = None) -> str:
@@ -90,18 +104,27 @@ def _check_batch_size(batch_size: Any) -> None:
 
 
 def load(path: str | Path, device: str | None = None, tasks: Sequence[str] | None = None, precision: str = "fp32",
-         quantize: str | None = None) -> Pipeline:
+         quantize: str | None = None, runtime: str = "torch") -> Pipeline:
     """Load a checkpoint folder (or a run folder, whose best model is used). Never touches the network.
 
     ``precision``: "fp32" (default: the predictions ``nlpkit evaluate`` scored), "bf16" autocast, or "auto"
     (bf16 where the GPU or CPU multiplies it natively). ``quantize="int8"``: dynamic int8 Linear layers (CPU).
     Both are faster and agree slightly less with fp32; benchmarks/predict_throughput.py measures how much.
+    ``runtime="onnxruntime"``: the same fp32 predictions computed by onnxruntime on CPU, from a graph exported
+    and checked against torch on first use and cached (nlpkit.onnx_runtime); a task with no single graph
+    (generation) is refused with the reason when asked to predict.
     """
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    from . import onnx_runtime
+
+    dev = torch.device(device or ("cpu" if runtime == "onnxruntime" else "cuda" if torch.cuda.is_available() else "cpu"))
     chosen = inference_precision.settle(precision, quantize, dev)  # before the weights are read
+    onnx_runtime.check(runtime, precision, quantize, dev)
     folder = checkpoint.resolve(path)
     model, task_objs, meta = checkpoint.load(folder, only=tasks)
     model.to(dev)
     if quantize:
         inference_precision.quantize_int8(model)
-    return Pipeline(model, task_objs, meta, folder, dev, chosen, bool(quantize))
+    pipe = Pipeline(model, task_objs, meta, folder, dev, chosen, bool(quantize))
+    if runtime == "onnxruntime":
+        pipe.use_onnxruntime()
+    return pipe

@@ -230,3 +230,123 @@ def test_onnx_skips_generation_tasks_and_names_the_missing_extra(run_dir, tmp_pa
     monkeypatch.setitem(sys.modules, "onnxscript", None)
     assert main(["export", str(run_dir), str(tmp_path / "o"), "--format", "onnx"]) == 2
     assert "pip install 'nlpkit[onnx]'" in capsys.readouterr().err
+
+
+# ---- runtime onnxruntime: nlpkit.load(DIR, runtime="onnxruntime") -----------------------------------
+ONNX_TASKS = ["ner", "classification", "sentiment", "relation-extraction", "qa", "reading-comprehension"]
+
+
+@pytest.fixture(scope="module")
+def onnx_pipe(run_dir, tmp_path_factory):
+    import os
+
+    cache = tmp_path_factory.mktemp("onnx-cache")
+    old = os.environ.get("NLPKIT_CACHE")
+    os.environ["NLPKIT_CACHE"] = str(cache)
+    try:
+        yield nlpkit.load(run_dir, runtime="onnxruntime"), cache
+    finally:
+        if old is None:
+            os.environ.pop("NLPKIT_CACHE")
+        else:
+            os.environ["NLPKIT_CACHE"] = old
+
+
+def _close(a, b, tol=1e-4):
+    """Predictions equal, numbers within tol (the exported graph is checked against torch to 1e-4)."""
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_close(a[k], b[k], tol) for k in a)
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(_close(x, y, tol) for x, y in zip(a, b))
+    if isinstance(a, float):
+        return abs(a - b) <= tol
+    return a == b
+
+
+@pytest.mark.parametrize("task", ONNX_TASKS)
+def test_onnxruntime_predicts_what_torch_predicts(pipe, onnx_pipe, task):
+    onnx, _ = onnx_pipe
+    assert onnx.runtime == "onnxruntime" and task in onnx._runner.heads
+    ours, theirs = onnx.predict(INPUTS[task], task=task), pipe.predict(INPUTS[task], task=task)
+    assert _close(ours, theirs), (ours, theirs)
+
+
+def test_onnxruntime_scores_what_torch_scores(run_dir, pipe, onnx_pipe, tmp_path):
+    onnx, _ = onnx_pipe
+    dev = tmp_path / "dev.conll"
+    dev.write_text("Angela B-PER\nMerkel I-PER\nvisited O\nParis B-LOC\n. O\n\nRome B-LOC\n\n")
+    assert _close(onnx.evaluate(str(dev), task="ner"), pipe.evaluate(str(dev), task="ner"))
+
+
+def test_onnxruntime_graphs_are_cached_by_checkpoint_content(run_dir, onnx_pipe, monkeypatch):
+    from nlpkit import export as export_module
+    from nlpkit import onnx_runtime
+
+    onnx, cache = onnx_pipe
+    folders = list(cache.glob("onnx/*/ner/model.onnx"))
+    assert len(folders) == 1 and onnx._runner.folders["ner"] == folders[0].parent
+    assert not list(cache.glob("onnx/*/.*"))  # no scratch folder left behind
+
+    def no_export(*a, **k):
+        raise AssertionError("exported again although the cache holds this checkpoint's graphs")
+
+    monkeypatch.setattr(export_module, "export_task_onnx", no_export)
+    monkeypatch.setenv("NLPKIT_CACHE", str(cache))
+    again = nlpkit.load(run_dir, runtime="onnxruntime")
+    assert again._runner.folders == onnx._runner.folders
+    best = nlpkit.checkpoint.resolve(run_dir)
+    assert onnx_runtime.fingerprint(best) == onnx_runtime.fingerprint(best)
+
+
+def test_onnxruntime_fingerprint_changes_with_the_weights(run_dir, tmp_path):
+    import shutil
+
+    from nlpkit import onnx_runtime
+
+    best = nlpkit.checkpoint.resolve(run_dir)
+    copy = tmp_path / "copy"
+    shutil.copytree(best, copy)
+    assert onnx_runtime.fingerprint(copy) == onnx_runtime.fingerprint(best)
+    weights = next(copy.glob("*.safetensors"))
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1
+    weights.write_bytes(bytes(data))
+    assert onnx_runtime.fingerprint(copy) != onnx_runtime.fingerprint(best)
+
+
+def test_onnxruntime_refuses_generation_tasks_and_other_precisions(run_dir, onnx_pipe):
+    from nlpkit.errors import ConfigError
+
+    onnx, _ = onnx_pipe
+    with pytest.raises(ConfigError, match="translation.*runtime onnxruntime.*generation"):
+        onnx.predict(INPUTS["translation"], task="translation")
+    for kwargs, why in [({"precision": "bf16"}, "precision fp32"), ({"quantize": "int8"}, "no quantize"),
+                        ({"device": "meta"}, "on CPU"), ({"runtime": "tensorrt"}, "runtime must be one of")]:
+        with pytest.raises(ConfigError, match=why):
+            nlpkit.load(run_dir, **{"runtime": "onnxruntime", **kwargs})
+
+
+def test_onnxruntime_without_the_extra_names_it(run_dir, monkeypatch):
+    from nlpkit.errors import ConfigError
+
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    with pytest.raises(ConfigError, match=r"pip install 'nlpkit\[onnx\]'"):
+        nlpkit.load(run_dir, runtime="onnxruntime")
+
+
+def test_cli_predict_and_evaluate_with_runtime_onnxruntime(run_dir, onnx_pipe, tmp_path, capsys, monkeypatch):
+    _, cache = onnx_pipe
+    monkeypatch.setenv("NLPKIT_CACHE", str(cache))
+    outputs = {}
+    for runtime in ("torch", "onnxruntime"):
+        assert main(["predict", str(run_dir), "--task", "ner", "--json", "--runtime", runtime, *INPUTS["ner"]]) == 0
+        outputs[runtime] = [json.loads(line)["prediction"] for line in capsys.readouterr().out.splitlines()]
+    assert _close(outputs["onnxruntime"], outputs["torch"])
+    dev = tmp_path / "dev.conll"
+    dev.write_text("Angela B-PER\nMerkel I-PER\nvisited O\nParis B-LOC\n\n")
+    scores = {}
+    for runtime in ("torch", "onnxruntime"):
+        assert main(["evaluate", str(run_dir), "--task", "ner", "--data", f"dev={dev}", "--json", "--no-report",
+                     "--runtime", runtime]) == 0
+        scores[runtime] = json.loads(capsys.readouterr().out)
+    assert _close(scores["onnxruntime"], scores["torch"])
