@@ -62,6 +62,7 @@ def nlpkit_worker(spec: dict[str, Any]) -> dict[str, Any]:
             "scheduler": "linear", "max_grad_norm": 1.0, "seed": spec["seed"], "precision": spec["precision"],
             "eval_every": steps, "log_every": steps, "progress": False,
             "group_by_length": spec["nlpkit_group"], "compile": spec["nlpkit_compile"],
+            "fast_dropout": spec.get("nlpkit_fast_dropout", True), "heap_reuse": spec.get("nlpkit_heap_reuse", True),
         },
         "output_dir": str(Path(spec["workdir"]) / "nlpkit-run"),
     }
@@ -382,7 +383,8 @@ def run_variant(task: str, args: argparse.Namespace, backbone: str, precision: s
 
 
 #: What --ab can change on the second nlpkit side (spec keys the nlpkit worker reads).
-AB_KEYS = ("nlpkit_group", "nlpkit_optimizer", "nlpkit_compile", "nlpkit_attention", "precision")
+AB_KEYS = ("nlpkit_group", "nlpkit_optimizer", "nlpkit_compile", "nlpkit_attention", "nlpkit_fast_dropout",
+           "nlpkit_heap_reuse", "precision")
 
 
 def contenders_for(args: argparse.Namespace) -> list[tuple[str, str, dict[str, Any]]]:

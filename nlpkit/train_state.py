@@ -59,7 +59,7 @@ ORDER_KEYS = ("seed", "batch_size", "grad_accum", "sampler", "temperature", "gro
 STATE_FORM_KEYS = {"optimizer_state": "shared"}
 #: trainer keys that change nothing about the weights (resume stays exact when they change)
 NEUTRAL_KEYS = {"resume", "progress", "tensorboard", "plots", "save_every", "save_minutes", "keep_last",
-                "log_every", "eval_batch_size"}
+                "log_every", "eval_batch_size", "heap_reuse"}
 
 
 def _plain(value: Any) -> Any:

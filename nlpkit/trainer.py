@@ -31,7 +31,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from . import adapters, checkpoint, sharding
+from . import adapters, checkpoint, fast_dropout, heap, sharding
 from .config import RunConfig
 from .distributed import check_engine, check_launch, choose_precision, describe, step_stats
 from .errors import CheckpointError, ConfigError, Interrupted, NlpkitError, TrainingError
@@ -121,11 +121,12 @@ class Trainer:
         return self.tc.optimizer_state == "per-task" and len(self.config.tasks) > 1
 
     def run(self) -> TrainResult:
-        try:
-            self.setup()
-            result = self.fit()
-        finally:
-            self._close()
+        with heap.reuse_freed_memory(self.tc.heap_reuse):
+            try:
+                self.setup()
+                result = self.fit()
+            finally:
+                self._close()
         self._report(result)
         return TrainResult(self.out, result)
 
@@ -309,6 +310,8 @@ class Trainer:
             t.setup(backbone)
             heads[t.name] = t.build_head(backbone)
         model = MultiTaskModel(backbone, heads)
+        if self.tc.fast_dropout and self.acc.device.type == "cpu" and not self.tc.compile:
+            fast_dropout.install(model)  # torch.compile draws its own masks; GPUs' dropout is cheap already
         if self.tc.gradient_checkpointing:
             adapters.enable_gradient_checkpointing(model)
         self.reused_heads: list[str] = []
