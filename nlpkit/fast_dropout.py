@@ -15,7 +15,7 @@ Two places draw masks: ``nn.Dropout`` modules (hidden states, embeddings, heads)
 :class:`FastDropout`, and the attention probabilities, which SDPA drops inside its kernel. For the
 latter, training on CPU switches the attention to ``nlpkit_sdpa``: SDPA itself whenever dropout is off
 (evaluation, decoders without attention dropout), else the same computation as SDPA's math path
-(softmax in fp32) with this module's mask.
+with this module's mask.
 """
 from __future__ import annotations
 
@@ -34,7 +34,9 @@ def keep_mask(shape: torch.Size | tuple[int, ...], p: float) -> torch.Tensor:
     """A bool tensor, True where an element is kept (probability 1 - p to 1/65536)."""
     seed = int(torch.empty((), dtype=torch.int64).random_())  # one draw from torch's generator
     bits = np.random.Generator(np.random.SFC64(seed)).integers(0, _LEVELS, size=int(np.prod(shape)), dtype=np.uint16)
-    return torch.from_numpy(bits >= _threshold(p)).view(shape)
+    mask = torch.empty(shape, dtype=torch.bool)  # torch owns the mask autograd keeps; numpy's bits are freed now
+    np.greater_equal(bits, _threshold(p), out=mask.numpy().reshape(-1))
+    return mask
 
 
 def _threshold(p: float) -> int:
@@ -91,12 +93,14 @@ def attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: 
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       is_causal=is_causal, **kwargs)
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
-    scores = torch.matmul(query, key.transpose(-1, -2)).float().mul_(scale)
+    # in the inputs' dtype: CPU softmax accumulates in fp32 for bf16 too, and autograd then keeps bf16
+    # probabilities (half the memory of an fp32 copy)
+    scores = torch.matmul(query, key.transpose(-1, -2)).mul_(scale)
     if attention_mask is not None:
         if attention_mask.dtype == torch.bool:  # True = attend (transformers' sdpa masks)
             scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
         else:
-            scores = scores + attention_mask
+            scores = scores + attention_mask.to(scores.dtype)
     probs = _Dropout.apply(scores.softmax(-1).to(value.dtype), dropout)
     return torch.matmul(probs, value).transpose(1, 2).contiguous(), None
 

@@ -9,9 +9,10 @@ here, and the whole bf16 step gained 11% (docs/performance.md). With ``M_MMAP_MA
 
 The same effect is available to any program through glibc's environment variables (``MALLOC_MMAP_MAX_=0
 MALLOC_TRIM_THRESHOLD_=...``); doing it here makes it the default for nlpkit's runs and undoes it when
-training ends (the defaults come back and ``malloc_trim`` hands the kept memory back). Peak memory is not
-raised by it: what is kept is what the step needed at its peak anyway (benchmarks/train_throughput.py
-reports peak RSS beside speed).
+training ends (the defaults come back and ``malloc_trim`` hands the kept memory back). It covers the
+training loop only, and starts with a ``malloc_trim``, so memory freed while reading data and loading the
+model is not kept; what is kept is what the steps needed anyway (benchmarks/train_throughput.py reports
+peak RSS beside speed).
 """
 from __future__ import annotations
 
@@ -41,6 +42,8 @@ def _libc() -> ctypes.CDLL | None:
 def reuse_freed_memory(enabled: bool = True) -> Iterator[bool]:
     """While active, glibc keeps freed blocks for reuse; yields whether it could be turned on."""
     libc = _libc() if enabled else None
+    if libc is not None:
+        libc.malloc_trim(0)  # what was freed before (reading, tokenising, loading) is not kept
     on = bool(libc and libc.mallopt(M_MMAP_MAX, 0) and libc.mallopt(M_TRIM_THRESHOLD, _KEEP))
     try:
         yield on

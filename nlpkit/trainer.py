@@ -121,12 +121,12 @@ class Trainer:
         return self.tc.optimizer_state == "per-task" and len(self.config.tasks) > 1
 
     def run(self) -> TrainResult:
-        with heap.reuse_freed_memory(self.tc.heap_reuse):
-            try:
-                self.setup()
+        try:
+            self.setup()
+            with heap.reuse_freed_memory(self.tc.heap_reuse):  # the loop only: set-up's garbage goes back first
                 result = self.fit()
-            finally:
-                self._close()
+        finally:
+            self._close()
         self._report(result)
         return TrainResult(self.out, result)
 
