@@ -4,7 +4,8 @@ On CPU, torch draws a dropout mask element by element from its Mersenne Twister 
 7 ns per element here, so the 20 masks of a MiniLM step took 16% of a bf16 step, as long as a third of
 its matmuls (docs/performance.md). Here the keep/drop bits come from numpy's SFC64 generator in bulk
 (16 random bits per element, compared with ``round(p * 65536)``; the kept values are scaled by the exact
-inverse of the keep rate, so the expectation is unchanged), about 6x cheaper per mask.
+inverse of the keep rate, so the expectation is unchanged): on a (32, 40, 384) bf16 tensor 0.9 ms
+to draw and apply, against 3.6-4.2 ms for ``F.dropout``.
 
 Same function, different random numbers: each mask's generator is seeded from torch's own CPU generator,
 so a run is still reproducible from ``trainer.seed``, exact resume still restores it (torch's RNG state is

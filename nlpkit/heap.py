@@ -4,7 +4,7 @@ glibc serves every allocation over 32 MB (and, by default, many over 128 KB) wit
 returns it to the kernel on ``free``. A training step allocates the same large buffers every time (the
 word-embedding gradient alone is 30522 x 384 floats for MiniLM), so each step pays a page fault per
 4 KB page to touch them again: zeroing that gradient took 15 ms fresh against 1.2 ms in reused memory
-here, and the whole bf16 step gained 11% (docs/performance.md). With ``M_MMAP_MAX=0`` and a large
+here; a fixed-shape (32, 40) bf16 MiniLM step gained 8-12% (docs/performance.md). With ``M_MMAP_MAX=0`` and a large
 ``M_TRIM_THRESHOLD`` glibc keeps freed blocks in its heap for the next step instead.
 
 The same effect is available to any program through glibc's environment variables (``MALLOC_MMAP_MAX_=0
