@@ -22,6 +22,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import sys
 import time
@@ -54,6 +55,38 @@ def matmul_rate(n: int, dtype_name: str, repeats: int, device: str) -> dict[str,
     return {"best": max(rates), "median": statistics.median(rates)}
 
 
+def step_matmul_rate(tokens: int, hidden: int, intermediate: int, dtype_name: str, repeats: int,
+                     device: str) -> float:
+    """FLOP/s of the matmuls of one encoder layer's training step alone, at the step's own shapes: the six
+    projections (Q, K, V, output, FFN up, FFN down) of ``tokens`` x ``hidden`` activations, forward and
+    both backward products (input and weight gradients), run back to back. The attention score products
+    are left out (a few percent of the FLOPs at these lengths). This is the rate the step would reach if
+    it did nothing but its matmuls: the ceiling of its MFU on this machine, short of the square peak
+    when the shapes are small."""
+    import torch
+
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
+    linears = [(hidden, hidden)] * 4 + [(hidden, intermediate), (intermediate, hidden)]  # (in, out)
+    shapes = []
+    for k, n in linears:
+        shapes += [(tokens, k, n), (tokens, n, k), (n, tokens, k)]  # forward, input gradient, weight gradient
+    pairs = [(torch.randn(m, k, device=device).to(dtype), torch.randn(k, n, device=device).to(dtype))
+             for m, k, n in shapes]
+    flops = sum(2 * m * k * n for m, k, n in shapes)
+    best = 0.0
+    for i in range(repeats + 2):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for a, b in pairs:
+            torch.matmul(a, b)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        if i >= 2:  # two warm-up rounds
+            best = max(best, flops / (time.perf_counter() - t0))
+    return best
+
+
 def train_worker(spec: dict[str, Any]) -> dict[str, Any]:
     """In a fresh process: a short nlpkit.train run; returns its throughput and the model's shape."""
     import json
@@ -81,7 +114,7 @@ def train_worker(spec: dict[str, Any]) -> dict[str, Any]:
     return {"system": "nlpkit", "tokens_per_s": m["train_tokens_per_s"], "samples_per_s": m["train_samples_per_s"],
             "precision": m["precision"], "parameters": sum(numel.values()), "embedding_parameters": embedding,
             "backbone_parameters": meta["backbone"]["parameters"], "layers": config.get("num_hidden_layers"),
-            "hidden": config.get("hidden_size")}
+            "hidden": config.get("hidden_size"), "intermediate": config.get("intermediate_size")}
 
 
 def effective_length(train_file: Path, backbone: str, max_length: int) -> tuple[float, float]:
@@ -144,6 +177,10 @@ def main(argv=None) -> int:
         runs[q] = C.run_worker(SCRIPT, spec, f"nlpkit {q}", args.verbose)
         print(f"   nlpkit.train {q}: {runs[q]['tokens_per_s']:.0f} tokens/s", flush=True)
 
+    r0 = runs[precisions[0]]
+    step_tokens = args.batch_size * math.ceil(mean_len)
+    ceilings = {q: step_matmul_rate(step_tokens, r0["hidden"], r0["intermediate"] or 4 * r0["hidden"], q,
+                                    args.matmul_repeats * 4, device) for q in precisions}
     rows = []
     for q in precisions:
         r = runs[q]
@@ -156,7 +193,7 @@ def main(argv=None) -> int:
                      f"{100 * achieved / peaks[q]['best']:.1f}%", f"{100 * crude / peaks[q]['best']:.1f}%"])
         r["flops_per_token"] = per_token
         r["mfu"] = achieved / peaks[q]["best"]
-    r0 = runs[precisions[0]]
+        r["step_matmul_rate"] = ceilings[q]
     print(f"\nmodel: {r0['parameters'] / 1e6:.2f}M parameters ({r0['embedding_parameters'] / 1e6:.2f}M in embedding tables, "
           f"{(r0['parameters'] - r0['embedding_parameters']) / 1e6:.2f}M in matmuls), {r0['layers']} layers, width "
           f"{r0['hidden']}; training sentences: mean {mean_len:.1f} tokens, s_eff {s_eff:.1f}; "
@@ -165,8 +202,14 @@ def main(argv=None) -> int:
           f"{r0['layers']} x {r0['hidden']} x {s_eff:.1f} = {r0['flops_per_token'] / 1e6:.1f} MFLOP\n")
     print(C.markdown_table(["training precision", "real tokens/s", "model TFLOP/s", "matmul peak TFLOP/s",
                             "MFU", "MFU by 6 x all params"], rows))
+    print(f"\nthe step's matmuls alone ({step_tokens} tokens = batch {args.batch_size} x {math.ceil(mean_len)}, one "
+          "layer's six projections, forward and backward, back to back):\n")
+    print(C.markdown_table(
+        ["precision", "matmul TFLOP/s at the step's shapes", "of the square peak", "step's model rate / this"],
+        [[q, f"{ceilings[q] / 1e12:.3f}", f"{100 * ceilings[q] / peaks[q]['best']:.1f}%",
+          f"{100 * runs[q]['flops_per_token'] * runs[q]['tokens_per_s'] / ceilings[q]:.1f}%"] for q in precisions]))
     C.save_json(args.json, {"device": info, "args": vars(args), "peaks": peaks, "runs": runs,
-                            "mean_length": mean_len, "s_eff": s_eff})
+                            "mean_length": mean_len, "s_eff": s_eff, "step_tokens": step_tokens})
     return 0
 
 

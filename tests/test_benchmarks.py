@@ -241,6 +241,8 @@ def test_mfu_quick_reports_a_fraction_of_the_measured_peak(quick_env):
     assert "MFU" in out and "FLOPs per real token" in out
     run, peak = result["runs"]["fp32"], result["peaks"]["fp32"]["best"]
     assert run["mfu"] == pytest.approx(run["tokens_per_s"] * run["flops_per_token"] / peak)
+    assert "the step's matmuls alone" in out
+    assert 0 < run["step_matmul_rate"] < 10 * peak  # the step's shapes: measured, of the order of the square peak
 
 
 def test_eager_attention_computes_what_sdpa_computes(trained):
