@@ -59,6 +59,11 @@ def _parser() -> argparse.ArgumentParser:
                    help="start from a trained checkpoint: its backbone, and the heads of tasks with the same name")
     t.add_argument("--num-processes", type=positive_int, metavar="N",
                    help="train in N processes on this machine (data parallel; starts them through torchrun)")
+    t.add_argument("--no-cache", action="store_true",
+                   help="read and encode the data again and keep nothing (default: tables cached in $NLPKIT_CACHE/data)")
+    t.add_argument("--cache-dir", metavar="DIR", help="folder of the data cache (default $NLPKIT_CACHE/data, else "
+                                                         "~/.cache/nlpkit/data)")
+    t.add_argument("--num-proc", type=positive_int, metavar="N", help="processes that encode the data (default 1)")
     t.add_argument("--resume", metavar="DIR|auto|never",
                    help="continue from a run folder's newest checkpoint (or a checkpoints/step-N folder); with no "
                         "--task/--recipe the checkpoint's own config is used. Default auto: resume when --output-dir "
@@ -79,6 +84,11 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--runtime", choices=["torch", "onnxruntime"], default="torch",
                    help="onnxruntime: score the exported fp32 graph (CPU; needs nlpkit[onnx])")
     e.add_argument("--plugin", action="append", default=[], metavar="MODULE")
+    e.add_argument("--no-cache", action="store_true",
+                   help="read and encode the data again and keep nothing (default: tables cached in $NLPKIT_CACHE/data)")
+    e.add_argument("--cache-dir", metavar="DIR", help="folder of the data cache (default $NLPKIT_CACHE/data, else "
+                                                         "~/.cache/nlpkit/data)")
+    e.add_argument("--num-proc", type=positive_int, metavar="N", help="processes that encode the data (default 1)")
 
     r = sub.add_parser("predict", help="predict for texts given as arguments or one per line on stdin")
     r.add_argument("checkpoint")
@@ -212,6 +222,9 @@ def build_config(args: argparse.Namespace) -> "Any":
             trainer[key] = getattr(args, flag)
     if args.no_progress or not sys.stderr.isatty():  # a bar in a log file is noise: print log lines
         trainer["progress"] = False
+    data_flags = {"cache": False if args.no_cache else None, "cache_dir": args.cache_dir, "num_proc": args.num_proc}
+    if any(v is not None for v in data_flags.values()):
+        _section(data, "data", where).update({k: v for k, v in data_flags.items() if v is not None})
     if args.backbone is not None:  # "" too: an empty flag is a mistake, not "use the default"
         _section(data, "backbone", where)["spec"] = args.backbone
     if args.peft is not None:
@@ -358,11 +371,11 @@ def _print_metrics(name: str, metrics: dict[str, Any]) -> None:
                                                    else f"{str(vals.get(c, '')):>11}" for c in cols))
 
 
-def carve_dev(task: Any, entry: dict[str, Any]) -> list[dict]:
+def carve_dev(task: Any, entry: dict[str, Any], settings: Any = None) -> Sequence[dict]:
     """The dev split a recipe carves from its training file, exactly as training carved it."""
     import dataclasses
 
-    from .config import TaskEntry
+    from .config import DataSettings, TaskEntry
     from .trainer import read_splits
 
     saved = task.options
@@ -370,7 +383,8 @@ def carve_dev(task: Any, entry: dict[str, Any]) -> list[dict]:
     task.options = dataclasses.replace(saved, **carve)
     try:
         return read_splits(task, TaskEntry(type=entry["type"], name=entry.get("name"),
-                                           data={"train": entry["data"]["train"]}))["dev"]
+                                           data={"train": entry["data"]["train"]}),
+                           settings=settings or DataSettings())["dev"]
     finally:
         task.options = saved
 
@@ -381,6 +395,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     for module in args.plugin:
         import_plugin_module(module)
+    from .config import DataSettings
+    from .tables import set_progress
+
+    settings = DataSettings(cache=not args.no_cache, cache_dir=args.cache_dir, num_proc=args.num_proc or 1)
+    settings.validate("data")
+    set_progress(sys.stderr.isatty())
     pipe = load(args.checkpoint, runtime=args.runtime)
     if args.encoding:
         from .data import check_encoding
@@ -409,7 +429,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             elif split == "dev" and (entry.get("options") or {}).get("dev_split") and "train" in files:
                 recipe_data.require(("train",), task=name)
                 jobs.append((name, split, files["train"] + " (dev_split)"))  # the hold-out training used
-                carved[(name, split)] = carve_dev(pipe.task(name), entry)
+                carved[(name, split)] = carve_dev(pipe.task(name), entry, settings)
     for value in args.data:
         task, split, path = _split_prefixed(value, pipe.task_names if not args.task else [args.task], "--data",
                                             "[TASK:]SPLIT=PATH")
@@ -419,7 +439,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     results = {}
     for name, split, path in jobs:
         results[f"{name}/{split}"] = pipe.evaluate(path, task=name, batch_size=args.batch_size, progress=sys.stderr.isatty(),
-                                                   examples=carved.get((name, split)))
+                                                   examples=carved.get((name, split)), data=settings)
     if not args.no_report:
         from .report import write_report
 

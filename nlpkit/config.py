@@ -223,11 +223,32 @@ class DistributedConfig:
 
 
 @dataclass
+class DataSettings:
+    """The ``data:`` section of a run config: where the tables are cached and how many processes encode."""
+
+    #: reuse (and keep) read and encoded tables between runs; false builds them in a temporary folder that is
+    #: deleted when the process ends (``--no-cache``)
+    cache: bool = True
+    #: the cache folder (``--cache-dir``); None: $NLPKIT_CACHE/data, else ~/.cache/nlpkit/data
+    cache_dir: Optional[str] = None
+    #: processes that encode a split (datasets' map ``num_proc``, ``--num-proc``); 1 encodes in this process
+    num_proc: int = 1
+
+    def validate(self, key: str) -> None:
+        require(isinstance(self.num_proc, int) and 1 <= self.num_proc <= 256, f"{key}.num_proc",
+                "must be a whole number between 1 and 256")
+        require(self.cache_dir is None or bool(str(self.cache_dir).strip()), f"{key}.cache_dir",
+                "must name a folder (leave it out for the default cache)")
+
+
+@dataclass
 class RunConfig:
     tasks: list[TaskEntry]
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
+    #: where read and encoded data tables are cached, and how many processes encode (nlpkit.tables)
+    data: DataSettings = field(default_factory=DataSettings)
     #: run folder; default runs/<task names>-<time>
     output_dir: Optional[str] = None
     #: model selection and early stopping: "mean" of the tasks' main scores, or one task's name

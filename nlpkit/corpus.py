@@ -34,6 +34,7 @@ from typing import Any, Iterable, Iterator, Literal, Sequence
 
 import numpy as np
 
+from .cache import cache_root
 from .data import read_jsonl, read_text_lines
 from .errors import DataError
 from .task import Task, TaskOptions
@@ -50,10 +51,7 @@ SUFFIXES = (".txt", ".jsonl", ".text")
 
 def default_cache_dir() -> Path:
     """``$NLPKIT_CACHE/corpus``, else ``~/.cache/nlpkit/corpus`` (``$XDG_CACHE_HOME`` respected)."""
-    root = os.environ.get("NLPKIT_CACHE")
-    if root:
-        return Path(root) / "corpus"
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "nlpkit" / "corpus"
+    return cache_root("corpus")
 
 
 # ---- corpora ---------------------------------------------------------------------------------------
@@ -486,6 +484,9 @@ class CorpusOptions(TaskOptions):
 class CorpusTask(Task):
     """Reading, tokenizer text and feature bookkeeping of a task trained on raw text (the pretraining
     tasks): a subclass adds its options (a ``CorpusOptions`` subclass), blocks, head and metric. Kept here, next to ``TextCorpus`` and ``TokenBlocks``, so three plugins do not copy it."""
+
+    #: the corpus is its own memory-mapped token cache, not an Arrow table of examples (nlpkit.tables)
+    tabular = False
 
     def read(self, path: str) -> TextCorpus:
         """A lazy corpus: .txt (one document per line or blank-line separated), .jsonl, .gz, a folder."""

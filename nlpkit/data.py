@@ -26,6 +26,7 @@ import zlib
 from pathlib import Path
 from typing import IO, Any, Iterable, Iterator, Sequence
 
+import numpy as np
 import torch
 
 from .errors import ConfigError, DataError
@@ -423,11 +424,12 @@ class LengthGroupedBatches(torch.utils.data.Sampler):
 
     Shuffled megabatches of ``batch_size * 50`` items are sorted by length and cut into batches,
     and the batches are shuffled. Each pass uses ``seed + epoch`` so every process (and a resumed
-    run) sees the same order; ``epoch`` advances on each iteration.
+    run) sees the same order; ``epoch`` advances on each iteration. Works on numpy arrays: a pass over
+    ten million examples costs a few arrays of ten million integers, not ten million Python objects.
     """
 
     def __init__(self, lengths: Sequence[int], batch_size: int, seed: int, shuffle: bool = True, group: bool = True):
-        self.lengths = list(lengths)
+        self.lengths = np.asarray(lengths, dtype=np.int64)
         self.batch_size = batch_size
         self.seed = seed
         self.shuffle = shuffle
@@ -438,16 +440,21 @@ class LengthGroupedBatches(torch.utils.data.Sampler):
         return (len(self.lengths) + self.batch_size - 1) // self.batch_size
 
     def batches(self, epoch: int) -> list[list[int]]:
-        idx = list(range(len(self.lengths)))
-        rng = random.Random(self.seed + epoch)
-        if self.shuffle:
-            rng.shuffle(idx)
+        return [b.tolist() for b in self.batch_arrays(epoch)]
+
+    def batch_arrays(self, epoch: int) -> list[np.ndarray]:
+        n = len(self.lengths)
+        rng = np.random.default_rng(self.seed + epoch)
+        idx = rng.permutation(n) if self.shuffle else np.arange(n)
         if self.group:
             mega = self.batch_size * 50
-            idx = [i for k in range(0, len(idx), mega) for i in sorted(idx[k : k + mega], key=lambda j: -self.lengths[j])]
-        batches = [idx[k : k + self.batch_size] for k in range(0, len(idx), self.batch_size)]
+            keys = -self.lengths[idx]
+            for k in range(0, n, mega):  # longest first within each megabatch; ties keep their shuffled order
+                order = np.argsort(keys[k:k + mega], kind="stable")
+                idx[k:k + mega] = idx[k:k + mega][order]
+        batches = [idx[k:k + self.batch_size] for k in range(0, n, self.batch_size)]
         if self.shuffle and self.group:
-            rng.shuffle(batches)
+            batches = [batches[i] for i in rng.permutation(len(batches))]
         return batches
 
     def __iter__(self) -> Iterator[list[int]]:
@@ -457,6 +464,6 @@ class LengthGroupedBatches(torch.utils.data.Sampler):
 
 
 def sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
-    """Evaluation batches: longest first, so padding is minimal and memory peaks early."""
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    """Evaluation batches: longest first, so padding is minimal and memory peaks early (ties in file order)."""
+    order = np.argsort(-np.asarray(lengths, dtype=np.int64), kind="stable").tolist()
     return [order[k : k + batch_size] for k in range(0, len(order), batch_size)]

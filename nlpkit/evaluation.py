@@ -9,7 +9,9 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from .config import DataSettings
 from .data import sorted_batches
+from .tables import encode_split, rows_at
 
 
 def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
@@ -40,7 +42,7 @@ def predict_features(task: Any, model: Any, features: Sequence[dict], batch_size
         context = autocast() if autocast is not None else _null()
     with torch.inference_mode(), context:
         for idx in iterator:
-            batch = to_device(task.collate([features[i] for i in idx]), device)
+            batch = to_device(task.collate(rows_at(features, idx)), device)
             outputs = task.predict_batch(head, backbone, batch)
             if len(outputs) != len(idx):
                 raise RuntimeError(f"task {task.name!r}: predict_batch returned {len(outputs)} outputs for {len(idx)} features")
@@ -59,9 +61,11 @@ def predict_features(task: Any, model: Any, features: Sequence[dict], batch_size
 
 def evaluate(task: Any, model: Any, examples: Sequence[dict], batch_size: int, accelerator: Any = None,
              features: Sequence[dict] | None = None, progress: bool = False,
-             autocast: Callable[[], Any] | None = None) -> tuple[list[Any], dict[str, Any]]:
-    """(predictions, metrics) for one task on labelled examples."""
-    features = task.encode(examples) if features is None else features
+             autocast: Callable[[], Any] | None = None, data: DataSettings | None = None
+             ) -> tuple[list[Any], dict[str, Any]]:
+    """(predictions, metrics) for one task on labelled examples (a table's features come from the data cache)."""
+    if features is None:
+        features, _ = encode_split(task, examples, "eval", data or DataSettings())
     outputs = predict_features(task, model, features, batch_size, accelerator, progress, f"eval {task.name}", autocast)
     predictions = task.decode(examples, features, outputs)
     return predictions, checked_scores(task, task.score(predictions, examples))

@@ -22,6 +22,7 @@ from typing import Any, Iterator, Sequence
 
 import torch
 
+from .cache import cache_root
 from .errors import ConfigError
 
 RUNTIMES = ("torch", "onnxruntime")
@@ -47,10 +48,7 @@ def check(runtime: str, precision: str, quantize: str | None, device: torch.devi
 
 
 def cache_dir() -> Path:
-    root = os.environ.get("NLPKIT_CACHE")
-    if root:
-        return Path(root) / "onnx"
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "nlpkit" / "onnx"
+    return cache_root("onnx")
 
 
 def fingerprint(folder: Path) -> str:

@@ -7,9 +7,11 @@ from typing import Any, Sequence
 import torch
 
 from . import checkpoint, inference_precision
+from .config import DataSettings
 from .errors import NlpkitError, UnknownTaskError
 from .evaluation import evaluate as _evaluate
 from .evaluation import predict_features
+from .task_data import read_any
 
 
 class Pipeline:
@@ -76,19 +78,20 @@ class Pipeline:
         return predictions[0] if single else predictions
 
     def evaluate(self, path: str, task: str | None = None, batch_size: int = 64, progress: bool = False,
-                 examples: list[dict] | None = None) -> dict[str, Any]:
-        """Metrics of one task on a labelled file in any format the task reads (or on ``examples``)."""
+                 examples: Sequence[dict] | None = None, data: DataSettings | None = None) -> dict[str, Any]:
+        """Metrics of one task on a labelled file in any format the task reads (or on ``examples``). The file is
+        read into a memory-mapped table and encoded once; ``data`` says where those are cached (nlpkit.tables)."""
         _check_batch_size(batch_size)
         t = self.task(task)
-        from .trainer import read_any
-
+        data = data or DataSettings()
         if examples is None:
-            examples = read_any(t, path)
+            examples = read_any(t, path, data)
         from .data import require_examples
 
         require_examples(examples, path)
         t.check(examples, path)
-        _, metrics = _evaluate(t, self._runner_for(t), examples, batch_size, progress=progress, autocast=self._autocast)
+        _, metrics = _evaluate(t, self._runner_for(t), examples, batch_size, progress=progress, autocast=self._autocast,
+                               data=data)
         return metrics
 
     def format(self, prediction: Any, task: str | None = None) -> str:

@@ -6,13 +6,15 @@ datasets with different labels) live side by side, each with its own head.
 
 The core calls the hooks below in this order and never looks inside examples, features or predictions:
 
-    read(path) -> examples              raw records (dicts) from a file; errors carry file:line
+    read(path) -> examples              raw records (dicts) from a file, a list or a generator; errors carry
+                                        file:line (the core streams them into a memory-mapped table)
     fit(train_examples)                 learn the label space (saved in the checkpoint via state_dict)
     check(examples, path)               reject what training never saw (e.g. unknown labels)
     texts(examples)                     text for training a from-scratch tokenizer
     special_tokens()                    extra tokens the tokenizer must know (entity markers)
     setup(backbone)                     keep the tokenizer; called before encode/build_head
-    encode(examples) -> features        one or more features per example, each with "example_index"
+    encode(examples) -> features        one or more features per example, each with "example_index" (its
+                                        position in the list given); called on batches of ~1,000 examples
     collate(features) -> batch          padded tensors for one batch (dynamic padding)
     build_head(backbone) -> nn.Module   ``head(backbone, batch)`` returns a dict with "loss" when labelled
     predict_batch(head, backbone, batch) -> one raw output per feature (plain Python / CPU tensors)
@@ -86,6 +88,10 @@ class Task:
     #: fields of a record input that ``nlpkit predict DIR --FIELD VALUE`` may give (``--question Q --context
     #: C``); () means the input is plain text, and any --FIELD is then an unknown flag
     input_fields: ClassVar[tuple[str, ...]] = ()
+    #: True: the core keeps this task's examples and features in memory-mapped Arrow tables, cached between runs
+    #: (nlpkit.tables), so rows must be JSON-serialisable dicts. False: ``read`` returns the task's own lazy
+    #: collection (a pretraining corpus) and ``encode`` gets it whole
+    tabular: ClassVar[bool] = True
 
     def __init__(self, name: str | None = None, options: Any = None):
         self.name = name or self.type_name
@@ -97,11 +103,13 @@ class Task:
         """Embedded data for ``nlpkit train --task NAME`` with no --data: split -> path."""
         return {}
 
-    def read(self, path: str) -> list[Example]:
+    def read(self, path: str) -> Iterable[Example]:
+        """The examples of a file, in order: a list, or a generator so that a large file never sits in memory."""
         raise NotImplementedError
 
-    def read_hub(self, rows: Any, spec: str) -> list[Example]:
-        """Examples from a Hugging Face ``datasets`` split (data given as ``hub:DATASET:SPLIT``)."""
+    def read_hub(self, rows: Any, spec: str) -> Iterable[Example]:
+        """Examples from rows of a ``datasets`` table: a hub split (``hub:DATASET:SPLIT``), a Parquet or Arrow
+        file, or a folder written by ``save_to_disk``; one column layout for all of them."""
         from .errors import ConfigError
 
         raise ConfigError(f"task {self.name!r} cannot read hub datasets ({spec}); give local files instead")
@@ -132,6 +140,8 @@ class Task:
         self.backbone_kind = backbone.kind
 
     def encode(self, examples: Sequence[Example]) -> list[Feature]:
+        """Features of a batch of examples. Must not depend on which other examples share the batch: the core
+        encodes a split a batch at a time (and in several processes), and caches the result."""
         raise NotImplementedError
 
     def collate(self, features: Sequence[Feature]) -> dict[str, Any]:
@@ -143,7 +153,11 @@ class Task:
 
     def feature_lengths(self, features: Sequence[Feature]) -> Sequence[int]:
         """Every feature's length at once: a task whose features are a lazy Sequence (pretraining blocks in a
-        memory-mapped cache) answers from an array instead of building each feature."""
+        memory-mapped cache) answers from an array instead of building each feature; so does a table of
+        features (nlpkit.tables), whose lengths were stored when it was encoded."""
+        stored = getattr(features, "lengths", None)
+        if callable(stored):
+            return stored()
         return [self.feature_length(f) for f in features]
 
     def describe_features(self, features: Sequence[Feature]) -> Optional[str]:

@@ -16,6 +16,7 @@ from .config import TaskEntry
 from .data import LengthGroupedBatches, carve_dev_split, require_examples, sample_examples
 from .errors import ConfigError
 from .registry import get_task_class
+from .tables import DataSettings, load_examples
 from .task import Task
 
 
@@ -24,8 +25,10 @@ def build_task(entry: TaskEntry) -> Task:
     return cls(entry.name, entry.options)
 
 
-def read_splits(task: Task, entry: TaskEntry, splits: Sequence[str] = ("train", "dev")) -> dict[str, list[dict]]:
-    """Read the entry's files (or the task's embedded data when none are given)."""
+def read_splits(task: Task, entry: TaskEntry, splits: Sequence[str] = ("train", "dev"),
+                settings: DataSettings = DataSettings()) -> dict[str, Sequence[dict]]:
+    """Read the entry's files (or the task's embedded data when none are given): memory-mapped tables, from the
+    cache when a file was read before (nlpkit.tables)."""
     files = dict(entry.data) or task.default_data()
     if not files:
         raise ConfigError(f"task {entry.name!r}: no data given (use --data train=PATH) and the task has no embedded default")
@@ -35,7 +38,7 @@ def read_splits(task: Task, entry: TaskEntry, splits: Sequence[str] = ("train", 
     data = {}
     for split in splits:
         if split in files:
-            examples = read_any(task, files[split])
+            examples = read_any(task, files[split], settings)
             require_examples(examples, files[split])
             data[split] = examples
     if "train" in splits and "train" not in data:
@@ -53,13 +56,10 @@ def read_splits(task: Task, entry: TaskEntry, splits: Sequence[str] = ("train", 
     return data
 
 
-def read_any(task: Task, path: str) -> list[dict]:
-    """A local file in the task's formats, or ``hub:DATASET:SPLIT`` through the task's read_hub."""
-    from .data import is_hub, load_hub_split
-
-    if is_hub(path):
-        return task.read_hub(load_hub_split(path), path)
-    return task.read(path)
+def read_any(task: Task, path: str, settings: DataSettings = DataSettings()) -> Sequence[dict]:
+    """A local file in the task's formats, a Parquet/Arrow file or saved ``datasets`` folder, or
+    ``hub:DATASET:SPLIT`` (the last three through the task's read_hub)."""
+    return load_examples(task, path, settings)
 
 
 class TaskSampler:
@@ -136,12 +136,12 @@ class TaskStream:
         self.task, self.features, self.world = task, features, world
         self.sampler = LengthGroupedBatches(task.feature_lengths(features), batch_size, seed, group=group)
         self.epoch, self.position = 0, 0
-        self._batches: list[list[int]] | None = None
+        self._batches: list[Any] | None = None
 
-    def _current(self) -> list[list[int]]:
+    def _current(self) -> list[Any]:
         if self._batches is None:
             # a global batch smaller than the number of processes would leave a process idle
-            self._batches = [b for b in self.sampler.batches(self.epoch) if len(b) >= self.world]
+            self._batches = [b for b in self.sampler.batch_arrays(self.epoch) if len(b) >= self.world]
         return self._batches
 
     def __len__(self) -> int:
@@ -154,7 +154,7 @@ class TaskStream:
             batches = self._current()
         idx = batches[self.position]
         self.position += 1
-        return idx
+        return idx.tolist()
 
     def state_dict(self) -> dict[str, int]:
         return {"epoch": self.epoch, "position": self.position}

@@ -43,6 +43,7 @@ from .preemption import Preemption, exit_code
 from .registry import import_plugin_module
 from .run_log import Board, RunLog, _mean_all, peak_memory_mb, write_curves
 from .task import Task, replace_options
+from .tables import encode_split, rows_at, set_progress
 from .task_weighting import TaskWeighting
 from .task_data import (TaskSampler, TaskStream, build_task, data_fingerprint, describe_batch,  # noqa: F401
                         read_any, read_splits)
@@ -253,8 +254,10 @@ class Trainer:
         self.tasks = [build_task(e) for e in cfg.tasks]
         self.data: dict[str, dict[str, list[dict]]] = {}
         self.paths: dict[str, dict[str, str]] = {}
+        set_progress(self.tc.progress and self.main)
         for task, entry in zip(self.tasks, cfg.tasks):
-            self.data[task.name] = read_splits(task, entry)
+            with self.acc.main_process_first():  # one process reads into the cache, the others open it
+                self.data[task.name] = read_splits(task, entry, settings=cfg.data)
             self.paths[task.name] = dict(entry.data) or task.default_data()
             task.fit(self.data[task.name]["train"])
             if "dev" in self.data[task.name]:
@@ -364,12 +367,15 @@ class Trainer:
     def _setup_batches(self) -> None:
         """Features, one endless batch stream per task, the task sampler, and the step budget."""
         tc, world = self.tc, self.acc.num_processes
-        self.features = {t.name: {s: t.encode(ex) for s, ex in self.data[t.name].items()} for t in self.tasks}
+        self.features = {t.name: {} for t in self.tasks}
         for t in self.tasks:
-            for split, features in self.features[t.name].items():
-                said = t.describe_features(features)
-                if said:
-                    self.notes.append(f"{t.name} {split}: {said}")
+            for split, examples in self.data[t.name].items():
+                with self.acc.main_process_first():  # one process encodes into the cache, the others open it
+                    features, done = encode_split(t, examples, split, self.config.data)
+                self.features[t.name][split] = features
+                for said in (done, t.describe_features(features)):
+                    if said:
+                        self.notes.append(f"{t.name} {split}: {said}")
         self.streams = {t.name: TaskStream(t, self.features[t.name]["train"], tc.batch_size, tc.seed,
                                            tc.group_by_length, world) for t in self.tasks}
         batches_per_epoch = sum(len(s) for s in self.streams.values())
@@ -611,7 +617,7 @@ class Trainer:
         stream = self.streams[name]
         idx = stream.next_indices()
         mine = idx[acc.process_index:: acc.num_processes]
-        batch = to_device(stream.task.collate([stream.features[i] for i in mine]), acc.device)
+        batch = to_device(stream.task.collate(rows_at(stream.features, mine)), acc.device)
         position = (stream.epoch, stream.position)
         where = lambda: describe_batch(stream, idx, self.data[name]["train"],  # noqa: E731 - on failure only
                                        self.paths[name].get("train", "train data"), position)
