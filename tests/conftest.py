@@ -14,7 +14,43 @@ if "NLPKIT_CACHE" not in os.environ:
 
     os.environ["NLPKIT_CACHE"] = tempfile.mkdtemp(prefix="nlpkit-test-cache-")
 
+from pathlib import Path  # noqa: E402
+
 import pytest  # noqa: E402
+
+#: the one setting that lets tests read outside the repository: the folder holding conll2003/, sst2/, trec/, ...
+BENCHMARKS_VAR = "NLPKIT_BENCHMARKS"
+#: files the official scorers produced and small excerpts of releases whose licence allows it (README beside each)
+GOLDEN = Path(__file__).resolve().parent / "golden"
+
+
+def benchmark_dir(name: str) -> Path:
+    """The folder of one benchmark release, ``$NLPKIT_BENCHMARKS/<name>``; skips the calling test (or fixture)
+    when the variable is unset or names a folder without ``<name>/``.
+
+    The one rule for every test that reads data the repository cannot ship (licences: CoNLL-2003's Reuters
+    text, SST-2, TREC, ...): nothing is read outside the repository unless this setting says where, and
+    there is no silent fallback to a folder beside the clone. ``.ci/run`` sets it to ../shared/benchmarks
+    when that folder exists.
+    """
+    root = os.environ.get(BENCHMARKS_VAR, "").strip()
+    hint = f"set {BENCHMARKS_VAR}=DIR to the benchmark folder to run this"
+    if not root:
+        pytest.skip(f"{hint}: it reads {name}/ of the benchmark folder, which is not shipped with the repository")
+    folder = Path(root).expanduser().resolve() / name
+    if not folder.is_dir():
+        pytest.skip(f"{hint}: {BENCHMARKS_VAR}={root} has no {name}/ folder")
+    return folder
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A benchmark_dir skip is reported at the test that needs the data (``-ra`` lists each one), not here."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.skipped and isinstance(report.longrepr, tuple) and f"set {BENCHMARKS_VAR}=DIR" in report.longrepr[2]:
+        path, line = item.reportinfo()[:2]
+        report.longrepr = (str(path), (line or 0) + 1, report.longrepr[2])
 
 
 @pytest.fixture(autouse=True)

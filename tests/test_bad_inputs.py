@@ -22,11 +22,10 @@ from typing import Any
 import pytest
 import yaml
 
-from conftest import tiny_config
+from conftest import benchmark_dir, tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
 CASES_DIR = Path(__file__).parent / "bad_inputs"
-SHARED = ROOT.parent / "shared"
 DEFAULT_TIMEOUT = 60
 MIN_CASES = 100
 
@@ -76,8 +75,22 @@ def trained_runs(tmp_path_factory) -> TrainedRuns:
 
 # ---- files ----------------------------------------------------------------------------------------
 def _fill(text: str, tmp: Path) -> str:
-    """Placeholders by plain replacement (file texts may hold JSON braces, so no str.format)."""
-    return text.replace("{tmp}", str(tmp)).replace("{repo}", str(ROOT)).replace("{shared}", str(SHARED))
+    """Placeholders by plain replacement (file texts may hold JSON braces, so no str.format).
+
+    ``{benchmarks}`` is the folder named by $NLPKIT_BENCHMARKS; a case that uses it is skipped when it is unset."""
+    text = text.replace("{tmp}", str(tmp)).replace("{repo}", str(ROOT))
+    if "{benchmarks}" in text:
+        text = text.replace("{benchmarks}", str(_benchmarks_root(text)))
+    return text
+
+
+def _benchmarks_root(text: str) -> Path:
+    """$NLPKIT_BENCHMARKS, through the suite's one rule (conftest.benchmark_dir: skip when unset or missing)."""
+    after = text.split("{benchmarks}", 1)[1].lstrip("/")
+    name = after.split("/", 1)[0]
+    if not name:
+        raise ValueError(f"{{benchmarks}} must be followed by /NAME/... (the benchmark's folder), got {text!r}")
+    return benchmark_dir(name).parent
 
 
 def _content(spec: Any, tmp: Path, target: Path | None = None) -> bytes:

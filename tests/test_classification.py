@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from conftest import tiny_config
+from conftest import benchmark_dir, tiny_config
 import nlpkit
 from nlpkit import ConfigError, DataError
 from nlpkit.backbone import train_tokenizer
@@ -220,12 +220,7 @@ def test_cli_exits_2_on_a_missing_column_or_unknown_label(tmp_path, capsys):
 
 
 def test_label_first_format_reads_the_trec_release_as_it_is():
-    from pathlib import Path
-
-    from nlpkit_tasks.classification import ClassificationTask
-
-    path = Path(__file__).resolve().parents[2] / "shared" / "benchmarks" / "trec" / "train_5500.label.gz"
-    assert path.exists(), f"benchmark data expected at {path}"
+    path = benchmark_dir("trec") / "train_5500.label.gz"
     coarse = ClassificationTask(options={"format": "label-first", "label_part": "coarse"}).read(str(path))
     assert len(coarse) == 5452
     counts = {}

@@ -2,6 +2,7 @@ import gzip
 
 import pytest
 
+from conftest import benchmark_dir
 from nlpkit import DataError
 from nlpkit.backbone import train_tokenizer
 from nlpkit_tasks.ner import NerTask, detect_scheme, read_conll, spans, to_iob2
@@ -141,10 +142,7 @@ def test_decode_gives_character_offsets_of_raw_text(task):
 
 
 def test_reads_the_conll2003_benchmark_as_it_is():
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[2] / "shared" / "benchmarks" / "conll2003" / "valid.txt.gz"
-    assert path.exists(), f"benchmark data expected at {path}"
+    path = benchmark_dir("conll2003") / "valid.txt.gz"
     sents = NerTask().read(str(path))
     assert len(sents) == 3250
     assert sum(len(s["tokens"]) for s in sents) == 51362

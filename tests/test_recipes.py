@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from conftest import benchmark_dir
 from nlpkit.cli import main
 from nlpkit.config import RunConfig, load_recipe
 from nlpkit.registry import get_task_class
@@ -54,16 +55,18 @@ def test_missing_data_file_names_the_recipe_field_and_the_offline_way(tmp_path, 
 
 def test_recipe_smoke_run_with_overrides_and_report(tmp_path, capsys):
     """The TREC recipe reads the benchmark as it is; --set overrides any field; evaluate writes a report."""
+    trec = str(benchmark_dir("trec"))  # --data-dir: the recipe's own data_dir is ../shared beside the clone
     out = tmp_path / "run"
-    assert main(["train", "--recipe", str(ROOT / "recipes" / "trec.yaml"), "--set", "backbone.spec=mini",
-                 "--set", "backbone.vocab_size=500", "--max-steps", "3", "--set", "trainer.lr=3e-3",
-                 "--output-dir", str(out), "--no-progress"]) == 0
+    assert main(["train", "--recipe", str(ROOT / "recipes" / "trec.yaml"), "--data-dir", trec,
+                 "--set", "backbone.spec=mini", "--set", "backbone.vocab_size=500", "--max-steps", "3",
+                 "--set", "trainer.lr=3e-3", "--output-dir", str(out), "--no-progress"]) == 0
     config = json.loads((out / "config.json").read_text())
     assert config["trainer"]["lr"] == 3e-3 and config["backbone"]["spec"] == "mini"
     assert config["tasks"][0]["options"]["label_part"] == "coarse"
     capsys.readouterr()
     # the test file is held out here: the recipe's dev split is carved from train, as training did
-    code = main(["evaluate", str(out), "--recipe", str(ROOT / "recipes" / "trec.yaml"), "--split", "dev"])
+    code = main(["evaluate", str(out), "--recipe", str(ROOT / "recipes" / "trec.yaml"), "--data-dir", trec,
+                 "--split", "dev"])
     assert code == 0
     report = json.loads((out / "report.json").read_text())
     assert report["model"]["spec"] == "mini"

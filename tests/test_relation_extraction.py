@@ -1,14 +1,13 @@
 """Relation extraction: readers, marker handling, the official SemEval-2010 Task 8 score, a tiny run."""
 import gzip
 import json
-import os
 import re
+import shutil
 from collections import Counter
-from pathlib import Path
 
 import pytest
 
-from conftest import tiny_config
+from conftest import GOLDEN, benchmark_dir, tiny_config
 import nlpkit
 from nlpkit import ConfigError, DataError
 from nlpkit.backbone import train_tokenizer
@@ -18,20 +17,9 @@ from nlpkit.heads import EntityPairHead
 from nlpkit_tasks.relation_extraction import (RelationExtractionTask, marked_text, official_scores, parse_marked,
                                               read_answer_file, read_semeval)
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def shared() -> Path:
-    """The benchmark folder beside the clone (../shared); NLPKIT_SHARED points elsewhere (worktrees)."""
-    for candidate in (os.environ.get("NLPKIT_SHARED"), ROOT.parent / "shared"):
-        if candidate and (Path(candidate) / "benchmarks").is_dir():
-            return Path(candidate)
-    pytest.fail(f"benchmark data not found: expected {ROOT.parent / 'shared'}/benchmarks (../shared beside the "
-                "repository) or a folder named by NLPKIT_SHARED")
-
-
-def semeval_dir() -> Path:
-    return shared() / "benchmarks" / "semeval2010_task8"
+#: the official scorer's example answers and outputs, and the first 120 training examples (CC BY 3.0; README there)
+SEMEVAL_GOLDEN = GOLDEN / "semeval2010_task8"
+VECTORS = SEMEVAL_GOLDEN / "scorer-vectors"
 
 
 def write(tmp_path, name, text):
@@ -96,7 +84,7 @@ def test_semeval_reader_errors_name_file_and_line(tmp_path, text, line, message)
 
 
 def test_reads_the_semeval_release_file_as_it_is():
-    examples = read_semeval(str(semeval_dir() / "TRAIN_FILE.TXT.gz"))
+    examples = read_semeval(str(benchmark_dir("semeval2010_task8") / "TRAIN_FILE.TXT.gz"))
     assert len(examples) == 8000
     counts = Counter(ex["label"] for ex in examples)
     assert counts["Other"] == 1410 and counts["Entity-Destination(e2,e1)"] == 1 and len(counts) == 19
@@ -147,10 +135,10 @@ def test_fit_keeps_directions_and_adds_the_mirror_of_each_directed_label():
 # ---- the official score --------------------------------------------------------------------------
 @pytest.mark.parametrize("n", [1, 2, 3, 5])
 def test_official_score_matches_the_perl_scorer_outputs(n):
-    folder = semeval_dir() / "scorer-vectors"
-    key = read_answer_file(str(folder / f"answer_key{n}.txt"))
-    proposed = read_answer_file(str(folder / f"proposed_answer{n}.txt"))
-    printed = (folder / f"result_scores{n}.txt").read_text()
+    gz = ".gz" if n == 2 else ""  # the 8,000-line pair is shipped gzipped
+    key = read_answer_file(str(VECTORS / f"answer_key{n}.txt{gz}"))
+    proposed = read_answer_file(str(VECTORS / f"proposed_answer{n}.txt{gz}"))
+    printed = (VECTORS / f"result_scores{n}.txt").read_text()
     official = float(re.findall(r"macro-averaged F1 = +([\d.]+)%", printed)[-1])
     section = printed.split("TAKING DIRECTIONALITY INTO ACCOUNT -- OFFICIAL")[1]
     micro = float(re.search(r"Micro-averaged result \(excluding Other\):\nP = .*F1 = +([\d.]+)%", section).group(1))
@@ -160,6 +148,18 @@ def test_official_score_matches_the_perl_scorer_outputs(n):
     assert scores["micro_f1"] == pytest.approx(micro, abs=0.01)
     for name, f1 in per_type.items():
         assert scores["per_type"]["Other" if name == "_Other" else name]["f1"] == pytest.approx(f1, abs=0.01)
+
+
+def test_shipped_scorer_vectors_and_excerpt_are_the_release_unchanged():
+    release = benchmark_dir("semeval2010_task8")
+    shipped = sorted(p.name for p in VECTORS.iterdir())
+    assert len(shipped) == 13
+    for name in shipped:
+        ours = VECTORS / name
+        data = gzip.decompress(ours.read_bytes()) if name.endswith(".gz") else ours.read_bytes()
+        assert data == (release / "scorer-vectors" / name.removesuffix(".gz")).read_bytes(), name
+    lines = gzip.decompress((release / "TRAIN_FILE.TXT.gz").read_bytes()).splitlines(keepends=True)
+    assert (SEMEVAL_GOLDEN / "TRAIN_FILE.first120.TXT").read_bytes() == b"".join(lines[:480])
 
 
 def test_wrong_direction_counts_against_precision_and_recall():
@@ -174,7 +174,7 @@ def test_wrong_direction_counts_against_precision_and_recall():
 
 def test_answer_files_are_checked_like_the_official_scorer(tmp_path):
     with pytest.raises(DataError, match=r"proposed_answer4.txt:2: .*Message-Topc"):
-        read_answer_file(str(semeval_dir() / "scorer-vectors" / "proposed_answer4.txt"))
+        read_answer_file(str(VECTORS / "proposed_answer4.txt"))
     dup = write(tmp_path, "dup.txt", "1\tOther\n1\tOther\n")
     with pytest.raises(DataError, match=r"dup.txt:2: ID 1 is already defined"):
         read_answer_file(dup)
@@ -246,10 +246,9 @@ def test_dev_split_is_deterministic_and_disjoint():
 # ---- end to end ----------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def semeval_small(tmp_path_factory):
-    """The first 120 examples of the real training file, in its own format."""
-    lines = gzip.open(semeval_dir() / "TRAIN_FILE.TXT.gz", "rt").read().split("\n")
+    """The first 120 examples of the real training file, in its own format (its first 480 lines, shipped)."""
     path = tmp_path_factory.mktemp("re") / "train.txt"
-    path.write_text("\n".join(lines[:480]) + "\n")
+    shutil.copyfile(SEMEVAL_GOLDEN / "TRAIN_FILE.first120.TXT", path)
     return path
 
 

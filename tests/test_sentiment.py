@@ -1,27 +1,14 @@
 """Sentiment: the classification plumbing with polarity label spaces; SST-2 read as it is; a tiny run."""
 import json
-import os
-from pathlib import Path
 
 import pytest
 
-from conftest import tiny_config
+from conftest import benchmark_dir, tiny_config
 import nlpkit
 from nlpkit import ConfigError, DataError, get_task_class
 from nlpkit.cli import main
 from nlpkit_tasks.classification import ClassificationTask
 from nlpkit_tasks.sentiment import SentimentTask
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def shared() -> Path:
-    """The benchmark folder beside the clone (../shared); NLPKIT_SHARED points elsewhere (worktrees)."""
-    for candidate in (os.environ.get("NLPKIT_SHARED"), ROOT.parent / "shared"):
-        if candidate and (Path(candidate) / "benchmarks").is_dir():
-            return Path(candidate)
-    pytest.fail(f"benchmark data not found: expected {ROOT.parent / 'shared'}/benchmarks (../shared beside the "
-                "repository) or a folder named by NLPKIT_SHARED")
 
 
 def fitted(labels, **options):
@@ -38,7 +25,7 @@ def test_registered_by_name_and_built_on_classification():
 
 def test_reads_sst2_as_it_is():
     task = SentimentTask()
-    examples = task.read(str(shared() / "benchmarks" / "sst2" / "train.tsv.gz"))
+    examples = task.read(str(benchmark_dir("sst2") / "train.tsv.gz"))
     assert len(examples) == 67349
     assert examples[0] == {"text": "hide new secretions from the parental units", "label": "0", "line": 2}
     task.fit(examples)

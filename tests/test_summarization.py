@@ -14,7 +14,7 @@ import nlpkit
 from nlpkit import DataError
 from nlpkit.cli import main as cli
 
-DIALOGSUM = Path("/work/shared/benchmarks/dialogsum")
+from conftest import benchmark_dir
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -65,11 +65,10 @@ def test_csv_with_quoted_multiline_fields(tmp_path):
 
 
 def test_dialogsum_reads_as_it_is():
-    if not DIALOGSUM.is_dir():
-        pytest.skip("DialogSum is not on this machine")
+    dialogsum = benchmark_dir("dialogsum")
     t = task()
-    train = t.read(str(DIALOGSUM / "dialogsum.train.jsonl.gz"))
-    dev = t.read(str(DIALOGSUM / "dialogsum.dev.jsonl.gz"))
+    train = t.read(str(dialogsum / "dialogsum.train.jsonl.gz"))
+    dev = t.read(str(dialogsum / "dialogsum.dev.jsonl.gz"))
     assert len(train) == 12460 and len(dev) == 500
     assert dev[0]["source"].startswith("#Person1#: Hello, how are you doing today?\n#Person2#:")
     assert dev[0]["target"].startswith("#Person2# has trouble breathing.")

@@ -13,9 +13,7 @@ import nlpkit
 from nlpkit import DataError
 from nlpkit.cli import main as cli
 
-from conftest import tiny_config
-
-MULTI30K = Path("/work/shared/benchmarks/multi30k")
+from conftest import benchmark_dir, tiny_config
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -88,11 +86,10 @@ def test_hub_reader_on_a_local_dataset_folder_and_offline_error(tmp_path):
 
 
 def test_multi30k_reads_as_it_is():
-    if not MULTI30K.is_dir():
-        pytest.skip("Multi30k is not on this machine")
+    multi30k = benchmark_dir("multi30k")
     t = task()
-    train = t.read(str(MULTI30K / "train.en.gz"))
-    dev = t.read(str(MULTI30K / "val"))
+    train = t.read(str(multi30k / "train.en.gz"))
+    dev = t.read(str(multi30k / "val"))
     assert len(train) == 29000 and len(dev) == 1014
     assert train[0]["source"].startswith("Two young, White males") and train[0]["target"].startswith("Zwei junge")
 
