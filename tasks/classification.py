@@ -209,7 +209,8 @@ class ClassificationTask(Task):
         return {"train": str(folder / "train.csv"), "dev": str(folder / "dev.csv")}
 
     # ---- reading -------------------------------------------------------------------------------------
-    def read(self, path: str) -> list[dict]:
+    def read(self, path: str) -> Iterator[dict]:
+        """Examples streamed from the file (a large file never sits in memory)."""
         fmt = self.options.format if self.options.format != "auto" else detect_format(path)
         encoding = self.options.encoding
         if fmt == "jsonl":
@@ -219,8 +220,8 @@ class ClassificationTask(Task):
             return self._records(read_label_first(path, self.options.label_part == "coarse", encoding), path)
         return self._records(read_table(path, fmt, encoding), path)
 
-    def read_hub(self, rows: Any, spec: str) -> list[dict]:
-        """Rows of a ``datasets`` split; ClassLabel ids become their names."""
+    def read_hub(self, rows: Any, spec: str) -> Iterator[dict]:
+        """Rows of a ``datasets`` table (hub split, Parquet, Arrow, saved folder); ClassLabel ids become their names."""
         features = getattr(rows, "features", None) or {}
         names: dict[str, Any] = {}
         for column, feature in features.items():
@@ -242,10 +243,10 @@ class ClassificationTask(Task):
 
         return self._records(rows_with_lines(), spec)
 
-    def _records(self, rows: Iterable[tuple[int | None, dict]], path: str) -> list[dict]:
+    def _records(self, rows: Iterable[tuple[int | None, dict]], path: str) -> Iterator[dict]:
         """Examples from (line, row) pairs; a leading {"__header__": columns} row fixes the columns, else
         (JSONL) the first record does."""
-        examples, columns = [], None
+        columns = None
         for lineno, row in rows:
             if "__header__" in row:
                 columns = resolve_columns(row["__header__"], self.options, path, lineno)
@@ -260,8 +261,7 @@ class ClassificationTask(Task):
             if pair_col is not None:
                 example["pair"] = self._text(row[pair_col], pair_col, path, lineno)
             example["label"] = self._label(row[label_col], label_col, path, lineno)
-            examples.append(example)
-        return examples
+            yield example
 
     @staticmethod
     def _text(value: Any, column: str, path: str, line: int | None) -> str:

@@ -16,7 +16,7 @@ import logging
 import re
 import unicodedata
 from dataclasses import dataclass
-from typing import Any, Iterator, Literal, Sequence
+from typing import Any, Iterable, Iterator, Literal, Sequence
 
 from nlpkit import DataError, Task, register_task
 from nlpkit.data import input_text, pad_encodings, read_text_lines
@@ -43,11 +43,16 @@ class NerOptions(GenerativeModeOptions):
 # ---- reading ---------------------------------------------------------------------------------------
 def read_conll(path: str, encoding: str = "utf-8") -> list[dict]:
     """Sentences of a CoNLL file: any number of columns, the word first and the tag last."""
-    sentences, tokens, tags, start = [], [], [], None
+    return list(iter_conll(path, encoding))
+
+
+def iter_conll(path: str, encoding: str = "utf-8") -> Iterator[dict]:
+    """read_conll one sentence at a time, so a large file never sits in memory."""
+    tokens, tags, start = [], [], None
     for lineno, line in read_text_lines(path, encoding):
         if not line.strip() or line.startswith("-DOCSTART-"):
             if tokens:
-                sentences.append({"tokens": tokens, "tags": tags, "line": start})
+                yield {"tokens": tokens, "tags": tags, "line": start}
             tokens, tags, start = [], [], None
             continue
         cols = line.split()
@@ -61,21 +66,22 @@ def read_conll(path: str, encoding: str = "utf-8") -> list[dict]:
         tokens.append(cols[0])
         tags.append(tag)
     if tokens:
-        sentences.append({"tokens": tokens, "tags": tags, "line": start})
-    return sentences
+        yield {"tokens": tokens, "tags": tags, "line": start}
 
 
-def detect_scheme(sentences: Sequence[dict]) -> str:
-    prefixes = {t[0] for s in sentences for t in s["tags"]}
-    if prefixes & {"E", "S", "L", "U"}:
-        return "bioes"
+def detect_scheme(sentences: Iterable[dict]) -> str:
+    """bioes if any tag has an E/S/L/U prefix; else iob1 if an entity starts with I-; else iob2. One pass, so
+    it can read a stream."""
+    bioes = iob1 = False
     for s in sentences:
         prev = "O"
         for tag in s["tags"]:
-            if tag.startswith("I-") and (prev == "O" or prev[2:] != tag[2:]):
-                return "iob1"
+            if tag[0] in "ESLU":
+                bioes = True
+            elif tag.startswith("I-") and (prev == "O" or prev[2:] != tag[2:]):
+                iob1 = True
             prev = tag
-    return "iob2"
+    return "bioes" if bioes else "iob1" if iob1 else "iob2"
 
 
 def to_iob2(tags: Sequence[str], scheme: str) -> list[str]:
@@ -292,28 +298,31 @@ class NerTask(Task):
     def default_data(self) -> dict[str, str]:
         return {"train": str(DATA_DIR / "ner" / "train.conll"), "dev": str(DATA_DIR / "ner" / "dev.conll")}
 
-    def read(self, path: str) -> list[dict]:
-        sentences = read_conll(path, self.options.encoding)
-        scheme = self.options.scheme if self.options.scheme != "auto" else detect_scheme(sentences)
-        for s in sentences:
+    def read(self, path: str) -> Iterator[dict]:
+        """Sentences in IOB2, streamed; scheme auto reads the file twice (once to tell the scheme)."""
+        encoding = self.options.encoding
+        scheme = self.options.scheme if self.options.scheme != "auto" else detect_scheme(iter_conll(path, encoding))
+        for s in iter_conll(path, encoding):
             s["tags"] = to_iob2(s["tags"], scheme)
-        return sentences
+            yield s
 
-    def read_hub(self, rows, spec: str) -> list[dict]:
+    def read_hub(self, rows, spec: str) -> Iterator[dict]:
         """Rows with ``tokens`` and ``ner_tags`` (ClassLabel ids or strings), as conll2003 on the hub."""
         feature = rows.features.get("ner_tags") if hasattr(rows, "features") else None
         names = getattr(getattr(feature, "feature", None), "names", None)
-        examples = []
-        for i, row in enumerate(rows):
-            if "tokens" not in row or "ner_tags" not in row:
-                raise DataError("expected fields 'tokens' and 'ner_tags'", spec, i + 1)
-            tags = [names[t] if names and isinstance(t, int) else str(t) for t in row["ner_tags"]]
-            if row["tokens"]:
-                examples.append({"tokens": list(row["tokens"]), "tags": tags, "line": i + 1})
-        scheme = self.options.scheme if self.options.scheme != "auto" else detect_scheme(examples)
-        for ex in examples:
+
+        def sentences():
+            for i, row in enumerate(rows):
+                if "tokens" not in row or "ner_tags" not in row:
+                    raise DataError("expected fields 'tokens' and 'ner_tags'", spec, i + 1)
+                tags = [names[t] if names and isinstance(t, int) else str(t) for t in row["ner_tags"]]
+                if row["tokens"]:
+                    yield {"tokens": list(row["tokens"]), "tags": tags, "line": i + 1}
+
+        scheme = self.options.scheme if self.options.scheme != "auto" else detect_scheme(sentences())
+        for ex in sentences():
             ex["tags"] = to_iob2(ex["tags"], scheme)
-        return examples
+            yield ex
 
     def fit(self, train_examples: Sequence[dict]) -> None:
         found = {t for s in train_examples for t in s["tags"]}

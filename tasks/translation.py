@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 from nlpkit import ConfigError, DataError, register_task
 from nlpkit.data import open_text, read_jsonl, read_text_lines
@@ -72,31 +72,36 @@ def parallel_files(path: str, src: str, tgt: str) -> tuple[str, str]:
     raise DataError(f"file not found (nor {path}.{src} / {path}.{tgt} as a prefix)", path)
 
 
-def read_parallel(src_path: str, tgt_path: str, skip_empty: bool = False, encoding: str = "utf-8"
-                  ) -> tuple[list[dict], int]:
+def read_parallel(src_path: str, tgt_path: str, skip_empty: bool = False, encoding: str = "utf-8",
+                  skipped: list[int] | None = None) -> Iterator[dict]:
     """Line i of one file aligns with line i of the other; counts must match (lines holding only a
-    byte-order mark count as lines here, as blank ones: skipping them would misalign the sides)."""
-    with open_text(src_path, encoding) as f:
-        sources = [line.rstrip("\r\n") for line in f]
-    with open_text(tgt_path, encoding) as f:
-        targets = [line.rstrip("\r\n") for line in f]
-    if len(sources) != len(targets):
-        raise DataError(f"misaligned parallel files: {src_path} has {len(sources)} lines but {tgt_path} has "
-                        f"{len(targets)} lines; line i of one must translate line i of the other", src_path)
-    examples, skipped = [], 0
-    for i, (s, t) in enumerate(zip(sources, targets), 1):
-        ex = pair(s, t, (src_path, i), skip_empty, (tgt_path, i))
-        if ex is None:
-            skipped += 1
-        else:
-            examples.append(ex)
-    return examples, skipped
+    byte-order mark count as lines here, as blank ones: skipping them would misalign the sides). Both files
+    are streamed side by side; pairs left out by skip_empty are counted in ``skipped[0]``."""
+    skipped = skipped if skipped is not None else [0]
+    with open_text(src_path, encoding) as fs, open_text(tgt_path, encoding) as ft:
+        i = 0
+        while True:
+            s, t = next(fs, None), next(ft, None)
+            if s is None or t is None:
+                break
+            i += 1
+            ex = pair(s.rstrip("\r\n"), t.rstrip("\r\n"), (src_path, i), skip_empty, (tgt_path, i))
+            if ex is None:
+                skipped[0] += 1
+            else:
+                yield ex
+        more_src = (s is not None) + sum(1 for _ in fs)
+        more_tgt = (t is not None) + sum(1 for _ in ft)
+    if more_src or more_tgt:
+        raise DataError(f"misaligned parallel files: {src_path} has {i + more_src} lines but {tgt_path} has "
+                        f"{i + more_tgt} lines; line i of one must translate line i of the other", src_path)
 
 
-def read_tsv(path: str, src: str, tgt: str, skip_empty: bool = False, encoding: str = "utf-8"
-             ) -> tuple[list[dict], int]:
+def read_tsv(path: str, src: str, tgt: str, skip_empty: bool = False, encoding: str = "utf-8",
+             skipped: list[int] | None = None) -> Iterator[dict]:
     """SOURCE<TAB>TARGET per line; a first line naming the columns (en<TAB>de, source<TAB>target) picks them."""
-    examples, skipped, cols = [], 0, (0, 1)
+    skipped = skipped if skipped is not None else [0]
+    cols = (0, 1)
     first = True
     for lineno, line in read_text_lines(path, encoding):
         if not line.strip():
@@ -118,10 +123,9 @@ def read_tsv(path: str, src: str, tgt: str, skip_empty: bool = False, encoding: 
                             f"got {len(parts)}", path, lineno)
         ex = pair(parts[cols[0]], parts[cols[1]], (path, lineno), skip_empty)
         if ex is None:
-            skipped += 1
+            skipped[0] += 1
         else:
-            examples.append(ex)
-    return examples, skipped
+            yield ex
 
 
 def from_record(record: dict, src: str, tgt: str, where: tuple[str, int], skip_empty: bool) -> dict | None:
@@ -137,15 +141,15 @@ def from_record(record: dict, src: str, tgt: str, where: tuple[str, int], skip_e
                     f"{{\"source\": ..., \"target\": ...}}, found keys {sorted(record)}", *where)
 
 
-def read_records(records, path: str, src: str, tgt: str, skip_empty: bool) -> tuple[list[dict], int]:
-    examples, skipped = [], 0
+def read_records(records, path: str, src: str, tgt: str, skip_empty: bool,
+                 skipped: list[int] | None = None) -> Iterator[dict]:
+    skipped = skipped if skipped is not None else [0]
     for line, record in records:
         ex = from_record(record, src, tgt, (path, line), skip_empty)
         if ex is None:
-            skipped += 1
+            skipped[0] += 1
         else:
-            examples.append(ex)
-    return examples, skipped
+            yield ex
 
 
 # ---- the plugin ------------------------------------------------------------------------------------
@@ -165,25 +169,26 @@ class TranslationTask(Seq2SeqTask):
         folder = DATA_DIR / "translation"
         return {"train": str(folder / "train.en"), "dev": str(folder / "dev.en")}
 
-    def read(self, path: str) -> list[dict]:
+    def read(self, path: str) -> Iterator[dict]:
+        """Pairs streamed from the file(s); the skipped-pairs warning comes once the file has been read."""
         o = self.options
         src, tgt = o.source_lang, o.target_lang
         kind = Path(_base(path)).suffix.lower()
+        skipped = [0]
         if kind == ".tsv":
-            examples, skipped = read_tsv(path, src, tgt, o.skip_empty, o.encoding)
+            yield from read_tsv(path, src, tgt, o.skip_empty, o.encoding, skipped)
         elif kind in (".jsonl", ".json"):
-            examples, skipped = read_records(read_jsonl(path, o.encoding), path, src, tgt, o.skip_empty)
+            yield from read_records(read_jsonl(path, o.encoding), path, src, tgt, o.skip_empty, skipped)
         else:
-            examples, skipped = read_parallel(*parallel_files(path, src, tgt), o.skip_empty, o.encoding)
-        warn_skipped(self.name, skipped, path)
-        return examples
+            yield from read_parallel(*parallel_files(path, src, tgt), o.skip_empty, o.encoding, skipped)
+        warn_skipped(self.name, skipped[0], path)
 
-    def read_hub(self, rows: Any, spec: str) -> list[dict]:
+    def read_hub(self, rows: Any, spec: str) -> Iterator[dict]:
         """A hub split (``hub:wmt16:de-en:validation``) with {"translation": {...}} or source/target fields."""
         o = self.options
-        examples, skipped = read_records(hub_records(rows), spec, o.source_lang, o.target_lang, o.skip_empty)
-        warn_skipped(self.name, skipped, spec)
-        return examples
+        skipped = [0]
+        yield from read_records(hub_records(rows), spec, o.source_lang, o.target_lang, o.skip_empty, skipped)
+        warn_skipped(self.name, skipped[0], spec)
 
     def default_prefix(self, model_config: Any) -> str:
         src, tgt = self.options.source_lang, self.options.target_lang

@@ -20,7 +20,7 @@ def write(tmp_path, name, text, newline="\n"):
 
 
 def read(path, **options):
-    return ClassificationTask(options=options).read(path)
+    return list(ClassificationTask(options=options).read(path))
 
 
 # ---- readers -------------------------------------------------------------------------------------
@@ -73,7 +73,7 @@ def test_hub_rows_map_class_ids_to_names():
         {"sentence": ["good film", "bad film"], "label": [1, 0]},
         features=datasets.Features({"sentence": datasets.Value("string"),
                                     "label": datasets.ClassLabel(names=["negative", "positive"])}))
-    examples = ClassificationTask().read_hub(rows, "hub:x:train")
+    examples = list(ClassificationTask().read_hub(rows, "hub:x:train"))
     assert [(ex["text"], ex["label"], ex["line"]) for ex in examples] == [("good film", "positive", 1),
                                                                           ("bad film", "negative", 2)]
 
@@ -221,12 +221,12 @@ def test_cli_exits_2_on_a_missing_column_or_unknown_label(tmp_path, capsys):
 
 def test_label_first_format_reads_the_trec_release_as_it_is():
     path = benchmark_dir("trec") / "train_5500.label.gz"
-    coarse = ClassificationTask(options={"format": "label-first", "label_part": "coarse"}).read(str(path))
+    coarse = list(ClassificationTask(options={"format": "label-first", "label_part": "coarse"}).read(str(path)))
     assert len(coarse) == 5452
     counts = {}
     for ex in coarse:
         counts[ex["label"]] = counts.get(ex["label"], 0) + 1
     assert counts == {"ABBR": 86, "DESC": 1162, "ENTY": 1250, "HUM": 1223, "LOC": 835, "NUM": 896}
-    fine = ClassificationTask(options={"format": "label-first"}).read(str(path))
+    fine = list(ClassificationTask(options={"format": "label-first"}).read(str(path)))
     assert len({ex["label"] for ex in fine}) == 50
     assert fine[0]["text"].startswith("How did serfdom develop")

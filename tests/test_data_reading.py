@@ -203,8 +203,8 @@ def test_the_task_option_encoding_is_validated_and_passed_to_the_readers(tmp_pat
 
     path = write(tmp_path, "a.conll", "Müller B-PER\n".encode("latin-1"))
     with pytest.raises(DataError, match="not UTF-8"):
-        NerTask().read(path)
-    assert NerTask(options={"encoding": "latin-1"}).read(path)[0]["tokens"] == ["Müller"]
+        list(NerTask().read(path))
+    assert list(NerTask(options={"encoding": "latin-1"}).read(path))[0]["tokens"] == ["Müller"]
     with pytest.raises(ConfigError, match="encoding"):
         NerTask(options={"encoding": "nope"})
 
@@ -273,8 +273,8 @@ def test_classification_labels_of_the_wrong_type_name_file_line_and_field(tmp_pa
 
     path = write(tmp_path, "a.jsonl", (json.dumps({"text": "fine", "label": "pos"}) + "\n" + json.dumps(record) + "\n").encode())
     with pytest.raises(DataError, match=re.escape(f"{path}:2: {message}")):
-        ClassificationTask().read(path)
-    assert ClassificationTask().read(write(tmp_path, "b.jsonl", b'{"text": "a", "label": 3}\n{"text": "b", "label": true}\n'))[1]["label"] == "true"
+        list(ClassificationTask().read(path))
+    assert list(ClassificationTask().read(write(tmp_path, "b.jsonl", b'{"text": "a", "label": 3}\n{"text": "b", "label": true}\n')))[1]["label"] == "true"
 
 
 def test_predict_inputs_of_the_wrong_type_name_the_field():

@@ -100,7 +100,7 @@ def test_labels_go_on_the_first_sub_token_of_each_word_only(task):
 def test_unknown_dev_tag_names_file_and_line(task, tmp_path):
     path = write(tmp_path, "dev.txt", "Paris B-LOC\nToyota B-ORG\n")
     with pytest.raises(DataError, match=r"dev.txt:2: tag 'B-ORG'"):
-        task.check(task.read(path), path)
+        task.check(list(task.read(path)), path)
 
 
 def test_metric_matches_hand_computed_values(task):
@@ -143,7 +143,7 @@ def test_decode_gives_character_offsets_of_raw_text(task):
 
 def test_reads_the_conll2003_benchmark_as_it_is():
     path = benchmark_dir("conll2003") / "valid.txt.gz"
-    sents = NerTask().read(str(path))
+    sents = list(NerTask().read(str(path)))
     assert len(sents) == 3250
     assert sum(len(s["tokens"]) for s in sents) == 51362
     assert sum(t.startswith("B-") for s in sents for t in s["tags"]) == 1842 + 1837 + 1341 + 922
@@ -157,7 +157,7 @@ def test_hub_rows_with_class_label_tags_are_read():
     })
     rows = datasets.Dataset.from_dict({"tokens": [["Ana", "Silva", "in", "Porto"]], "ner_tags": [[1, 2, 0, 3]]},
                                       features=features)
-    (ex,) = NerTask().read_hub(rows, "hub:x:train")
+    (ex,) = list(NerTask().read_hub(rows, "hub:x:train"))
     assert ex["tags"] == ["B-PER", "I-PER", "O", "B-LOC"]
 
 

@@ -25,7 +25,7 @@ def test_registered_by_name_and_built_on_classification():
 
 def test_reads_sst2_as_it_is():
     task = SentimentTask()
-    examples = task.read(str(benchmark_dir("sst2") / "train.tsv.gz"))
+    examples = list(task.read(str(benchmark_dir("sst2") / "train.tsv.gz")))
     assert len(examples) == 67349
     assert examples[0] == {"text": "hide new secretions from the parental units", "label": "0", "line": 2}
     task.fit(examples)

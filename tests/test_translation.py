@@ -39,7 +39,7 @@ def test_parallel_files_named_three_ways(tmp_path):
     write(tmp_path / "c.de.gz", ["Hallo.", "Gute Nacht."], gz=True)
     expected = [("Hello.", "Hallo."), ("Good night.", "Gute Nacht.")]
     for spec in (str(tmp_path / "c"), str(tmp_path / "c.en"), f"{tmp_path / 'c.en'},{tmp_path / 'c.de.gz'}"):
-        got = task().read(spec)
+        got = list(task().read(spec))
         assert [(e["source"], e["target"]) for e in got] == expected, spec
         assert [e["line"] for e in got] == [1, 2]
 
@@ -47,20 +47,20 @@ def test_parallel_files_named_three_ways(tmp_path):
 def test_language_pair_option_picks_files_and_keys(tmp_path):
     write(tmp_path / "c.fr", ["Bonjour."])
     write(tmp_path / "c.en", ["Hello."])
-    got = task(source_lang="fr", target_lang="en").read(str(tmp_path / "c"))
+    got = list(task(source_lang="fr", target_lang="en").read(str(tmp_path / "c")))
     assert (got[0]["source"], got[0]["target"]) == ("Bonjour.", "Hello.")
     path = tmp_path / "d.jsonl"
     path.write_text(json.dumps({"translation": {"en": "Hi.", "fr": "Salut."}}) + "\n")
-    got = task(source_lang="fr", target_lang="en").read(str(path))
+    got = list(task(source_lang="fr", target_lang="en").read(str(path)))
     assert (got[0]["source"], got[0]["target"]) == ("Salut.", "Hi.")
 
 
 def test_tsv_with_and_without_header(tmp_path):
     plain = write(tmp_path / "a.tsv", ["Hello.\tHallo.", "", "Yes.\tJa.\textra column"])
-    got = task().read(plain)
+    got = list(task().read(plain))
     assert [(e["source"], e["target"], e["line"]) for e in got] == [("Hello.", "Hallo.", 1), ("Yes.", "Ja.", 3)]
     headed = write(tmp_path / "b.tsv", ["id\tde\ten", "1\tHallo.\tHello."])
-    got = task().read(headed)
+    got = list(task().read(headed))
     assert (got[0]["source"], got[0]["target"], got[0]["line"]) == ("Hello.", "Hallo.", 2)
 
 
@@ -68,7 +68,7 @@ def test_jsonl_hub_layout_and_source_target(tmp_path):
     path = tmp_path / "d.jsonl"
     path.write_text(json.dumps({"translation": {"en": "Hello.", "de": "Hallo."}}) + "\n\n"
                     + json.dumps({"source": "Yes.", "target": "Ja."}) + "\n")
-    got = task().read(str(path))
+    got = list(task().read(str(path)))
     assert [(e["source"], e["target"], e["line"]) for e in got] == [("Hello.", "Hallo.", 1), ("Yes.", "Ja.", 3)]
 
 
@@ -79,7 +79,7 @@ def test_hub_reader_on_a_local_dataset_folder_and_offline_error(tmp_path):
     from nlpkit.data import load_hub_split
 
     spec = f"hub:{folder}:validation"
-    got = task().read_hub(load_hub_split(spec), spec)
+    got = list(task().read_hub(load_hub_split(spec), spec))
     assert [(e["source"], e["target"], e["line"]) for e in got] == [("Hello.", "Hallo.", 1)]
     with pytest.raises(DataError, match=r"could not load hub dataset 'wmt16'"):
         load_hub_split("hub:wmt16:de-en:validation")
@@ -88,8 +88,8 @@ def test_hub_reader_on_a_local_dataset_folder_and_offline_error(tmp_path):
 def test_multi30k_reads_as_it_is():
     multi30k = benchmark_dir("multi30k")
     t = task()
-    train = t.read(str(multi30k / "train.en.gz"))
-    dev = t.read(str(multi30k / "val"))
+    train = list(t.read(str(multi30k / "train.en.gz")))
+    dev = list(t.read(str(multi30k / "val")))
     assert len(train) == 29000 and len(dev) == 1014
     assert train[0]["source"].startswith("Two young, White males") and train[0]["target"].startswith("Zwei junge")
 
@@ -99,7 +99,7 @@ def test_misaligned_files_name_both_files_and_counts(tmp_path):
     src = write(tmp_path / "m.en", ["a", "b", "c"])
     tgt = write(tmp_path / "m.de", ["x", "y"])
     with pytest.raises(DataError) as err:
-        task().read(src)
+        list(task().read(src))
     msg = str(err.value)
     assert src in msg and tgt in msg and "3 lines" in msg and "2 lines" in msg
 
@@ -111,11 +111,11 @@ def test_empty_line_is_an_error_at_its_line_unless_skipped(tmp_path, side, caplo
     (en if side == "source" else de)[1] = "   "
     src, tgt = write(tmp_path / "e.en", en), write(tmp_path / "e.de", de)
     with pytest.raises(DataError) as err:
-        task().read(src)
+        list(task().read(src))
     assert err.value.path == (src if side == "source" else tgt) and err.value.line == 2
     assert f"empty {side}" in str(err.value)
     with caplog.at_level(logging.WARNING):
-        got = task(skip_empty=True).read(src)
+        got = list(task(skip_empty=True).read(src))
     assert [e["line"] for e in got] == [1, 3]
     assert "skipped 1 pair" in caplog.text
 
@@ -124,18 +124,18 @@ def test_malformed_records(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"translation": {"en": "Hi.", "fr": "Salut."}}) + "\n")
     with pytest.raises(DataError, match=r"bad.jsonl:1: expected keys 'en' and 'de'"):
-        task().read(str(bad))
+        list(task().read(str(bad)))
     bad.write_text(json.dumps({"en": "Hi."}) + "\n" + "{not json\n")
     with pytest.raises(DataError, match=r"bad.jsonl:1: expected .*found keys \['en'\]"):
-        task().read(str(bad))
+        list(task().read(str(bad)))
     tsv = write(tmp_path / "bad.tsv", ["Hello.\tHallo.", "only one column"])
     with pytest.raises(DataError, match=r"bad.tsv:2: expected at least 2 tab-separated columns"):
-        task().read(tsv)
+        list(task().read(tsv))
     lonely = write(tmp_path / "corpus.txt", ["Hello."])
     with pytest.raises(DataError, match="cannot tell where the de side"):
-        task().read(lonely)
+        list(task().read(lonely))
     with pytest.raises(DataError, match="file not found"):
-        task().read(str(tmp_path / "nothing"))
+        list(task().read(str(tmp_path / "nothing")))
 
 
 def test_cli_reports_bad_data_without_traceback(tmp_path, capsys):
