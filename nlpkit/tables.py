@@ -122,20 +122,57 @@ def load_table_source(path: str) -> Any:
         raise DataError(f"cannot read this {kind} file: {type(exc).__name__}: {str(exc)[:300]}", path) from None
 
 
+#: files up to this size are identified by their bytes too (hashing 256 MB takes a fraction of a second)
+HASH_WHOLE = 256 << 20
+#: larger files: their size, modification time and the bytes of their first and last MiB
+HASH_ENDS = 1 << 20
+
+
+def file_identity(path: Path) -> list[Any]:
+    """A file's absolute path, size, modification time and a hash of its bytes (all of them, or both ends of a
+    large file): an edit within the file system's time granularity still changes it."""
+    st = path.stat()
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        if st.st_size <= HASH_WHOLE:
+            for block in iter(lambda: f.read(1 << 22), b""):
+                digest.update(block)
+        else:
+            digest.update(f.read(HASH_ENDS))
+            f.seek(-HASH_ENDS, os.SEEK_END)
+            digest.update(f.read(HASH_ENDS))
+    return [str(path.resolve()), st.st_size, st.st_mtime_ns, digest.hexdigest()[:16]]
+
+
+def glob_escape(name: str) -> str:
+    import glob
+
+    return glob.escape(name)
+
+
 def source_identity(path: str) -> Any:
-    """What says a source is unchanged: a file's absolute path, size and modification time; a folder's files'; a
-    hub split's own fingerprint (datasets' cache of it)."""
+    """What says a source is unchanged: its files' identities (a parallel-text pair names two, a folder many);
+    None when a file is missing (the task's reader then says so, naming it). A hub split is identified by
+    its own fingerprint once loaded (load_examples)."""
     if str(path).startswith(HUB_PREFIX):
-        return None  # decided once the split is loaded (its fingerprint), see load_examples
-    p = Path(path)
+        return None
     try:
-        if p.is_dir():
-            return [(str(f.relative_to(p)), f.stat().st_size, f.stat().st_mtime_ns)
-                    for f in sorted(p.rglob("*")) if f.is_file()] + [str(p.resolve())]
-        st = p.stat()
+        found: set[Path] = set()
+        for part in str(path).split(","):
+            p = Path(part)
+            if p.is_dir():
+                found.update(f for f in p.rglob("*") if f.is_file())
+                continue
+            # the file and its siblings of the same base name: a reader may take its partner from there
+            # (translation's train.en -> train.de; a prefix train -> train.en + train.de)
+            base = p.name.split(".")[0] if p.exists() else p.name
+            siblings = {f for f in p.parent.glob(glob_escape(base) + ".*") if f.is_file()} if p.parent.is_dir() else set()
+            if not p.is_file() and not siblings:
+                return None
+            found.update(siblings | ({p} if p.is_file() else set()))
+        return [file_identity(f) for f in sorted(found)]
     except OSError:
-        return None  # missing: the task's reader says so, with the file name
-    return [str(p.resolve()), st.st_size, st.st_mtime_ns]
+        return None
 
 
 # ---- the table -------------------------------------------------------------------------------------
