@@ -469,29 +469,53 @@ def cmd_predict(args: argparse.Namespace, extra: list[str]) -> int:
     items: list[str | dict] = list(args.texts) + more_texts
     if fields:
         items.append(fields)
-    if not items:
-        if sys.stdin.isatty():
-            print("reading one input per line from stdin (Ctrl-D to end)", file=sys.stderr)
-        for line in _stdin_lines(args.encoding):
-            if not line.strip():
-                continue
-            if line.lstrip().startswith("{"):
-                try:
-                    items.append(json.loads(line))
-                    continue
-                except (json.JSONDecodeError, RecursionError):
-                    pass
-            items.append(line)
-    if not items:
-        raise ConfigError("nothing to predict: give texts as arguments or on stdin")
+    if not items and sys.stdin.isatty():
+        print("reading one input per line from stdin (Ctrl-D to end)", file=sys.stderr)
     opts = {"num_beams": args.num_beams} if args.num_beams else {}
-    preds = pipe.predict(items, task=args.task, batch_size=args.batch_size, **opts)
-    for item, pred in zip(items, preds):
-        if args.json:
-            print(json.dumps({"input": item, "prediction": pred}, ensure_ascii=False))
-        else:
-            print(pipe.format(pred, args.task))
+    seen = 0
+    # stdin is predicted a chunk at a time, each chunk printed before the next is read: a file of any size runs
+    # in bounded memory, and a pipe sees its first answers early
+    for chunk in _chunked(iter(items) if items else _stdin_items(args.encoding), PREDICT_CHUNK):
+        preds = pipe.predict(chunk, task=args.task, batch_size=args.batch_size, **opts)
+        for item, pred in zip(chunk, preds):
+            if args.json:
+                print(json.dumps({"input": item, "prediction": pred}, ensure_ascii=False))
+            else:
+                print(pipe.format(pred, args.task))
+        sys.stdout.flush()
+        seen += len(chunk)
+    if not seen:
+        raise ConfigError("nothing to predict: give texts as arguments or on stdin")
     return 0
+
+
+#: inputs of `nlpkit predict` read from stdin per model call (sorted by length within it)
+PREDICT_CHUNK = 4096
+
+
+def _chunked(items: Iterator[Any], size: int) -> Iterator[list[Any]]:
+    chunk: list[Any] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _stdin_items(encoding: str) -> Iterator[str | dict]:
+    """Non-blank stdin lines; a line that is a JSON object is a record input."""
+    for line in _stdin_lines(encoding):
+        if not line.strip():
+            continue
+        if line.lstrip().startswith("{"):
+            try:
+                yield json.loads(line)
+                continue
+            except (json.JSONDecodeError, RecursionError):
+                pass
+        yield line
 
 
 def _stdin_lines(encoding: str) -> Iterator[str]:

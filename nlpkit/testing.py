@@ -61,6 +61,8 @@ CHECKS: dict[str, str] = {
     "state_dict": "state_dict() after fit() is JSON-serialisable and round-trips through load_state_dict()",
     "bad_input": "bad input raises DataError naming the file and the line",
     "train": "a few steps of nlpkit.train run to the end and save a checkpoint",
+    "encode": "encode() on batches of a few examples gives what one call over all of them gives, as JSON rows "
+              "(the core encodes a split a batch at a time into a cached Arrow table)",
     "main_score": "score() returns main_score as a finite number; every score is JSON-serialisable",
     "json": "one prediction per example, each JSON-serialisable; format_prediction() returns a str",
     "reload": "nlpkit.load gives back the trained weights, the same predictions and the recorded scores",
@@ -220,6 +222,7 @@ class _Contract:
         # the model in memory exists once build_head ran, even if training failed later (at scoring);
         # without it, these checks use the saved checkpoint
         captured = ["read"] if self.captured else ["read", "train"]
+        self._run("encode", self.check_encode, needs=captured)
         self._run("main_score", self.check_main_score, needs=captured)
         self._run("json", self.check_json, needs=captured)
         self._run("reload", self.check_reload, needs=["train"])
@@ -255,8 +258,10 @@ class _Contract:
         tc.update(trainer or {})
         # one evaluation, at the end (best/ is the last step), in fp32 on the CPU as the reload is: same numbers
         tc.update(max_steps=max_steps, eval_every=max_steps, cpu=True, precision="fp32")
+        # the trainer gets the prepared slices through the wrapped read(): a data cache keyed by the files would
+        # hand it a whole file read earlier
         return {"tasks": [{"type": self.type_name, "options": self.options}], "backbone": _backbone(backbone),
-                "trainer": tc, "output_dir": str(run_dir)}
+                "trainer": tc, "output_dir": str(run_dir), "data": {"cache": False}}
 
     # -- read ----------------------------------------------------------------------------------------
     def check_read(self, train: Any, dev: Any) -> str:
@@ -294,12 +299,22 @@ class _Contract:
                 + (f" ({dropped} dev examples with labels outside the training slice dropped)" if dropped else ""))
 
     def _read_slice(self, task: Task, path: str) -> Sequence[dict]:
-        """A list of example dicts, or a lazy Sequence of them that can ``subset()`` itself (a TextCorpus)."""
+        """A list (or generator) of example dicts, or a lazy Sequence of them that can ``subset()`` itself (a
+        TextCorpus)."""
         examples = task.read(path)
         lazy = callable(getattr(examples, "subset", None)) and callable(getattr(examples, "__len__", None))
+        if not lazy and not isinstance(examples, (list, dict, str, bytes)) and hasattr(examples, "__iter__"):
+            examples = list(examples)  # a streaming reader: the trainer stores its rows in a table
         if not isinstance(examples, list) and not lazy:
-            raise _Fail(f"read({path!r}) returned {type(examples).__name__}; it must return a list of example dicts "
-                        "(or a Sequence with subset(), as nlpkit.corpus.TextCorpus)")
+            raise _Fail(f"read({path!r}) returned {type(examples).__name__}; it must return a list or generator of "
+                        "example dicts (or a Sequence with subset(), as nlpkit.corpus.TextCorpus)")
+        if task.tabular and not lazy:
+            for ex in examples:
+                try:
+                    json.dumps(ex)
+                except (TypeError, ValueError) as exc:
+                    raise _Fail(f"read({path!r}) gave an example that is not JSON-serialisable ({exc}): {_short(ex)}; "
+                                "the core keeps examples in an Arrow table as JSON (or set tabular = False)") from None
         if not len(examples):
             raise _Fail(f"read({path!r}) returned no examples")
         if not self.max_examples or len(examples) <= self.max_examples:
@@ -414,6 +429,35 @@ class _Contract:
 
         torch.manual_seed(seed)  # a head that draws fresh random weights when built draws other ones each time
         return nlpkit.load(self.run_dir, device="cpu")
+
+    def check_encode(self) -> str:
+        task = self.captured[-1][0] if self.captured else self.fitted
+        if not task.tabular:
+            return "not a tabular task (its read() gives its own lazy collection)"
+        examples = copy.deepcopy(self.dev_examples)
+
+        def as_rows(features: Any) -> list[Any]:
+            try:
+                return json.loads(json.dumps(list(features), ensure_ascii=False))
+            except (TypeError, ValueError) as exc:
+                raise _Fail(f"encode() gave a feature that is not JSON-serialisable ({exc}); the core stores features "
+                            "as JSON rows of an Arrow table: keep them to dicts, lists, strings and numbers "
+                            "(tensor.tolist()), or set tabular = False") from None
+
+        whole = as_rows(task.encode(examples))
+        batched: list[Any] = []
+        step = 3
+        for start in range(0, len(examples), step):
+            for f in as_rows(task.encode(examples[start:start + step])):
+                batched.append(dict(f, example_index=f["example_index"] + start))
+        if whole != batched:
+            first = next(i for i, (a, b) in enumerate(zip(whole + [None] * len(batched), batched + [None] * len(whole)))
+                         if a != b)
+            raise _Fail(f"encode() on batches of {step} differs from one call over {len(examples)} examples at feature "
+                        f"{first}: {_short(batched[first] if first < len(batched) else None)} instead of "
+                        f"{_short(whole[first] if first < len(whole) else None)}; a feature must depend only on its "
+                        "own example")
+        return f"{len(whole)} features, the same in batches of {step}"
 
     def check_main_score(self) -> str:
         task, _, predictions = self.memory()
