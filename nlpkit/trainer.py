@@ -887,11 +887,28 @@ class Trainer:
             advice = self._pretrained_advice()
             if advice:
                 log.info(f"note: {advice}")
-            log.info(f"saved to {self.out} (best model in {self.out / 'best'}, step {state.best_step}); "
-                     f"wall time {result['wall_time_s']:.1f}s")
+            log.info(f"saved to {self.out} ({self._best_words()}); wall time {result['wall_time_s']:.1f}s")
             log.info(self.clock.line())
         log.close()
         self.acc.wait_for_everyone()
+
+    def _best_words(self) -> str:
+        """What best/ holds, for the closing line. Without dev data nothing was selected: best/ is the model of
+        the last step (saved by ``_evaluate_and_select(last=True)``), and its nlpkit.json says which step."""
+        best = self.out / "best"
+        if self.state.best_step is not None:
+            return f"best model in {best}, step {self.state.best_step}"
+        try:
+            meta = checkpoint.read_meta(best)
+        except NlpkitError:
+            meta = {}
+        step = meta.get("step")
+        if not isinstance(step, int):
+            return f"no dev set: no model was selected and {best} was not written"
+        if meta.get("selection_score") is not None:  # selected by an earlier session of this run
+            return f"best model in {best}, step {step}"
+        last = "the last step" if step == self.state.step else "the model of step"
+        return f"no dev set: {best} is {last}, {step}"
 
     def _close(self) -> None:
         """Always, also on an error: the progress bar, TensorBoard and the log file."""

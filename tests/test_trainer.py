@@ -892,6 +892,22 @@ def test_tasks_that_need_a_pretrained_backbone_say_so_at_start_and_end(ner_files
     assert trainer._pretrained_advice() is None
 
 
+def test_without_a_dev_set_the_closing_line_says_best_is_the_last_step(ner_files, tmp_path, capsys):
+    out = tmp_path / "run"
+    cfg = run_config(ner_files, out, max_steps=2, eval_every=1, save_every=2)
+    for t in cfg["tasks"]:
+        t["data"] = {"train": t["data"]["train"]}
+    result = train(cfg)
+    assert result.metrics["best_step"] is None and result.metrics["tasks"] == {}
+    closing = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("saved to"))
+    assert f"saved to {out} (no dev set: {out / 'best'} is the last step, 2); wall time" in closing
+    assert "step None" not in closing
+    # and that is what best/ holds: the weights of the step-2 checkpoint, saved at step 2, nothing selected
+    meta = checkpoint.read_meta(out / "best")
+    assert meta["step"] == 2 and "selection_score" not in meta
+    assert_same_weights(out / "best", out / "checkpoints" / "step-2")
+
+
 def test_a_score_without_its_main_score_is_a_plugin_error_naming_the_task(ner_files, tmp_path, monkeypatch):
     from nlpkit.errors import PluginError
     from nlpkit_tasks.ner import NerTask
