@@ -365,3 +365,53 @@ def test_llm_gemma_quick_runs_every_job_on_a_tiny_llama(quick_env):
     assert full["trainable_params"] == full["total_params"]
     assert lora["trainable_params"] == checkpointed["trainable_params"] < full["trainable_params"] / 10
     assert all(r["train_peak_rss_mb"] > 0 for r in memory.values())
+
+
+def test_data_scale_quick_measures_both_sides_twice(quick_env):
+    """benchmarks/data_scale.py --quick: both sides, a first run on an empty cache and a second reusing it, each
+    with wall, read, encode and start-up seconds and the process tree's peak memory; the table, the targets,
+    and the result cache that makes a rerun measure nothing again."""
+    import data_scale
+
+    out, result = _run_quick("data_scale.py", quick_env)
+    header = "| rows  | side   | run    | wall s | read s | encode s | start-up s | peak RSS GB | peak anon GB |"
+    assert header in out, out[-3000:]
+    assert "second run's start-up <= 25% of the first's at 2,000 rows" in out
+    task = result["tasks"]["classification"]
+    runs = {(r["side"], r["run"]): r for r in task["runs"]}
+    assert sorted(runs) == [("hf", "first"), ("hf", "second"), ("nlpkit", "first"), ("nlpkit", "second")]
+    for key, r in runs.items():
+        for field in ("wall_s", "read_s", "encode_s", "startup_s", "peak_rss_gb", "peak_anon_gb", "peak_file_gb",
+                      "peak_pss_gb"):
+            assert isinstance(r[field], (int, float)) and r[field] > 0, (key, field, r[field])
+        assert r["startup_s"] < r["wall_s"] and r["peak_anon_gb"] < r["peak_rss_gb"], key
+        assert r["steps"] == 2 and r["memory_samples"] > 10, key
+    assert runs[("hf", "first")]["map_cache_hit"] is False and runs[("hf", "second")]["map_cache_hit"] is True
+    if "cache_dir" in data_scale.nlpkit_data_settings():  # nlpkit's encode cache: the second run reads it
+        assert not runs[("nlpkit", "first")]["features_cached"] and runs[("nlpkit", "second")]["features_cached"]
+    assert {c["met"] for c in task["checks"]} <= {"yes", "NO", "n/a"} and len(task["checks"]) == 3
+    train = Path(runs[("nlpkit", "first")]["log"]).parent.parent / "data" / "bundled-classification-2000.csv"
+    assert train.read_text().count("\n") == 2001  # the header and 2,000 rows cycled from the bundled 1,200
+
+    again, _ = _run_quick("data_scale.py", quick_env)  # the same code and settings: nothing is measured again
+    assert again.count("measured before with this code and settings") == 2, again[-2000:]
+
+
+def test_data_scale_memory_meter_sums_the_process_tree():
+    """A child holding 200 MB of anonymous memory shows in the tree's peak, with its parent."""
+    import subprocess
+    import time
+
+    import data_scale
+
+    code = ("import subprocess, sys; subprocess.run([sys.executable, '-c', "
+            "'import time; b = bytearray(200 * 2**20); time.sleep(1.5)'])")
+    proc = subprocess.Popen([sys.executable, "-c", code])
+    meter = data_scale.TreeMemory(proc.pid, interval=0.02, pss_interval=0.1)
+    meter.start()
+    proc.wait()
+    time.sleep(0.05)
+    peak = meter.stop()
+    assert peak["max_processes"] == 2
+    assert peak["peak_anon_gb"] > 0.19 and peak["peak_pss_gb"] > 0.19
+    assert peak["peak_rss_gb"] >= peak["peak_anon_gb"] + peak["peak_file_gb"] - 0.01
