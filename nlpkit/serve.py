@@ -11,7 +11,10 @@ Why the pieces are the way they are:
   from two threads at once.
 - The request and response bodies are those of ``nlpkit predict --json``: an input is a string or a
   record (an object with the task's fields); the answer is ``{"input": ..., "prediction": ...}``, or a
-  list of those for a list of inputs.
+  list of those for a list of inputs. The HF Inference API / Text Embeddings Inference body
+  ``{"inputs": ..., "parameters": {...}}`` is read too (an object with an ``inputs`` key, which no task
+  has among its input fields) and answered in the same shape; ``parameters`` holds what ``nlpkit predict``
+  takes per call (``num_beams`` for a task that generates text), and unknown fields or parameters are 422.
 - Limits (body size, inputs per request, characters per text) are checked before anything is queued,
   and every refusal is a 413 or 422 whose message names the field, so a bad client never reaches the
   model and the server keeps answering.
@@ -85,6 +88,8 @@ class RequestError(Exception):
 class _Pending:
     item: Any
     future: asyncio.Future
+    #: per-request prediction options (``num_beams``) as sorted (name, value) pairs; () is the checkpoint's own
+    options: tuple = ()
     batch_size: int = 0
 
 
@@ -110,10 +115,12 @@ class TaskBatcher:
             except asyncio.CancelledError:
                 pass
 
-    async def submit(self, items: Sequence[Any]) -> list[tuple[Any, int]]:
-        """(prediction, size of the batch it ran in) for each input, in order."""
+    async def submit(self, items: Sequence[Any], options: dict[str, Any] | None = None) -> list[tuple[Any, int]]:
+        """(prediction, size of the batch it ran in) for each input, in order. ``options`` (``num_beams``) are
+        set on the task for these inputs only: inputs with other options share the queue but not a model call."""
         loop = asyncio.get_running_loop()
-        pending = [_Pending(item, loop.create_future()) for item in items]
+        opts = tuple(sorted((options or {}).items()))
+        pending = [_Pending(item, loop.create_future(), opts) for item in items]
         for p in pending:
             self.queue.put_nowait(p)
         results = await asyncio.gather(*(p.future for p in pending))
@@ -145,11 +152,12 @@ class TaskBatcher:
                 continue
             self.batches += 1
             try:
-                outcomes = await loop.run_in_executor(self.executor, self._predict, [p.item for p in batch])
+                outcomes = await loop.run_in_executor(self.executor, self._predict_groups,
+                                                      [(p.item, p.options) for p in batch])
             except Exception as exc:  # noqa: BLE001 - e.g. the executor is shutting down: fail these, keep going
-                outcomes = [(False, exc)] * len(batch)
-            for p, (ok, value) in zip(batch, outcomes):
-                p.batch_size = len(batch)
+                outcomes = [(False, exc, len(batch))] * len(batch)
+            for p, (ok, value, size) in zip(batch, outcomes):
+                p.batch_size = size
                 if p.future.done():
                     continue
                 if ok:
@@ -157,43 +165,117 @@ class TaskBatcher:
                 else:
                     p.future.set_exception(value)
 
-    def _predict(self, items: list[Any]) -> list[tuple[bool, Any]]:
+    def _predict_groups(self, batch: list[tuple[Any, tuple]]) -> list[tuple[bool, Any, int]]:
+        """Runs in the inference thread: one model call per set of options in the batch (usually one), as
+        (ok, prediction or error, size of the model call) per input, in order."""
+        groups: dict[tuple, list[int]] = {}
+        for i, (_, opts) in enumerate(batch):
+            groups.setdefault(opts, []).append(i)
+        outcomes: list[Any] = [None] * len(batch)
+        for opts, where in groups.items():
+            results = self._predict([batch[i][0] for i in where], dict(opts))
+            for i, (ok, value) in zip(where, results):
+                outcomes[i] = (ok, value, len(where))
+        return outcomes
+
+    def _predict(self, items: list[Any], options: dict[str, Any] | None = None) -> list[tuple[bool, Any]]:
         """Runs in the inference thread. If the batch fails, each input is retried alone so that one bad
         input fails only its own request."""
+        options = options or {}
         try:
-            preds = self.pipe.predict(items, task=self.task, batch_size=FEATURE_BATCH)
+            preds = self.pipe.predict(items, task=self.task, batch_size=FEATURE_BATCH, **options)
             return [(True, p) for p in preds]
         except Exception:  # noqa: BLE001 - isolated below, per input
             if len(items) == 1:
-                return [self._alone(items[0])]
-            return [self._alone(item) for item in items]
+                return [self._alone(items[0], options)]
+            return [self._alone(item, options) for item in items]
 
-    def _alone(self, item: Any) -> tuple[bool, Any]:
+    def _alone(self, item: Any, options: dict[str, Any] | None = None) -> tuple[bool, Any]:
         try:
-            return True, self.pipe.predict([item], task=self.task, batch_size=1)[0]
+            return True, self.pipe.predict([item], task=self.task, batch_size=1, **(options or {}))[0]
         except Exception as exc:  # noqa: BLE001 - becomes this request's error answer
             return False, exc
 
 
 # ---- request checks ---------------------------------------------------------------------------------
-def as_items(data: Any) -> tuple[list[Any], bool]:
+#: the top-level fields of the HF Inference API / Text Embeddings Inference request body
+HF_FIELDS = ("inputs", "parameters")
+
+
+@dataclass
+class PredictRequest:
+    """A request body, read: the inputs, whether it was one input (one answer) or a list, where the inputs
+    sit in the body (``body``, or ``body.inputs`` in the HF format, for error messages) and the options."""
+
+    items: list[Any]
+    single: bool
+    where: str = "body"
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def at(self, i: int) -> str:
+        return self.where if self.single else f"{self.where}[{i}]"
+
+
+def read_request(data: Any, task: Any) -> PredictRequest:
+    """The documented body (what ``nlpkit predict --json`` reads: a string, a record or a list of them), or
+    the HF body ``{"inputs": ..., "parameters": {...}}``. An object is the HF body when it has an ``inputs``
+    key that is not one of the task's record fields (``Task.input_fields``; no built-in task has one)."""
+    fields = tuple(getattr(task, "input_fields", ()))
+    if isinstance(data, dict) and "inputs" in data and "inputs" not in fields:
+        unknown = [k for k in data if k not in HF_FIELDS]
+        if unknown:
+            raise RequestError(422, "body", f"unknown field{'s' if len(unknown) > 1 else ''} "
+                                            f"{', '.join(map(repr, unknown))}: a body with \"inputs\" is the HF "
+                                            "request format, whose fields are inputs and parameters",
+                               {"unknown_fields": unknown})
+        items, single = as_items(data["inputs"], "body.inputs")
+        return PredictRequest(items, single, "body.inputs", read_parameters(data.get("parameters"), task))
+    if isinstance(data, dict) and "parameters" in data and "parameters" not in fields:
+        raise RequestError(422, "body", "a body with \"parameters\" is the HF request format and needs "
+                                        "\"inputs\": {\"inputs\": ..., \"parameters\": {...}}")
+    items, single = as_items(data)
+    return PredictRequest(items, single)
+
+
+def read_parameters(params: Any, task: Any) -> dict[str, Any]:
+    """The HF body's ``parameters``: the options ``nlpkit predict`` takes per call, checked as the CLI checks
+    them (``num_beams``: a whole number >= 1, for a task that generates text)."""
+    if params is None:
+        return {}
+    if not isinstance(params, dict):
+        raise RequestError(422, "body.parameters", f"expected an object, not {_json_type(params)}")
+    known = ("num_beams",) if getattr(task, "generative", False) else ()
+    unknown = [k for k in params if k not in known]
+    if unknown:
+        takes = (f"it takes {', '.join(known)}" if known else
+                 f"task {task.name!r} ({task.type_name}) takes none (num_beams is for tasks that generate text)")
+        raise RequestError(422, "body.parameters", f"unknown parameter{'s' if len(unknown) > 1 else ''} "
+                                                   f"{', '.join(map(repr, unknown))}: {takes}",
+                           {"unknown_parameters": unknown})
+    beams = params.get("num_beams")
+    if beams is not None and (isinstance(beams, bool) or not isinstance(beams, int) or beams < 1):
+        raise RequestError(422, "body.parameters.num_beams", f"must be a whole number >= 1, not {beams!r}")
+    return {"num_beams": beams} if beams is not None else {}
+
+
+def as_items(data: Any, where: str = "body") -> tuple[list[Any], bool]:
     """(inputs, single): a string or an object is one input, a list is several."""
     if isinstance(data, (str, dict)):
         return [data], True
     if isinstance(data, list):
         for i, item in enumerate(data):
             if not isinstance(item, (str, dict)):
-                raise RequestError(422, f"body[{i}]", f"an input is a string or an object, not {_json_type(item)}")
+                raise RequestError(422, f"{where}[{i}]", f"an input is a string or an object, not {_json_type(item)}")
         if not data:
-            raise RequestError(422, "body", "the list of inputs is empty")
+            raise RequestError(422, where, "the list of inputs is empty")
         return data, False
-    raise RequestError(422, "body", f"expected a string, an object or a list of them, not {_json_type(data)}")
+    raise RequestError(422, where, f"expected a string, an object or a list of them, not {_json_type(data)}")
 
 
-def check_lengths(items: Sequence[Any], single: bool, limit: int) -> None:
+def check_lengths(items: Sequence[Any], single: bool, limit: int, where: str = "body") -> None:
     """Every string anywhere in an input (text, fields, list elements) is at most ``limit`` characters."""
     for i, item in enumerate(items):
-        where_item = "body" if single else f"body[{i}]"
+        where_item = where if single else f"{where}[{i}]"
         try:
             found = list(_strings(item, where_item))
         except RecursionError:
@@ -373,19 +455,20 @@ def create_app(run_dir: str | Path, *, max_batch_size: int = 32, max_wait_ms: fl
             raise RequestError(422, "task", f"no task {task!r} in this checkpoint; known tasks: {', '.join(known)}",
                                {"known_tasks": known})
         data = parse_json(await read_body(request, limits.max_body_bytes))
-        items, single = as_items(data)
-        if len(items) > limits.max_items:
-            raise RequestError(413, "body", f"{len(items)} inputs, more than the limit of {limits.max_items} "
-                                            "per request (--max-items)")
-        check_lengths(items, single, limits.max_text_chars)
         t = state.pipe.task(task)
+        body = read_request(data, t)
+        items, single = body.items, body.single
+        if len(items) > limits.max_items:
+            raise RequestError(413, body.where, f"{len(items)} inputs, more than the limit of {limits.max_items} "
+                                                "per request (--max-items)")
+        check_lengths(items, single, limits.max_text_chars, body.where)
         for i, item in enumerate(items):
-            _check_input(t, item, "body" if single else f"body[{i}]")
+            _check_input(t, item, body.at(i))
         request.state.items = len(items)
         try:
-            results = await state.batchers[task].submit(items)
+            results = await state.batchers[task].submit(items, body.options)
         except NlpkitError as exc:
-            raise RequestError(422, "body", str(exc)) from None
+            raise RequestError(422, body.where, str(exc)) from None
         except Exception as exc:  # noqa: BLE001 - the model failed on a valid-looking input
             log.exception(f"{task}: prediction failed")
             return JSONResponse({"detail": f"prediction failed: {type(exc).__name__}: {exc}"}, status_code=500)
@@ -401,20 +484,26 @@ _PREDICT_OPENAPI = {
         "required": True,
         "description": "One input or a list: a string (plain text), or an object with the task's fields "
                        "(qa: question, context; reading-comprehension: article, question, options; a "
-                       "sentence pair: text, pair). The shapes `nlpkit predict --json` reads.",
+                       "sentence pair: text, pair). The shapes `nlpkit predict --json` reads. Or the HF "
+                       "Inference API body `{\"inputs\": ..., \"parameters\": {...}}` (inputs: one input or a "
+                       "list, as above; parameters: num_beams for tasks that generate text), answered the same way.",
         "content": {"application/json": {
             "schema": {"anyOf": [{"type": "string"}, {"type": "object"},
                                  {"type": "array", "items": {"anyOf": [{"type": "string"}, {"type": "object"}]}}]},
             "examples": {"text": {"value": "Angela Merkel visited Paris ."},
                          "several": {"value": ["Angela Merkel visited Paris .", "It rained in Rome ."]},
                          "record": {"value": {"question": "Who visited Paris?",
-                                              "context": "Angela Merkel visited Paris."}}},
+                                              "context": "Angela Merkel visited Paris."}},
+                         "hf": {"value": {"inputs": ["Angela Merkel visited Paris .", "It rained in Rome ."]}},
+                         "hf-generation": {"value": {"inputs": "A man is walking his dog .",
+                                                     "parameters": {"num_beams": 4}}}},
         }},
     },
     "responses": {"200": {"description": "`{\"input\": ..., \"prediction\": ...}`, or a list of those for a "
                                          "list of inputs (the lines of `nlpkit predict --json`)"},
                   "413": {"description": "body or number of inputs over the limit"},
-                  "422": {"description": "bad JSON, a wrong type, an unknown task or a text over the limit; "
+                  "422": {"description": "bad JSON, a wrong type, an unknown task, an unknown field or "
+                                         "parameter of the HF body, or a text over the limit; "
                                          "`field` names what is wrong"}},
 }
 

@@ -123,12 +123,12 @@ def server(run_dir):
         yield s
 
 
-def cli_predict_json(run_dir, task, items, monkeypatch, capsys) -> list[dict]:
-    """What `nlpkit predict RUN --task T --json` prints for these inputs given one per line on stdin."""
+def cli_predict_json(run_dir, task, items, monkeypatch, capsys, *flags: str) -> list[dict]:
+    """What `nlpkit predict RUN --task T --json [FLAGS]` prints for these inputs given one per line on stdin."""
     lines = "".join((json.dumps(x) if isinstance(x, dict) else x) + "\n" for x in items)
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(lines.encode()), encoding="utf-8"))
     capsys.readouterr()
-    assert main(["predict", str(run_dir), "--task", task, "--json"]) == 0
+    assert main(["predict", str(run_dir), "--task", task, "--json", *flags]) == 0
     return [json.loads(line) for line in capsys.readouterr().out.splitlines()]
 
 
@@ -154,6 +154,85 @@ def test_every_task_type_answers_what_predict_json_prints(server, run_dir, monke
         assert r.json() == expected, task
         one = httpx.post(f"{server.url}/v1/{task}/predict", json=items[0], timeout=60)
         assert one.status_code == 200 and close(one.json(), expected[0]), task
+
+
+def test_the_hf_body_gets_the_documented_bodys_answer_for_every_task_type(server):
+    """{"inputs": [...]} answers what the list body answers, {"inputs": x} what x answers (a record of a record
+    task too: an object with an "inputs" key is the HF body, any other object is one input)."""
+    for task, items in INPUTS.items():
+        documented = httpx.post(f"{server.url}/v1/{task}/predict", json=items, timeout=60)
+        hf = httpx.post(f"{server.url}/v1/{task}/predict", json={"inputs": items}, timeout=60)
+        assert documented.status_code == 200 and hf.status_code == 200, (task, hf.text)
+        assert isinstance(hf.json(), list) and close(hf.json(), documented.json()), task
+        one = httpx.post(f"{server.url}/v1/{task}/predict", json=items[0], timeout=60).json()
+        for body in ({"inputs": items[0]}, {"inputs": items[0], "parameters": {}},
+                     {"inputs": items[0], "parameters": None}):
+            r = httpx.post(f"{server.url}/v1/{task}/predict", json=body, timeout=60)
+            assert r.status_code == 200 and isinstance(r.json(), dict) and close(r.json(), one), (task, body, r.text)
+    # the issue's request: a list of texts to NER was read as one record without a text
+    r = httpx.post(f"{server.url}/v1/ner/predict", json={"inputs": ["Angela Merkel visited Paris ."]}, timeout=60)
+    assert r.status_code == 200 and r.json()[0]["input"] == "Angela Merkel visited Paris ."
+    assert "entities" in r.json()[0]["prediction"]
+
+
+def test_hf_parameters_num_beams_is_what_predict_num_beams_gives(server, run_dir, monkeypatch, capsys):
+    items = INPUTS["translation"]
+    expected = cli_predict_json(run_dir, "translation", items, monkeypatch, capsys, "--num-beams", "3")
+    r = httpx.post(f"{server.url}/v1/translation/predict", json={"inputs": items, "parameters": {"num_beams": 3}},
+                   timeout=60)
+    assert r.status_code == 200 and close(r.json(), expected), r.text
+    one = httpx.post(f"{server.url}/v1/translation/predict",
+                     json={"inputs": items[0], "parameters": {"num_beams": 3}}, timeout=60)
+    assert one.status_code == 200 and close(one.json(), expected[0])
+    # the checkpoint's own options are back for the next request
+    assert server.app.state.nlpkit.pipe.task("translation").options.num_beams == 1
+
+
+def test_inputs_with_other_options_share_a_batch_but_not_a_model_call():
+    import asyncio
+
+    from nlpkit.serve import TaskBatcher
+
+    class Pipe:
+        calls: list = []
+
+        def predict(self, items, task, batch_size, **options):
+            self.calls.append((list(items), options))
+            return [f"{x}:{options.get('num_beams', 'saved')}" for x in items]
+
+    async def go():
+        with ThreadPoolExecutor(1) as pool:
+            batcher = TaskBatcher(Pipe(), "translation", max_batch_size=8, max_wait_ms=200, executor=pool)
+            batcher.start()
+            try:
+                return await asyncio.gather(batcher.submit(["a", "b"]), batcher.submit(["c"], {"num_beams": 4}),
+                                            batcher.submit(["d"]))
+            finally:
+                await batcher.stop()
+
+    plain, beams, more = asyncio.run(go())
+    assert plain == [("a:saved", 3), ("b:saved", 3)] and beams == [("c:4", 1)] and more == [("d:saved", 3)]
+    assert sorted(Pipe.calls, key=lambda call: call[0]) == [(["a", "b", "d"], {}), (["c"], {"num_beams": 4})]
+
+
+def test_which_objects_are_the_hf_body():
+    from types import SimpleNamespace
+
+    from nlpkit.serve import RequestError, read_request
+
+    qa = SimpleNamespace(name="qa", type_name="qa", generative=False, input_fields=("question", "context"))
+    record = {"question": "q?", "context": "c"}
+    assert read_request(record, qa).items == [record] and read_request(record, qa).single
+    hf = read_request({"inputs": [record]}, qa)
+    assert hf.items == [record] and not hf.single and hf.where == "body.inputs" and hf.options == {}
+    # a plugin task whose records have an "inputs" field keeps reading them as records
+    own = SimpleNamespace(name="own", type_name="own", generative=False, input_fields=("inputs", "mode"))
+    assert read_request({"inputs": "x", "mode": "y"}, own).items == [{"inputs": "x", "mode": "y"}]
+    with pytest.raises(RequestError) as err:
+        read_request({"inputs": "x", "options": {}, "stream": True}, qa)
+    assert err.value.extra == {"unknown_fields": ["options", "stream"]}
+    gen = SimpleNamespace(name="translation", type_name="translation", generative=True, input_fields=())
+    assert read_request({"inputs": "x", "parameters": {"num_beams": 4}}, gen).options == {"num_beams": 4}
 
 
 def test_concurrent_single_requests_are_batched_and_answered_right(server, run_dir, monkeypatch, capsys):
@@ -200,6 +279,31 @@ def test_tasks_route_lists_labels_and_model_card(server):
     ("/v1/ner/predict", "   ", 422, "body", "empty input text"),
     ("/v1/ner/predict", b"[" * 5000 + b"]" * 5000, 422, "body", "nested too deeply"),
     ("/v1/ner/predict", {"text": {"a": {"b": ["x" * 600]}}}, 422, "body.text.a.b[0]", "600 characters"),
+    # the HF body: unknown fields and parameters are named; errors point inside "inputs"
+    ("/v1/ner/predict", {"inputs": "x", "options": {"wait_for_model": True}}, 422, "body",
+     "unknown field 'options': a body with \"inputs\" is the HF request format"),
+    ("/v1/ner/predict", {"inputs": "x", "truncate": True, "normalize": 1}, 422, "body",
+     "unknown fields 'truncate', 'normalize'"),
+    ("/v1/ner/predict", {"inputs": "x", "parameters": {"top_k": 3}}, 422, "body.parameters",
+     "unknown parameter 'top_k': task 'ner' (ner) takes none"),
+    ("/v1/ner/predict", {"inputs": "x", "parameters": {"num_beams": 2}}, 422, "body.parameters",
+     "num_beams is for tasks that generate text"),
+    ("/v1/translation/predict", {"inputs": "x", "parameters": {"num_beams": 2, "temperature": 0.5}}, 422,
+     "body.parameters", "unknown parameter 'temperature': it takes num_beams"),
+    ("/v1/translation/predict", {"inputs": "x", "parameters": {"num_beams": 0}}, 422, "body.parameters.num_beams",
+     "whole number >= 1, not 0"),
+    ("/v1/translation/predict", {"inputs": "x", "parameters": {"num_beams": True}}, 422,
+     "body.parameters.num_beams", "not True"),
+    ("/v1/ner/predict", {"inputs": "x", "parameters": [1]}, 422, "body.parameters", "expected an object"),
+    ("/v1/ner/predict", {"inputs": []}, 422, "body.inputs", "the list of inputs is empty"),
+    ("/v1/ner/predict", {"inputs": None}, 422, "body.inputs", "not null"),
+    ("/v1/ner/predict", {"inputs": ["fine", 3]}, 422, "body.inputs[1]", "not a number"),
+    ("/v1/ner/predict", {"inputs": ["a"] * 11}, 413, "body.inputs", "11 inputs, more than the limit of 10"),
+    ("/v1/ner/predict", {"inputs": "   "}, 422, "body.inputs", "empty input text"),
+    ("/v1/qa/predict", {"inputs": [{"question": "q?", "context": "c" * 501}]}, 422, "body.inputs[0].context",
+     "501 characters"),
+    ("/v1/qa/predict", {"inputs": "a plain text"}, 422, "body.inputs", "qa needs a question and a context"),
+    ("/v1/ner/predict", {"parameters": {}}, 422, "body", "needs \"inputs\""),
 ])
 def test_bad_requests_get_4xx_naming_the_field_and_the_server_keeps_answering(server, path, body, status, field,
                                                                               words):
