@@ -310,8 +310,11 @@ def load_examples(task: Any, path: str, settings: DataSettings = DataSettings())
         identity = [path, getattr(rows_source, "_fingerprint", None)]
     key = _digest("examples", FORMAT, __version__, task.type_name, getattr(task, "version", 1),
                   task.options_dict(), identity)
-    folder = cache_folder(settings) / key
-    meta = _meta(folder, "examples.json") if identity is not None else None
+    if settings.cache:
+        folder = cache_folder(settings) / key
+    else:  # nothing is looked up or kept: a folder of its own in this process's scratch space
+        folder = Path(tempfile.mkdtemp(prefix=f"{key[:8]}-", dir=_scratch_folder()))
+    meta = _meta(folder, "examples.json") if identity is not None and settings.cache else None
     if meta is not None:
         try:
             table = ArrowRows.open([str(folder / f) for f in meta["files"]], key, meta["fingerprint"])
@@ -414,7 +417,7 @@ def encode_split(task: Any, examples: Any, split: str, settings: DataSettings = 
                   tokenizer_fingerprint(task.tokenizer) if task.tokenizer is not None else None)
     folder = Path(examples.files[0]).parent  # beside the examples: one folder per source to delete
     name = f"features-{key}"
-    meta = _meta(folder, name + ".json")
+    meta = _meta(folder, name + ".json") if settings.cache else None
     if meta is not None:
         try:
             features = FeatureRows.open([str(folder / f) for f in meta["files"]], key)
