@@ -55,6 +55,9 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any config key, e.g. trainer.lr=3e-5")
     t.add_argument("--plugin", action="append", default=[], metavar="MODULE", help="import a module that registers tasks")
     t.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
+    t.add_argument("--report-to", metavar="NAME[,NAME]",
+                   help="experiment trackers, comma-separated: tensorboard (the default), mlflow, wandb (offline unless "
+                        "WANDB_MODE=online), or none (trainer.report_to)")
     t.add_argument("--init-from", metavar="DIR",
                    help="start from a trained checkpoint: its backbone, and the heads of tasks with the same name")
     t.add_argument("--num-processes", type=positive_int, metavar="N",
@@ -220,6 +223,8 @@ def build_config(args: argparse.Namespace) -> "Any":
                       ("precision", "precision"), ("eval_max_examples", "eval_max_examples")]:
         if getattr(args, flag) is not None:
             trainer[key] = getattr(args, flag)
+    if args.report_to is not None:
+        trainer["report_to"] = args.report_to  # a comma-separated list; checked by TrainerConfig
     if args.no_progress or not sys.stderr.isatty():  # a bar in a log file is noise: print log lines
         trainer["progress"] = False
     data_flags = {"cache": False if args.no_cache else None, "cache_dir": args.cache_dir, "num_proc": args.num_proc}

@@ -172,8 +172,13 @@ class TrainerConfig:
     #: "auto": continue from the newest complete checkpoint in output_dir if there is one;
     #: "never": start over (removing the folder's old checkpoints); or a run / checkpoint folder
     resume: str = "auto"
-    #: TensorBoard event files in <run>/tensorboard (needs the tensorboard package)
-    tensorboard: bool = True
+    #: experiment trackers (``--report-to``): tensorboard (event files in <run>/tensorboard), mlflow, wandb
+    #: (offline unless WANDB_MODE=online), or none; a list, or one name / a comma-separated string
+    #: (nlpkit.tracking, docs/training.md "Experiment tracking")
+    report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
+    #: the older switch for TensorBoard, kept as an alias: true adds tensorboard to report_to, false removes
+    #: it, null (the default) leaves report_to as it is
+    tensorboard: Optional[bool] = None
     #: learning-curve PNGs in <run>/curves at the end (needs matplotlib)
     plots: bool = True
     progress: bool = True
@@ -209,6 +214,9 @@ class TrainerConfig:
         require(self.keep_last >= 1, f"{key}.keep_last", "must be >= 1")
         require(self.save_every is None or self.save_every > 0, f"{key}.save_every", "must be positive")
         require(self.save_minutes is None or self.save_minutes > 0, f"{key}.save_minutes", "must be positive")
+        from .tracking import check_names
+
+        check_names(self.report_to, f"{key}.report_to")
         require(self.resume in ("auto", "never") or Path(self.resume).exists(), f"{key}.resume",
                 f"must be auto, never or an existing run/checkpoint folder; {self.resume!r} does not exist")
 

@@ -1,8 +1,7 @@
-"""Where a run reports: log.jsonl and short lines on stdout, TensorBoard events, learning-curve PNGs."""
+"""Where a run reports: log.jsonl and short lines on stdout, learning-curve PNGs (trackers: nlpkit.tracking)."""
 from __future__ import annotations
 
 import json
-import math
 import os
 import resource
 import time
@@ -74,35 +73,6 @@ class RunLog:
         if self.file:
             self.file.close()
             self.file = None
-
-
-class Board:
-    """TensorBoard event files in <run>/tensorboard, when the tensorboard package is installed."""
-
-    def __init__(self, out: Path, enabled: bool, log: RunLog, purge_step: int | None = None):
-        self.writer = None
-        if not enabled:
-            return
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
-            log.info("TensorBoard: the tensorboard package is not installed, no event files (pip install 'nlpkit[viz]')")
-            return
-        # purge_step drops the events a killed run wrote after its last checkpoint (they are replayed)
-        self.writer = SummaryWriter(str(out / "tensorboard"), purge_step=purge_step)
-
-    def scalars(self, step: int, values: dict[str, Any]) -> None:
-        if self.writer is None:
-            return
-        for key, value in values.items():
-            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-                self.writer.add_scalar(key if "/" in key else f"train/{key}", value, step)
-        self.writer.flush()
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-            self.writer = None
 
 
 def write_curves(out: Path, main_scores: dict[str, str], log: RunLog, plot_metrics: dict[str, str] | None = None) -> None:

@@ -58,7 +58,7 @@ ORDER_KEYS = ("seed", "batch_size", "grad_accum", "sampler", "temperature", "gro
 #: trainer keys that decide the form of the saved optimizer state (with the behaviour of older runs, which lack them)
 STATE_FORM_KEYS = {"optimizer_state": "shared"}
 #: trainer keys that change nothing about the weights (resume stays exact when they change)
-NEUTRAL_KEYS = {"resume", "progress", "tensorboard", "plots", "save_every", "save_minutes", "keep_last",
+NEUTRAL_KEYS = {"resume", "progress", "tensorboard", "report_to", "plots", "save_every", "save_minutes", "keep_last",
                 "log_every", "eval_batch_size", "heap_reuse"}
 
 

@@ -9,7 +9,8 @@ in ``_setup_model``, an optimizer change in ``_setup_optimizer``, a new kind of 
     task_data     tasks, splits, the per-task batch streams and the task sampler
     optim         AdamW groups and the learning-rate schedule
     train_state   resume checks, RNG states, LoopState, writing and restoring step checkpoints
-    run_log       log.jsonl and stdout, TensorBoard, learning curves
+    run_log       log.jsonl and stdout, learning curves
+    tracking      trainer.report_to: TensorBoard, MLflow, W&B behind one interface (main process only)
     sharding      FSDP2 / ZeRO-3: wrapping, gathered evaluation and saves, sharded step checkpoints
     preemption    SIGTERM / Ctrl-C: finish the step, save, say how to resume
 
@@ -31,7 +32,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from . import adapters, checkpoint, fast_dropout, heap, sharding
+from . import adapters, checkpoint, fast_dropout, heap, sharding, tracking
 from .config import RunConfig
 from .distributed import check_engine, check_launch, choose_precision, describe, step_stats
 from .errors import CheckpointError, ConfigError, Interrupted, NlpkitError, TrainingError
@@ -41,7 +42,7 @@ from .optim import (RUN, TaskSchedule, default_lr, make_optimizer, make_schedule
 from .phases import PhaseClock
 from .preemption import Preemption, exit_code
 from .registry import import_plugin_module
-from .run_log import Board, RunLog, _mean_all, peak_memory_mb, write_curves
+from .run_log import RunLog, _mean_all, peak_memory_mb, write_curves
 from .task import Task, replace_options
 from .tables import encode_split, rows_at, set_progress
 from .task_weighting import TaskWeighting
@@ -113,7 +114,7 @@ class Trainer:
         self.tc = config.trainer
         self.notes: list[str] = []  # said once the log exists
         self.bar: Any = None
-        self.board: Board | None = None
+        self.tracking: tracking.Tracking | None = None
         self.log: RunLog | None = None
         self.clock = PhaseClock.for_run()
 
@@ -126,9 +127,16 @@ class Trainer:
             self.setup()
             with heap.reuse_freed_memory(self.tc.heap_reuse):  # the loop only: set-up's garbage goes back first
                 result = self.fit()
+        except BaseException:
+            if self.tracking is not None:
+                self.tracking.close(failed=True)  # an error or an interruption: the tracker runs end as failed
+            raise
         finally:
             self._close()
-        self._report(result)
+        try:
+            self._report(result)  # ends the tracker runs (Tracking.finish)
+        finally:
+            self.tracking.close(failed=True)  # only if _report failed before finish: then it did not finish
         return TrainResult(self.out, result)
 
     # ===============================================================================================
@@ -152,6 +160,7 @@ class Trainer:
             raise ConfigError(f"trainer.optimizer_state per-task does not work with {self.sharding.name} sharding "
                               "(its optimizer state is sharded as one AdamW state): use trainer.optimizer_state=shared")
         adapters.check_quantize(cfg.backbone.quantize, self.acc.device)  # before anything is read or written
+        tracking.require_libraries(tracking.selected(tc.report_to, tc.tensorboard))
         self.main = self.acc.is_main_process
         set_seed(tc.seed)
         self.out, self.src = self._locate(self.acc)
@@ -512,8 +521,13 @@ class Trainer:
                       f"{tc.grad_accum} accumulation, lr {self.lr:g}, sampler {tc.sampler}")
 
     def _setup_reporting(self) -> None:
-        # purge_step hides events of steps after ours that an earlier session wrote in this folder
-        self.board = Board(self.out, self.main and self.tc.tensorboard, self.log, purge_step=self.state.step + 1)
+        self.tracking = tracking.Tracking()
+        if self.main:
+            with self.clock("tracking"):
+                self.tracking = tracking.Tracking.open(tracking.selected(self.tc.report_to, self.tc.tensorboard),
+                                                       self.out, self.log, self.config.to_dict(), self.state.step,
+                                                       bool(self.saved))
+                self.tracking.start(self.config.to_dict())
         self.session_start, self.wall_before = time.time(), self.state.wall_time
         self.last_save = time.time()
         self.window: dict[str, int] = {}  # samples per task since the last log line (per-task throughput)
@@ -673,7 +687,8 @@ class Trainer:
         else:
             self.bar.set_postfix(loss=f"{_mean_all(state.running):.4f}", lr=f"{record['lr']:.2e}",
                                  sps=f"{record['samples_per_s']:.1f}")
-        self.board.scalars(step, {k: v for k, v in record.items() if k != "step"})
+        self.tracking.log_metrics(step, {**{k: v for k, v in record.items() if k != "step"},
+                                         "loss": _mean_all(state.running)})
         state.running = {t.name: [] for t in self.tasks}
 
     def _skip(self, bad: tuple[str, str, str]) -> None:
@@ -709,9 +724,7 @@ class Trainer:
             score = selection_score(metrics, self.tasks, self.config.selection)
             state.history.append({"step": step, "score": score, "metrics": metrics})
             log.event({"step": step, "eval": metrics, "selection_score": score})
-            self.board.scalars(step, {"dev/selection_score": score,
-                                      **{f"dev/{n}/{k}": v for n, m in metrics.items() for k, v in m.items()
-                                         if isinstance(v, (int, float)) and not isinstance(v, bool)}})
+            self.tracking.log_eval(step, metrics, score)
             log.info(f"step {step}: " + "  ".join(f"{n}: {t.main_score} {metrics[n][t.main_score]:.4f}"
                                                   for t in self.tasks for n in [t.name] if n in metrics))
             if len(self.tasks) > 1:
@@ -878,6 +891,7 @@ class Trainer:
             # where the wall time went (docs/training.md); rewritten here so that the plots are counted too
             result["phases"] = self.clock.summary()
             (self.out / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
+            self.tracking.finish(result)  # the final metrics and the run folder's small files
             for t in self.tasks:
                 if t.name in result["tasks"]:
                     log.info(f"dev {t.name}: " + ", ".join(f"{k} {v:.4f}" for k, v in result["tasks"][t.name].items()
@@ -911,12 +925,10 @@ class Trainer:
         return f"no dev set: {best} is {last}, {step}"
 
     def _close(self) -> None:
-        """Always, also on an error: the progress bar, TensorBoard and the log file."""
+        """Always, also on an error: the progress bar and the log file (the trackers: ``run``)."""
         if self.bar is not None:
             self.bar.close()
             self.bar = None
-        if self.board is not None:
-            self.board.close()
         if self.log is not None:
             self.log.bar = None
             self.log.close()
