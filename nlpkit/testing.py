@@ -364,6 +364,8 @@ class _Contract:
         task.load_state_dict(copy.deepcopy(self.fitted.state_dict()))
         try:
             examples = task.read(path)
+            if not hasattr(examples, "__len__"):  # a streaming reader: its errors come as it is read
+                examples = list(examples)
             require_examples(examples, path)
             if check:
                 task.check(examples, path)

@@ -210,7 +210,7 @@ def test_ner_on_the_mini_decoder_learns_the_inline_format_and_reloads(tmp_path):
     result = run(tmp_path, "ner", data, GENERATIVE_NER, {"spec": "mini-decoder", "vocab_size": 400}, 40, 3e-3)
     recorded = result.metrics["tasks"]["ner"]
     assert (recorded["f1"], recorded["unparsed_outputs"], recorded["changed_outputs"]) == (100.0, 0, 0)
-    examples = NerTask().read(data)
+    examples = list(NerTask().read(data))
     keys = head_mode_keys(NerTask, examples, lambda ex: {"tags": ex["tags"], "entities": []})
     assert keys <= set(recorded) and set(recorded) - keys == {"unparsed_outputs", "changed_outputs",
                                                                "outputs_at_limit"}
@@ -231,7 +231,7 @@ def test_relation_extraction_on_the_mini_decoder_writes_labels_and_reloads(tmp_p
                  80, 3e-3)
     recorded = result.metrics["tasks"]["relation-extraction"]
     assert (recorded["macro_f1"], recorded["accuracy"], recorded["unparsed_outputs"]) == (100.0, 100.0, 0)
-    examples = RelationExtractionTask().read(data)
+    examples = list(RelationExtractionTask().read(data))
     keys = head_mode_keys(RelationExtractionTask, examples, lambda ex: {"relation": ex["label"]})
     assert set(recorded) - keys == {"unparsed_outputs", "outputs_at_limit"}
     pipe = nlpkit.load(result.output_dir)
@@ -287,7 +287,7 @@ def llama_folder(tmp_path, texts) -> str:
 def test_ner_on_a_tiny_llama_folder_with_a_chat_template_saves_and_reloads(tmp_path):
     data = conll(tmp_path)
     task = NerTask()
-    folder = llama_folder(tmp_path, task._generative_texts(task.read(data)))
+    folder = llama_folder(tmp_path, task._generative_texts(list(task.read(data))))
     result = run(tmp_path, "ner", data, {**GENERATIVE_NER, "prompt_format": "chat"}, {"spec": folder}, 4)
     recorded = result.metrics["tasks"]["ner"]
     first, again = nlpkit.load(result.output_dir), nlpkit.load(result.output_dir)
@@ -329,7 +329,7 @@ def test_a_perfect_generated_output_scores_f1_100_through_the_same_scorer(tmp_pa
     sentences = NER_SENTENCES + [("U.S. troops left Kabul ( Afghanistan ) .", "B-LOC O O B-LOC O B-LOC O O")]
     data = conll(tmp_path, sentences)
     task = NerTask(options=GENERATIVE_NER)
-    examples = task.read(data)
+    examples = list(task.read(data))
     task.fit(examples)
     texts = list(task._generative_texts(examples))
     backbone = Backbone.create("mini-decoder", texts, vocab_size=400) if tokenizer == "byte-level BPE" \
@@ -352,7 +352,7 @@ def test_a_perfect_generated_output_scores_f1_100_through_the_same_scorer(tmp_pa
 def test_a_perfect_generated_relation_scores_100_through_the_official_scorer(tmp_path):
     data = semeval(tmp_path)
     task = RelationExtractionTask(options=GENERATIVE_RE)
-    examples = task.read(data)
+    examples = list(task.read(data))
     task.fit(examples)
     backbone = Backbone.create("mini-decoder", list(task._generative_texts(examples)), vocab_size=400)
     task.setup(backbone)

@@ -145,7 +145,7 @@ def _loss(backbone_spec: str, gradient_checkpointing: bool, peft: dict | None) -
     if peft:
         apply(backbone, PeftConfig(**peft))
     task = build_task(TaskEntry(type="ner", options={"max_length": 64}))
-    examples = task.read(task.default_data()["train"])[:8]
+    examples = list(task.read(task.default_data()["train"]))[:8]
     task.fit(examples)
     task.setup(backbone)
     model = MultiTaskModel(backbone, {"ner": task.build_head(backbone)})

@@ -155,7 +155,7 @@ def test_bf16_and_int8_inference_agree_with_fp32(ner_checkpoint):
     assert any(isinstance(m, torch.ao.nn.quantized.dynamic.Linear) for m in int8.model.modules())
     assert not any(type(m) is torch.nn.Linear for m in int8.model.modules())
     task = fp32.task()
-    examples = task.read(task.default_data()["train"])[:60]
+    examples = list(task.read(task.default_data()["train"]))[:60]
     features = task.encode(examples)
 
     def outputs(pipe):
