@@ -388,6 +388,27 @@ def _progress(items: Iterable[Any], desc: str, unit: str) -> Iterable[Any]:
     return tqdm(items, desc=desc, unit=unit, leave=False, mininterval=1.0)
 
 
+def fit_task(task: Any, train: Any, settings: DataSettings = DataSettings()) -> bool:
+    """``task.fit(train)``, or, for a table fitted before with the same task type, version and options, the
+    learned state (label maps) that fit gave then, through ``load_state_dict``: a pass over millions of rows
+    saved. True when the state came from the cache."""
+    if not (isinstance(train, ArrowRows) and settings.cache):
+        task.fit(train)
+        return False
+    from . import __version__
+
+    key = _digest("fit", FORMAT, __version__, train.key, task.type_name, getattr(task, "version", 1), task.options_dict())
+    folder = Path(train.files[0]).parent
+    saved = _meta(folder, f"fit-{key}.json")
+    if saved is not None:
+        task.load_state_dict(saved["state"])
+        return True
+    task.fit(train)
+    state = task.state_dict()
+    _write_atomically(folder, f"fit-{key}.json", lambda tmp: tmp.write_text(json.dumps({"state": state})))
+    return False
+
+
 def tokenizer_fingerprint(tokenizer: Any) -> str:
     """The tokenizer's vocabulary and rules. Its truncation and padding state is left out: a fast tokenizer
     records the last call's settings there, which would change the key after the first encode."""

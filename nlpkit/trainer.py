@@ -44,7 +44,7 @@ from .preemption import Preemption, exit_code
 from .registry import import_plugin_module
 from .run_log import RunLog, _mean_all, peak_memory_mb, write_curves
 from .task import Task, replace_options
-from .tables import encode_split, rows_at, set_progress
+from .tables import encode_split, fit_task, rows_at, set_progress
 from .task_weighting import TaskWeighting
 from .task_data import (TaskSampler, TaskStream, build_task, data_fingerprint, describe_batch,  # noqa: F401
                         read_any, read_splits)
@@ -268,7 +268,7 @@ class Trainer:
             with self.acc.main_process_first():  # one process reads into the cache, the others open it
                 self.data[task.name] = read_splits(task, entry, settings=cfg.data)
             self.paths[task.name] = dict(entry.data) or task.default_data()
-            task.fit(self.data[task.name]["train"])
+            fit_task(task, self.data[task.name]["train"], cfg.data)
             if "dev" in self.data[task.name]:
                 paths = self.paths[task.name]
                 task.check(self.data[task.name]["dev"], paths.get("dev") or paths.get("train", "dev"))

@@ -264,3 +264,21 @@ def test_length_grouped_batches_cover_every_index_once_per_epoch_and_repeat_by_s
     # grouping: within a batch the lengths are close (sorted inside a megabatch of 1,600)
     spread = sum(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in sampler.batches(0)) / len(batches)
     assert spread < 10
+
+
+def test_a_fitted_table_gives_its_label_state_back_without_a_pass(tmp_path, tokenizer):
+    from nlpkit.tables import fit_task
+
+    path = csv_file(tmp_path / "a.csv", ROWS + [("so so", "mixed")])
+    settings = DataSettings(cache_dir=str(tmp_path / "cache"))
+    first = get_task_class("classification")()
+    assert fit_task(first, load_examples(first, path, settings), settings) is False
+    second = get_task_class("classification")()
+    assert fit_task(second, load_examples(second, path, settings), settings) is True
+    assert second.state_dict() == first.state_dict() and second.labels == ["mixed", "neg", "pos"]
+    # other options: fitted again (sentiment-like label maps may depend on them)
+    third = get_task_class("classification")(options={"max_length": 16})
+    assert fit_task(third, load_examples(third, path, settings), settings) is False
+    # no cache: always a real fit
+    assert fit_task(get_task_class("classification")(), load_examples(first, path, settings),
+                    DataSettings(cache=False)) is False
