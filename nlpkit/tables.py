@@ -39,7 +39,7 @@ import numpy as np
 from .cache import cache_root
 from .config import DataSettings
 from .data import HUB_PREFIX, load_hub_split
-from .errors import DataError
+from .errors import DataError, PluginError
 
 log = logging.getLogger("nlpkit.tables")
 
@@ -260,11 +260,23 @@ class ArrowRows(Sequence):
         """The data fingerprint a checkpoint's data position refers to: the same hash of the same rows as
         nlpkit.task_data.data_fingerprint computes over a list."""
         if self._fingerprint is None:
+            # a view's fingerprint is kept beside its table: a carved training split is hashed once, not per run
+            kept = Path(self.files[0]).parent / f"fingerprint-{self.key}.json" if self.files else None
+            saved = _meta(kept.parent, kept.name) if kept is not None else None
+            if saved is not None:
+                self._fingerprint = saved["fingerprint"]
+                return self._fingerprint
             digest = hashlib.sha256()
             for text in self.texts():
                 digest.update(text.encode("utf-8", "surrogatepass"))
                 digest.update(b"\n")
             self._fingerprint = f"{len(self)}:{digest.hexdigest()[:16]}"
+            if kept is not None:
+                try:
+                    _write_atomically(kept.parent, kept.name,
+                                      lambda tmp: tmp.write_text(json.dumps({"fingerprint": self._fingerprint})))
+                except OSError:
+                    pass  # a read-only cache still works, it only hashes again next time
         return self._fingerprint
 
 
@@ -476,7 +488,12 @@ def _encode_batch(batch: dict, indices: list[int], task: Any) -> dict:
             raise RuntimeError(f"task {task.name!r}: encode gave a feature with example_index {local!r} for a batch "
                                f"of {len(examples)} examples")
         f = dict(f, example_index=indices[local])
-        texts.append(json.dumps(f, ensure_ascii=False))
+        try:
+            texts.append(json.dumps(f, ensure_ascii=False))
+        except (TypeError, ValueError) as exc:
+            raise PluginError(f"task {task.name!r}: encode gave a feature that is not JSON-serialisable ({exc}); "
+                              "features are stored as JSON rows: use lists (tensor.tolist()), not tensors or "
+                              "arrays, or set the task's tabular = False") from None
         lengths.append(int(task.feature_length(f)))
         owners.append(indices[local])
     return {"json": texts, "length": lengths, "example_index": owners}
