@@ -34,7 +34,9 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--recipe", help="YAML recipe file (CLI flags override it)")
     t.add_argument("--data", action="append", default=[], metavar="[TASK:]SPLIT=PATH",
                    help="data file for a split (train, dev); prefix TASK: when several tasks are trained")
-    t.add_argument("--data-dir", help="folder that recipe data paths are relative to")
+    t.add_argument("--data-dir", metavar="DIR", help="a recipe's data from DIR: the benchmark's released files as "
+                                                     "the recipe's `released` names them, or a local copy of its hub "
+                                                     "dataset (default: the hub; datasets caches it)")
     t.add_argument("--backbone", help="preset (tiny, mini, small), alias (minilm), local folder, hub id, or an nlpkit "
                                       "run folder (a pretraining run: its backbone and tokenizer, as --init-from)")
     t.add_argument("--peft", choices=["lora", "dora"],
@@ -75,9 +77,12 @@ def _parser() -> argparse.ArgumentParser:
     e = sub.add_parser("evaluate", help="score a checkpoint on labelled data")
     e.add_argument("checkpoint")
     e.add_argument("--data", action="append", default=[], metavar="[TASK:]SPLIT=PATH")
-    e.add_argument("--recipe", help="evaluate on the recipe's data (its test split, else dev)")
-    e.add_argument("--data-dir", help="folder that recipe data paths are relative to")
-    e.add_argument("--split", help="recipe split to evaluate (default: test if the recipe names one, else dev)")
+    e.add_argument("--recipe", help="evaluate on the recipe's data (its test split, else dev; the line printed and "
+                                    "the report say which)")
+    e.add_argument("--data-dir", metavar="DIR", help="the recipe's data from DIR: the benchmark's released files, or "
+                                                     "a local copy of its hub dataset (default: the hub)")
+    e.add_argument("--split", help="recipe split to evaluate (default: test if the recipe's source has one with "
+                                   "labels, else dev)")
     e.add_argument("--no-report", action="store_true", help="do not write report.md / report.json")
     e.add_argument("--task", help="task of the checkpoint to evaluate (default: the only one)")
     e.add_argument("--batch-size", type=positive_int, default=64)
@@ -204,17 +209,15 @@ def build_config(args: argparse.Namespace) -> "Any":
             entries.append({"type": type_, "name": name or type_})
         data["tasks"] = entries
     where = f"{source}: " if source else ""
+    recipe_data = RecipeData(data, args.recipe, args.data_dir) if args.recipe else None  # takes data_dir, released
     tasks = check_tasks(data, where)
     names = [t.get("name") or t.get("type") for t in tasks]
     by_name = {n: t for n, t in zip(names, tasks)}
-    recipe_data = RecipeData(data, args.recipe, args.data_dir) if args.recipe else None
+    if recipe_data:
+        recipe_data.resolve(tasks)
     for value in args.data:
         task, split, path = _split_prefixed(value, names, "--data", "[TASK:]SPLIT=PATH")
         by_name[task or names[0]].setdefault("data", {})[split] = path
-        if recipe_data:
-            recipe_data.written.pop((task or names[0], split), None)
-    if recipe_data:
-        recipe_data.require(("train", "dev"))
     for value in args.option:
         task, key, raw = _split_prefixed(value, names, "--option")
         by_name[task or names[0]].setdefault("options", {})[key] = _yaml_value(raw, f"--option {value!r}")
@@ -249,6 +252,9 @@ def build_config(args: argparse.Namespace) -> "Any":
         data["plugins"] = plugins + args.plugin
     for assignment in args.set:
         apply_override(data, assignment)
+    if recipe_data:  # after every flag: a --data file or --set path replaces the recipe's source
+        recipe_data.drop_replaced_dev()
+        recipe_data.require(("train", "dev"))
     return RunConfig.from_dict(data, source)
 
 
@@ -300,11 +306,28 @@ def _yaml_value(raw: str, where: str) -> Any:
         raise ConfigError(f"{where}: the value is not valid YAML ({str(exc).splitlines()[0]})") from exc
 
 
+def is_hub(path: str) -> bool:
+    """``hub:...`` (nlpkit.data.is_hub, without importing torch for the command line's start-up)."""
+    return str(path).startswith("hub:")
+
+
 class RecipeData:
-    """A recipe's data paths joined with --data-dir (or the recipe's ``data_dir``, relative to the recipe
-    file), remembering what the recipe wrote so a missing file is reported against its recipe field."""
+    """Where a recipe's data come from.
+
+    A shipped recipe names its standard source as each task's ``data``: hub specs
+    (``hub:DATASET[@REVISION][:CONFIG]:SPLIT``), which ``datasets`` downloads once and caches. Its ``released``
+    mapping names the files of the benchmark's own release per split. With ``--data-dir DIR`` each split is
+    DIR/<released name> when that file is there (with or without ``.gz``), else that split of a local copy of the
+    hub dataset (DIR, or DIR/<dataset name>: Parquet files in split folders, a ``save_to_disk`` DatasetDict, a
+    clone of the dataset's repository), else one ConfigError naming both ways. A split the release does not have
+    (no ``released`` name) is left out. Plain relative paths (user recipes; the older ``data_dir:`` key, relative
+    to the recipe file) are joined with DIR as before. Hub sources are loaded once here as a check, before anything
+    is built, so an offline run without a local copy fails at once with one line that names both ways.
+    """
 
     def __init__(self, data: dict[str, Any], recipe: str, data_dir: str | None):
+        """Takes ``data_dir`` and each task's ``released`` out of the recipe (they are not run settings); call
+        ``resolve`` once the task entries are checked."""
         from pathlib import Path
 
         default = data.pop("data_dir", None)
@@ -312,25 +335,189 @@ class RecipeData:
             raise ConfigError(f"{recipe}: data_dir: expected a folder name, got {show(default)}")
         self.recipe = recipe
         self.folder = data_dir or (str(Path(recipe).parent / default) if default else None)
-        self.written: dict[tuple[str, str], str] = {}  # (task, split) -> path as the recipe wrote it
-        for entry in data.get("tasks") or []:
+        self.released: dict[str, dict[str, str]] = {}  # task -> split -> file name in the release
+        tasks = data.get("tasks")
+        for i, entry in enumerate(tasks if isinstance(tasks, list) else []):
+            if not isinstance(entry, dict) or "released" not in entry:
+                continue
+            released = entry.pop("released")
             name = entry.get("name") or entry.get("type")
+            if not isinstance(released, dict) or not all(isinstance(v, str) and v.strip() for v in released.values()):
+                raise ConfigError(f"{recipe}: tasks[{i}].released: expected a mapping of split to file name, "
+                                  f"e.g. {{train: train.txt, dev: valid.txt}}, got {show(released)}")
+            unknown = sorted(set(released) - set((entry.get("data") or {}) if isinstance(entry.get("data"), dict) else ()))
+            if unknown:
+                raise ConfigError(f"{recipe}: tasks[{i}].released names split(s) {unknown} that its data does not")
+            self.released[str(name)] = {str(k): v for k, v in released.items()}
+        self.tasks: list[dict[str, Any]] = []
+        self.written: dict[tuple[str, str], str] = {}  # (task, split) -> what the recipe wrote
+        self.resolved: dict[tuple[str, str], str] = {}  # (task, split) -> what it became
+        self.sources: dict[tuple[str, str], str] = {}  # (task, split) -> where it comes from, in words
+        self.missing: dict[tuple[str, str], str] = {}  # (task, split) -> why it cannot be found
+        self.dev_split: dict[str, Any] = {}  # the recipe's own dev_split per task
+
+    def resolve(self, tasks: list[dict[str, Any]]) -> None:
+        self.tasks = tasks
+        for entry in tasks:
+            name = entry.get("name") or entry.get("type")
+            self.dev_split[name] = (entry.get("options") or {}).get("dev_split")
             files = entry.get("data") or {}
             for split, path in list(files.items()):
-                if isinstance(path, str) and not path.startswith("hub:") and not os.path.isabs(path):
-                    self.written[(name, split)] = path
-                    files[split] = os.path.join(self.folder, path) if self.folder else path
+                if not isinstance(path, str):
+                    continue
+                self.written[(name, split)] = path
+                if is_hub(path):
+                    if self.folder:
+                        self._local(name, split, path, files)
+                    else:
+                        self.sources[(name, split)] = self._hub_words(path)
+                else:
+                    if not os.path.isabs(path):
+                        files[split] = os.path.join(self.folder, path) if self.folder else path
+                    self.sources[(name, split)] = f"file {files[split]}"
+                if split in files:
+                    self.resolved[(name, split)] = files[split]
+
+    @staticmethod
+    def _hub_words(spec: str) -> str:
+        from .data import parse_hub_spec
+
+        hub = parse_hub_spec(spec)
+        rev = f" at revision {hub.revision}" if hub.revision else ""
+        config = f", config {hub.config}" if hub.config else ""
+        return f"hub dataset {hub.dataset}{rev}{config}, split {hub.split} ({spec})"
+
+    def _local(self, name: str, split: str, spec: str, files: dict[str, str]) -> None:
+        """--data-dir for a hub source: the released file, else the local copy of the hub dataset."""
+        from pathlib import Path
+
+        from .data import HubSpec, parse_hub_spec
+
+        hub = parse_hub_spec(spec)
+        folder = Path(self.folder)
+        released = self.released.get(name, {})
+        file = released.get(split)
+        if file:
+            for candidate in (file, file[:-3] if file.endswith(".gz") else file + ".gz"):
+                if (folder / candidate).exists():
+                    files[split] = str(folder / candidate)
+                    self.sources[(name, split)] = f"released file {files[split]}"
+                    return
+        copy = self.hub_copy(folder, hub.dataset)
+        if copy is not None:
+            files[split] = HubSpec(str(copy), None, hub.config, hub.split).text()
+            self.sources[(name, split)] = (f"local copy {copy} of hub dataset {hub.dataset}"
+                                           f"{f', config {hub.config}' if hub.config else ''}, split {hub.split}")
+            return
+        del files[split]
+        if released and not file:  # the release has no such split (e.g. its test summaries are in another format)
+            return
+        names = ", ".join(released.values()) if released else "(this recipe names none)"
+        self.missing[(name, split)] = (
+            f"{self.recipe}: tasks.{name}.data.{split} expects {file!r} (the released file) or split {hub.split!r} "
+            f"of a local copy of the hub dataset {hub.dataset}, and --data-dir {self.folder!r} has neither. "
+            f"Either put the released files there ({names}) or a copy of the hub dataset (its Parquet files in "
+            f"split folders such as train/, or a DatasetDict.save_to_disk folder; DIR or DIR/{Path(hub.dataset).name}), "
+            f"or leave out --data-dir to load {spec} from the hub (online; datasets caches it), or give the file "
+            f"with --data {name}:{split}=PATH")
+
+    @staticmethod
+    def hub_copy(folder: Any, dataset: str) -> Any:
+        """The local copy of hub dataset ``dataset`` under --data-dir: DIR/<name>, DIR/<owner>/<name> or DIR itself,
+        whichever looks like one (a saved DatasetDict, Parquet/Arrow files, a clone of the hub repository)."""
+        from pathlib import Path
+
+        for candidate in (folder / Path(dataset).name, folder / dataset, folder):
+            if candidate.is_dir() and RecipeData._looks_like_hub_copy(candidate):
+                return candidate
+        return None
+
+    @staticmethod
+    def _looks_like_hub_copy(folder: Any) -> bool:
+        if (folder / "dataset_dict.json").is_file() or (folder / ".gitattributes").is_file():
+            return True
+        card = folder / "README.md"
+        try:
+            if card.is_file() and card.read_text(errors="replace").startswith("---"):  # a dataset card's YAML header
+                return True
+        except OSError:
+            pass
+        depth0 = str(folder).count(os.sep)
+        for root, dirs, names in os.walk(folder):
+            if str(root).count(os.sep) - depth0 >= 3:
+                dirs[:] = []
+            if any(n.endswith((".parquet", ".arrow")) for n in names):
+                return True
+        return False
+
+    def has(self, name: str, split: str) -> bool:
+        """Whether this source has the split (found, or named but not found)."""
+        return (name, split) in self.resolved or (name, split) in self.missing
+
+    def describe(self, name: str, split: str) -> str:
+        return self.sources.get((name, split), "")
+
+    def drop_replaced_dev(self) -> None:
+        """A dev_split given on the command line (--option/--set) replaces the recipe's dev split: the recipe's
+        dev is dropped so training carves one from train (a copy of the release without its dev file)."""
+        for entry in self.tasks:
+            name = entry.get("name") or entry.get("type")
+            files = entry.get("data") or {}
+            carve = (entry.get("options") or {}).get("dev_split")
+            if not carve or self.dev_split.get(name):
+                continue
+            if files.get("dev") == self.resolved.get((name, "dev")) and "dev" in files:
+                del files["dev"]
+            self.missing.pop((name, "dev"), None)
 
     def require(self, splits: Sequence[str], task: str | None = None) -> None:
-        for (name, split), path in self.written.items():
-            if split not in splits or (task and name != task):
+        """The recipe's sources for these splits exist: its local files are there, and its hub splits load."""
+        from .data import HubLoadError, load_hub_split, parse_hub_spec
+
+        for entry in self.tasks:
+            name = entry.get("name") or entry.get("type")
+            if task and name != task:
                 continue
-            full = os.path.join(self.folder, path) if self.folder else path
-            if not os.path.exists(full):
-                raise ConfigError(
-                    f"{self.recipe}: tasks.{name}.data.{split} expects {path!r}, not found in {self.folder or '.'!r}. "
-                    f"Offline, pass --data-dir FOLDER holding the benchmark's files as the recipe names them, or "
-                    f"give the file with --data {name}:{split}=PATH (online: --data {name}:{split}=hub:DATASET:SPLIT)")
+            files = entry.get("data") or {}
+            for split in splits:
+                if (name, split) in self.missing and split not in files:
+                    raise ConfigError(self.missing[(name, split)])
+                path = files.get(split)
+                if path is None or path != self.resolved.get((name, split)):
+                    continue  # not in the recipe, or replaced by --data / --set
+                written = self.written[(name, split)]
+                if is_hub(path):
+                    if parse_hub_spec(path).local is not None:
+                        continue  # a local copy: read (and any fault named) with the data, offline anyway
+                    try:
+                        load_hub_split(path)
+                    except HubLoadError as exc:
+                        raise ConfigError(self._hub_failed(name, exc)) from None
+                elif not os.path.isabs(written) and not os.path.exists(path):
+                    raise ConfigError(
+                        f"{self.recipe}: tasks.{name}.data.{split} expects {written!r}, not found in {self.folder or '.'!r}. "
+                        f"Pass --data-dir FOLDER holding the benchmark's files as the recipe names them, or give the "
+                        f"file with --data {name}:{split}=PATH (online: --data {name}:{split}=hub:DATASET:SPLIT)")
+
+    def _hub_failed(self, name: str, exc: Any) -> str:
+        """One line: what failed, and both ways to get the data."""
+        from .data import parse_hub_spec
+
+        hub = parse_hub_spec(exc.spec)
+        released = self.released.get(name)
+        files = (f"the released files ({', '.join(released.values())}; gzipped or not)" if released
+                 else "the released files")
+        if exc.offline:
+            flags = [v for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE") if os.environ.get(v, "").strip() not in ("", "0")]
+            online = "go online" + (f" (unset {' and '.join(flags)})" if flags else "")
+            why = f"the hub could not be reached (offline?): {exc.reason}"
+        else:
+            online = "fix the source (the id, revision or split) and run online"
+            why = exc.reason
+        return (f"{self.recipe}: could not load hub dataset {hub.dataset} for tasks.{name} ({exc.spec}): {why}. "
+                f"Either {online}: datasets downloads it once and caches it; or pass --data-dir DIR holding "
+                f"{files} or a local copy of the hub dataset (Parquet files in train/ validation/ test/ folders, or "
+                f"a DatasetDict.save_to_disk folder)")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -416,24 +603,30 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             replace_options(pipe.task(name), encoding=encoding)
     jobs: list[tuple[str, str, str]] = []  # (task, split, path)
     carved: dict[tuple[str, str], list[dict]] = {}
+    sources: dict[tuple[str, str], str] = {}  # (task, split) -> where the split comes from, in words
     if args.recipe:
         from .config import load_recipe
 
         recipe = load_recipe(args.recipe)
-        check_tasks(recipe, f"{args.recipe}: ")
-        recipe_data = RecipeData(recipe, args.recipe, args.data_dir)
+        recipe_data = RecipeData(recipe, args.recipe, args.data_dir)  # takes data_dir and released out
+        recipe_data.resolve(check_tasks(recipe, f"{args.recipe}: "))
         for entry in recipe.get("tasks") or []:
             name = entry.get("name") or entry.get("type")
             files = entry.get("data") or {}
-            split = args.split or ("test" if "test" in files else "dev")
+            # the standard test split where the source has one with labels (the recipe names it), else dev
+            split = args.split or ("test" if recipe_data.has(name, "test") else "dev")
             if name not in pipe.task_names:
                 continue
-            if split in files:
+            if split in files or recipe_data.has(name, split):
                 recipe_data.require((split,), task=name)
                 jobs.append((name, split, files[split]))
+                sources[(name, split)] = recipe_data.describe(name, split)
             elif split == "dev" and (entry.get("options") or {}).get("dev_split") and "train" in files:
                 recipe_data.require(("train",), task=name)
                 jobs.append((name, split, files["train"] + " (dev_split)"))  # the hold-out training used
+                options = entry.get("options") or {}
+                sources[(name, split)] = (f"dev carved from train as training did (dev_split {options['dev_split']}, "
+                                          f"seed {options.get('dev_split_seed', 0)}) of {recipe_data.describe(name, 'train')}")
                 carved[(name, split)] = carve_dev(pipe.task(name), entry, settings)
     for value in args.data:
         task, split, path = _split_prefixed(value, pipe.task_names if not args.task else [args.task], "--data",
@@ -443,12 +636,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise ConfigError("nothing to evaluate: give --data [TASK:]SPLIT=PATH or --recipe FILE")
     results = {}
     for name, split, path in jobs:
+        source = sources.get((name, split)) or (RecipeData._hub_words(path) if is_hub(path) else f"file {path}")
+        sources[(name, split)] = source
+        print(f"{name}: scoring the {split} split: {source}", file=sys.stderr)
         results[f"{name}/{split}"] = pipe.evaluate(path, task=name, batch_size=args.batch_size, progress=sys.stderr.isatty(),
                                                    examples=carved.get((name, split)), data=settings)
     if not args.no_report:
         from .report import write_report
 
-        written = write_report(args.checkpoint, pipe, results, {f"{n}/{s}": p for n, s, p in jobs}, args.recipe)
+        written = write_report(args.checkpoint, pipe, results, {f"{n}/{s}": p for n, s, p in jobs}, args.recipe,
+                               splits={f"{n}/{s}": {"split": s, "source": sources[(n, s)]} for n, s, _ in jobs})
         print(f"report: {', '.join(str(p) for p in written)}", file=sys.stderr)
     if args.json:
         print(json.dumps(results, indent=2))

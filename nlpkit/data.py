@@ -20,11 +20,13 @@ import gzip
 import io
 import json
 import logging
+import os
 import random
 import re
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Iterable, Iterator, Sequence
+from typing import IO, Any, Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
@@ -336,32 +338,118 @@ def csv_rows(lines: Iterable[str], path: str | Path, **fmt: Any) -> Iterator[tup
 
 
 HUB_PREFIX = "hub:"
+HUB_FORM = ("hub:DATASET:SPLIT or hub:DATASET:CONFIG:SPLIT, either with @REVISION after DATASET (e.g. "
+            "hub:lhoestq/conll2003:train, hub:nyu-mll/glue:sst2:validation, hub:CogComp/trec@refs/convert/parquet:test)")
 
 
 def is_hub(path: str) -> bool:
     return str(path).startswith(HUB_PREFIX)
 
 
-def load_hub_split(spec: str) -> Any:
-    """``hub:DATASET[:CONFIG]:SPLIT`` -> the rows of that split (a datasets.Dataset).
+@dataclass(frozen=True)
+class HubSpec:
+    """``hub:DATASET[@REVISION][:CONFIG]:SPLIT``: DATASET is a hub id or a local folder laid out like one (its
+    Parquet/Arrow/JSON/CSV files in split folders or named after the splits, a git clone of the dataset's repo, or
+    a folder written by ``DatasetDict.save_to_disk``); REVISION a branch, tag or commit of a hub id."""
 
-    Needs the optional ``datasets`` package and network access (or a local datasets cache).
+    dataset: str
+    revision: Optional[str]
+    config: Optional[str]
+    split: str
+
+    @property
+    def local(self) -> Optional[Path]:
+        """The folder, when DATASET names one on this machine (a hub id never does: it is not a path here)."""
+        path = Path(self.dataset).expanduser()
+        return path if path.is_dir() else None
+
+    def text(self) -> str:
+        rev = f"@{self.revision}" if self.revision else ""
+        return f"{HUB_PREFIX}{self.dataset}{rev}{f':{self.config}' if self.config else ''}:{self.split}"
+
+
+def parse_hub_spec(spec: str) -> HubSpec:
+    """The parts of a ``hub:`` spec; a malformed one is a DataError showing the form."""
+    parts = str(spec)[len(HUB_PREFIX):].split(":")
+    if len(parts) not in (2, 3) or not all(p.strip() for p in parts):
+        raise DataError(f"expected {HUB_FORM}, got {spec!r}")
+    dataset, config, split = (parts[0], None, parts[1]) if len(parts) == 2 else parts
+    revision = None
+    if "@" in dataset and not Path(dataset).expanduser().exists():  # a folder may have an @ in its name
+        dataset, _, revision = dataset.partition("@")
+        if not dataset or not revision:
+            raise DataError(f"expected {HUB_FORM}: the dataset or the revision after '@' is empty, got {spec!r}")
+    return HubSpec(dataset, revision, config, split)
+
+
+class HubLoadError(DataError):
+    """A hub split that could not be loaded; ``offline`` when the hub could not be reached (no network, or
+    HF_HUB_OFFLINE / HF_DATASETS_OFFLINE set and the dataset not in the local ``datasets`` cache)."""
+
+    def __init__(self, message: str, spec: str, offline: bool, reason: str):
+        self.spec, self.offline, self.reason = spec, offline, reason
+        super().__init__(message, spec)
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _looks_like_path(name: str) -> bool:
+    return name.startswith(("/", "./", "../", "~")) or name.count("/") > 1 or os.sep != "/" and os.sep in name
+
+
+def load_hub_split(spec: str) -> Any:
+    """``hub:DATASET[@REVISION][:CONFIG]:SPLIT`` -> the rows of that split (a datasets.Dataset).
+
+    A hub id needs the optional ``datasets`` package and network access (or the dataset in the local
+    ``datasets`` cache). A local folder is read offline: a ``save_to_disk`` DatasetDict folder is opened where
+    it is; otherwise ``datasets.load_dataset(FOLDER)`` reads its data files (CONFIG: a subfolder of that name if
+    there is one, else the folder's own dataset card decides; a plain folder of files has only one).
     """
-    parts = spec[len(HUB_PREFIX):].split(":")
-    if len(parts) not in (2, 3) or not all(parts):
-        raise DataError(f"expected hub:DATASET:SPLIT or hub:DATASET:CONFIG:SPLIT "
-                        f"(e.g. hub:eriktks/conll2003:train, hub:nyu-mll/glue:sst2:train), got {spec!r}")
-    name, config, split = (parts[0], None, parts[1]) if len(parts) == 2 else parts
+    hub = parse_hub_spec(spec)
     try:
         import datasets
     except ImportError:
         raise DataError("reading hub datasets needs the 'datasets' package: pip install 'nlpkit[hub]'", spec) from None
+    folder = hub.local
+    if folder is None and _looks_like_path(hub.dataset):
+        raise HubLoadError(f"no folder {hub.dataset!r} (a local copy of a hub dataset is a folder)", spec, False,
+                           "folder not found")
     try:
-        rows = datasets.load_dataset(name, config, split=split)
-    except Exception as exc:  # offline, unknown id, ...
-        raise DataError(f"could not load hub dataset {name!r} (config {config}, split {split}): "
-                        f"{type(exc).__name__}: {str(exc)[:300]}", spec) from None
-    return rows
+        if folder is not None:
+            return _load_local_split(datasets, folder, hub, spec)
+        return datasets.load_dataset(hub.dataset, hub.config, split=hub.split, revision=hub.revision)
+    except DataError:
+        raise
+    except Exception as exc:  # offline, unknown id, unknown split, ...
+        reason = f"{type(exc).__name__}: {_one_line(exc)}"
+        offline = (isinstance(exc, ConnectionError) or "OfflineModeIsEnabled" in reason
+                   or "Couldn't reach" in reason) and folder is None
+        what = f"the local copy {str(folder)!r}" if folder is not None else f"hub dataset {hub.dataset!r}"
+        details = ", ".join(x for x in (f"revision {hub.revision}" if hub.revision else "",
+                                        f"config {hub.config}" if hub.config else "", f"split {hub.split}") if x)
+        raise HubLoadError(f"could not load {what} ({details}): {reason}", spec, offline, reason) from None
+
+
+def _load_local_split(datasets: Any, folder: Path, hub: HubSpec, spec: str) -> Any:
+    if hub.config and (folder / hub.config).is_dir():  # a copy holding several configs, one folder each
+        folder = folder / hub.config
+    if (folder / "dataset_dict.json").is_file():  # DatasetDict.save_to_disk: memory-mapped where it is
+        splits = datasets.load_from_disk(str(folder))
+        if hub.split not in splits:
+            raise HubLoadError(f"no split {hub.split!r} in this saved DatasetDict (splits: {', '.join(splits)})",
+                               spec, False, "unknown split")
+        return splits[hub.split]
+    # the folder's dataset card (README.md of a cloned hub repo) may name configs; a plain folder has one
+    config = hub.config if hub.config and (folder / "README.md").is_file() else None
+    try:
+        return datasets.load_dataset(str(folder), config, split=hub.split)
+    except ValueError as exc:
+        if config and "BuilderConfig" in str(exc):
+            return datasets.load_dataset(str(folder), None, split=hub.split)
+        raise
 
 
 def carve_dev_split(examples: Sequence[Any], fraction: float, seed: int, path: str | Path = "train"

@@ -37,8 +37,9 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def write_report(target: str | Path, pipe: Any, results: Mapping[str, dict[str, Any]], files: Mapping[str, str],
-                 recipe: str | None = None) -> list[Path]:
-    """Write report.json, report.md and learning curves into the run folder; returns the files."""
+                 recipe: str | None = None, splits: Mapping[str, dict[str, str]] | None = None) -> list[Path]:
+    """Write report.json, report.md and learning curves into the run folder; returns the files. ``splits``: per
+    result, the split scored and its source in words ({"split": "test", "source": "hub dataset ..."})."""
     run = _run_folder(Path(pipe.path))
     config = _read_json(run / "config.json") or pipe.meta.get("config", {})
     training = _read_json(run / "metrics.json")
@@ -52,7 +53,8 @@ def write_report(target: str | Path, pipe: Any, results: Mapping[str, dict[str, 
         "budget": {k: trainer.get(k) for k in ("epochs", "max_steps", "batch_size", "lr", "seed") if k in trainer}
                   | {k: training.get(k) for k in ("steps", "best_step", "wall_time_s", "device", "processes",
                                                   "precision") if k in training},
-        "results": {key: {"data": files.get(key), "metrics": metrics} for key, metrics in results.items()},
+        "results": {key: {"data": files.get(key), **((splits or {}).get(key) or {}), "metrics": metrics}
+                    for key, metrics in results.items()},
         "scorers": scorer_versions(),
         "versions": pipe.meta.get("versions", {}),
     }
@@ -82,7 +84,10 @@ def _markdown(report: dict[str, Any]) -> str:
         f"- created: {report['created']}", "",
     ]
     for key, entry in report["results"].items():
-        lines += [f"## {key}", "", f"data: `{entry['data']}`", "", "| metric | value |", "|---|---|"]
+        lines += [f"## {key}", "", f"data: `{entry['data']}`", ""]
+        if entry.get("split"):
+            lines += [f"split: **{entry['split']}**" + (f" ({entry['source']})" if entry.get("source") else ""), ""]
+        lines += ["| metric | value |", "|---|---|"]
         nested = []
         for name, value in entry["metrics"].items():
             if isinstance(value, dict):

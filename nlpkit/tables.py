@@ -8,7 +8,7 @@ so the OS shares and drops them instead of the process holding them. Encoding ru
 decides their content, so the second run on the same data opens them and starts at once:
 
 - examples: the task type and version, its options, the file's identity (absolute path, size, modification
-  time; a folder's files; a hub split's own fingerprint) and the table format;
+  time; a folder's files; a hub split's own fingerprint, a local hub-layout folder's files) and the table format;
 - features: the examples' key and the rows selected from them (a carved dev split, a sample), the tokenizer
   (its vocabulary and rules, not its call-time truncation state), the task's options and learned state (label
   maps), the backbone kind and the nlpkit version.
@@ -38,7 +38,7 @@ import numpy as np
 
 from .cache import cache_root
 from .config import DataSettings
-from .data import HUB_PREFIX, load_hub_split
+from .data import HUB_PREFIX, load_hub_split, parse_hub_spec
 from .errors import DataError, PluginError
 
 log = logging.getLogger("nlpkit.tables")
@@ -218,14 +218,25 @@ class ArrowRows(Sequence):
         return json.loads(self._text(self._row(i)))
 
     def take(self, positions: Sequence[int]) -> list[dict]:
-        """Several rows at once (one Arrow gather instead of one lookup per row)."""
-        import pyarrow as pa
-
+        """Several rows at once (a training batch)."""
         rows = np.asarray(positions, dtype=np.int64)
         if self.indices is not None:
             rows = self.indices[rows]
-        texts = self.table.column("json").take(pa.array(rows)).to_pylist()
-        return [json.loads(t) for t in texts]
+        return [json.loads(t) for t in self._gather(rows)]
+
+    def _gather(self, rows: np.ndarray) -> list[str]:
+        """The JSON texts of table rows ``rows``, chunk by chunk: a take over the whole chunked column would first
+        concatenate every chunk into one array, copying the mapped table into the process's own memory."""
+        import pyarrow as pa
+
+        chunk_of = np.searchsorted(self._starts, rows, side="right") - 1
+        out: list[Any] = [None] * len(rows)
+        for chunk in np.unique(chunk_of):
+            where = np.nonzero(chunk_of == chunk)[0]
+            texts = self._chunks[chunk].take(pa.array(rows[where] - self._starts[chunk])).to_pylist()
+            for i, text in zip(where.tolist(), texts):
+                out[i] = text
+        return out
 
     def texts(self, block: int = WRITE_BATCH) -> Iterator[str]:
         """Each row's JSON text, in order, a block at a time."""
@@ -233,11 +244,8 @@ class ArrowRows(Sequence):
             for chunk in self._chunks:
                 yield from chunk.to_pylist()
             return
-        import pyarrow as pa
-
-        column = self.table.column("json")
         for start in range(0, len(self.indices), block):
-            yield from column.take(pa.array(self.indices[start:start + block])).to_pylist()
+            yield from self._gather(self.indices[start:start + block])
 
     def __iter__(self) -> Iterator[dict]:
         for text in self.texts():
@@ -318,8 +326,12 @@ def load_examples(task: Any, path: str, settings: DataSettings = DataSettings())
     rows_source = None
     identity = source_identity(path)
     if str(path).startswith(HUB_PREFIX):
-        rows_source = load_hub_split(path)
-        identity = [path, getattr(rows_source, "_fingerprint", None)]
+        folder = parse_hub_spec(path).local
+        if folder is not None:  # a local copy of a hub dataset: its files say whether it changed (read on a miss)
+            identity = [path, source_identity(str(folder))]
+        else:
+            rows_source = load_hub_split(path)
+            identity = [path, getattr(rows_source, "_fingerprint", None)]
     key = _digest("examples", FORMAT, __version__, task.type_name, getattr(task, "version", 1),
                   task.options_dict(), identity)
     if settings.cache:

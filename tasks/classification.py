@@ -26,6 +26,8 @@ TEXT_COLUMNS: list[tuple[str, str | None]] = [
 #: the TREC release's encoding, used for format label-first unless the option encoding names another
 LABEL_FIRST_ENCODING = "latin-1"
 LABEL_COLUMNS = ["label", "labels", "gold_label", "class", "category", "sentiment", "target"]
+#: label_part -> label column of TREC's hub layout (text, coarse_label, fine_label), used when none of the above is there
+TREC_COLUMNS = {"coarse": "coarse_label", "full": "fine_label"}
 
 SINGLE_SCORES = ("accuracy", "macro_f1", "weighted_f1", "macro_precision", "macro_recall")
 MULTI_SCORES = ("micro_f1", "macro_f1", "weighted_f1", "accuracy", "micro_precision", "micro_recall")
@@ -38,7 +40,8 @@ class ClassificationOptions(TaskOptions):
     #: "label-first": one example per line, the label first and the text after the first space (the
     #: TREC release; read as Latin-1); `label_part` picks the coarse "DESC" of a "DESC:manner" label
     format: Literal["auto", "csv", "tsv", "jsonl", "label-first"] = "auto"
-    #: label-first files: "full" keeps "COARSE:fine" (TREC-50), "coarse" the part before the colon (TREC-6)
+    #: label-first files: "full" keeps "COARSE:fine" (TREC-50), "coarse" the part before the colon (TREC-6);
+    #: tables with TREC's hub columns (coarse_label, fine_label) and label_column auto: fine_label or coarse_label
     label_part: Literal["full", "coarse"] = "full"
     #: column (JSON key) of the text; "auto": the first of text, text_a, sentence1, premise, question1,
     #: question, sentence, review, content, document that the file has
@@ -46,7 +49,8 @@ class ClassificationOptions(TaskOptions):
     #: column of the second text of a pair; "auto": the partner of the text column (sentence2 for
     #: sentence1, hypothesis for premise, ...) when the file has it; "none": never a pair
     pair_column: str = "auto"
-    #: "auto": the first of label, labels, gold_label, class, category, sentiment, target
+    #: "auto": the first of label, labels, gold_label, class, category, sentiment, target (else, as TREC on the
+    #: hub, coarse_label or fine_label by label_part)
     label_column: str = "auto"
     #: several labels per text (sigmoid + binary cross-entropy) instead of exactly one (softmax)
     multi_label: bool = False
@@ -144,6 +148,8 @@ def resolve_columns(columns: Sequence[str], options: ClassificationOptions, path
     label = options.label_column
     if label == "auto":
         label = next((c for c in LABEL_COLUMNS if c in have), "")
+        if not label and TREC_COLUMNS[options.label_part] in have:  # TREC on the hub: label_part picks the column
+            label = TREC_COLUMNS[options.label_part]
         if not label:
             raise missing("label", "auto", "name the label column with the option label_column")
     elif label not in have:

@@ -137,8 +137,11 @@ def from_record(record: dict, src: str, tgt: str, where: tuple[str, int], skip_e
         return pair(tr[src], tr[tgt], where, skip_empty)
     if "source" in record and "target" in record:
         return pair(record["source"], record["target"], where, skip_empty)
-    raise DataError(f"expected {{\"translation\": {{\"{src}\": ..., \"{tgt}\": ...}}}} or "
-                    f"{{\"source\": ..., \"target\": ...}}, found keys {sorted(record)}", *where)
+    if src in record and tgt in record:  # one column per language, as bentrevett/multi30k on the hub
+        return pair(record[src], record[tgt], where, skip_empty)
+    raise DataError(f"expected {{\"translation\": {{\"{src}\": ..., \"{tgt}\": ...}}}}, "
+                    f"{{\"source\": ..., \"target\": ...}} or {{\"{src}\": ..., \"{tgt}\": ...}}, "
+                    f"found keys {sorted(record)}", *where)
 
 
 def read_records(records, path: str, src: str, tgt: str, skip_empty: bool,
