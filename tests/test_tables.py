@@ -282,3 +282,33 @@ def test_a_fitted_table_gives_its_label_state_back_without_a_pass(tmp_path, toke
     # no cache: always a real fit
     assert fit_task(get_task_class("classification")(), load_examples(first, path, settings),
                     DataSettings(cache=False)) is False
+
+
+def test_a_feature_that_is_not_json_is_a_plugin_error_naming_the_task(tmp_path, tokenizer):
+    from nlpkit.errors import PluginError
+
+    path = csv_file(tmp_path / "a.csv", ROWS)
+    task = prepared("classification", tokenizer)
+    settings = DataSettings(cache_dir=str(tmp_path / "cache"))
+    examples = load_examples(task, path, settings)
+    task.fit(examples)
+    plain = task.encode
+
+    def with_a_tensor(batch):
+        return [dict(f, input_ids=torch.tensor(f["input_ids"])) for f in plain(batch)]
+
+    task.encode = with_a_tensor
+    with pytest.raises(PluginError, match=r"task 'classification': encode gave a feature that is not JSON-serialis"):
+        encode_split(task, examples, "train", settings)
+
+
+def test_a_carved_split_is_hashed_once(tmp_path, monkeypatch):
+    path = csv_file(tmp_path / "a.csv", [(f"text {i}", "pos" if i % 2 else "neg") for i in range(100)])
+    settings = DataSettings(cache_dir=str(tmp_path / "cache"))
+    task = get_task_class("classification")(options={"dev_split": 0.2})
+    train = read_splits(task, TaskEntry(type="classification", data={"train": path}), settings=settings)["train"]
+    want = data_fingerprint(list(train))
+    assert train.fingerprint() == want
+    again = read_splits(task, TaskEntry(type="classification", data={"train": path}), settings=settings)["train"]
+    monkeypatch.setattr(ArrowRows, "texts", lambda self, block=0: pytest.fail("hashed the rows again"))
+    assert again.fingerprint() == want
