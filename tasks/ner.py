@@ -49,18 +49,22 @@ def read_conll(path: str, encoding: str = "utf-8") -> list[dict]:
 def iter_conll(path: str, encoding: str = "utf-8") -> Iterator[dict]:
     """read_conll one sentence at a time, so a large file never sits in memory."""
     tokens, tags, start = [], [], None
+    valid: set[str] = set()  # tags already checked: a file has a few dozen, repeated millions of times
     for lineno, line in read_text_lines(path, encoding):
-        if not line.strip() or line.startswith("-DOCSTART-"):
+        cols = line.split()
+        if not cols or cols[0] == "-DOCSTART-":
             if tokens:
                 yield {"tokens": tokens, "tags": tags, "line": start}
             tokens, tags, start = [], [], None
             continue
-        cols = line.split()
         if len(cols) < 2:
             raise DataError(f"expected at least 2 columns (WORD ... TAG), got {line[:200]!r}", path, lineno)
         tag = cols[-1]
-        if not TAG_RE.match(tag):
-            raise DataError(f"expected a tag like O, B-PER or I-LOC in the last column, got {tag[:100]!r}", path, lineno)
+        if tag not in valid:
+            if not TAG_RE.match(tag):
+                raise DataError(f"expected a tag like O, B-PER or I-LOC in the last column, got {tag[:100]!r}",
+                                path, lineno)
+            valid.add(tag)
         if start is None:
             start = lineno
         tokens.append(cols[0])
@@ -74,14 +78,22 @@ def detect_scheme(sentences: Iterable[dict]) -> str:
     it can read a stream."""
     bioes = iob1 = False
     for s in sentences:
-        prev = "O"
-        for tag in s["tags"]:
-            if tag[0] in "ESLU":
-                bioes = True
-            elif tag.startswith("I-") and (prev == "O" or prev[2:] != tag[2:]):
-                iob1 = True
-            prev = tag
+        found = _scheme_evidence(s["tags"])
+        bioes, iob1 = bioes or found == "bioes", iob1 or found == "iob1"
     return "bioes" if bioes else "iob1" if iob1 else "iob2"
+
+
+def _scheme_evidence(tags: Sequence[str]) -> str | None:
+    """What one sentence's tags say of the scheme: "bioes" (an E/S/L/U prefix), "iob1" (an entity that starts
+    with I-), or None (nothing: its tags read the same under every scheme, so to_iob2 leaves them as they are)."""
+    found, prev = None, "O"
+    for tag in tags:
+        if tag[0] in "ESLU":
+            return "bioes"
+        if tag.startswith("I-") and (prev == "O" or prev[2:] != tag[2:]):
+            found = "iob1"
+        prev = tag
+    return found
 
 
 def to_iob2(tags: Sequence[str], scheme: str) -> list[str]:
@@ -299,12 +311,28 @@ class NerTask(Task):
         return {"train": str(DATA_DIR / "ner" / "train.conll"), "dev": str(DATA_DIR / "ner" / "dev.conll")}
 
     def read(self, path: str) -> Iterator[dict]:
-        """Sentences in IOB2, streamed; scheme auto reads the file twice (once to tell the scheme)."""
+        """Sentences in IOB2, streamed. Scheme auto reads an IOB2 file once: sentences before the first sign of
+        another scheme read the same under every scheme; from there the whole file decides (detect_scheme), and
+        the rest is read again converted."""
         encoding = self.options.encoding
-        scheme = self.options.scheme if self.options.scheme != "auto" else detect_scheme(iter_conll(path, encoding))
+        if self.options.scheme != "auto":
+            for s in iter_conll(path, encoding):
+                s["tags"] = to_iob2(s["tags"], self.options.scheme)
+                yield s
+            return
+        done = 0
         for s in iter_conll(path, encoding):
-            s["tags"] = to_iob2(s["tags"], scheme)
+            if _scheme_evidence(s["tags"]) is not None:
+                break
+            done += 1
             yield s
+        else:
+            return  # IOB2 (or no entity at all): one pass
+        scheme = detect_scheme(iter_conll(path, encoding))
+        for i, s in enumerate(iter_conll(path, encoding)):
+            if i >= done:
+                s["tags"] = to_iob2(s["tags"], scheme)
+                yield s
 
     def read_hub(self, rows, spec: str) -> Iterator[dict]:
         """Rows with ``tokens`` and ``ner_tags`` (ClassLabel ids or strings), as conll2003 on the hub."""

@@ -168,3 +168,18 @@ def test_bad_hub_spec_and_offline_hub_are_clear_errors():
         load_hub_split("hub:only-a-name")
     with pytest.raises(DataError):  # offline in tests (or 'datasets' missing): a DataError, never a hang
         load_hub_split("hub:no-such-user/no-such-dataset:train")
+
+
+@pytest.mark.parametrize("late", [["O", "I-PER"], ["S-LOC", "O"]])
+def test_auto_scheme_read_in_one_pass_equals_detecting_over_the_whole_file_first(tmp_path, late):
+    """The reader yields sentences before the first sign of another scheme as they are (they read the same under
+    every scheme) and decides the rest from the whole file: the same result as two passes."""
+    sentences = [(["EU", "rejects", "German"], ["B-ORG", "O", "B-MISC"]), (["Peter", "Blackburn"], ["B-PER", "I-PER"]),
+                 (["Hi", "Bob"], late), (["New", "York", "Times"], ["I-ORG", "I-ORG", "I-ORG"])]
+    path = tmp_path / "mixed.conll"
+    path.write_text("\n\n".join("\n".join(f"{w} {t}" for w, t in zip(ws, ts)) for ws, ts in sentences) + "\n")
+    raw = read_conll(str(path))
+    scheme = detect_scheme(raw)
+    want = [dict(s, tags=to_iob2(s["tags"], scheme)) for s in raw]
+    assert list(NerTask().read(str(path))) == want
+    assert scheme == ("iob1" if late[1] == "I-PER" else "bioes")
