@@ -433,7 +433,7 @@ class _Contract:
         return nlpkit.load(self.run_dir, device="cpu")
 
     def check_encode(self) -> str:
-        task = self.captured[-1][0] if self.captured else self.fitted
+        task, _, _ = self.memory()  # a task set up with the trained tokenizer (in memory or reloaded)
         if not task.tabular:
             return "not a tabular task (its read() gives its own lazy collection)"
         examples = copy.deepcopy(self.dev_examples)

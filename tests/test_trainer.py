@@ -75,7 +75,10 @@ def run_config(ner_files: Path, out: Path, **trainer) -> dict:
         "backbone": {"spec": "mini", "vocab_size": 400},
         "trainer": {"max_steps": 12, "batch_size": 8, "grad_accum": 2, "lr": 3e-3, "eval_every": 4, "save_every": 4,
                     "log_every": 3, "keep_last": 2, "patience": 5, "progress": False, "cpu": True,
-                    "tensorboard": False, "plots": False, **trainer},
+                    "tensorboard": False, "plots": False,
+                    # seed 3: the best dev score comes after the step-4 checkpoint the kill tests resume from (with the
+                    # numpy batch order of nlpkit.data, seed 42's best was step 4 itself)
+                    "seed": 3, **trainer},
         "output_dir": str(out),
     }
 
