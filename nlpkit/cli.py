@@ -696,13 +696,9 @@ PREDICT_CHUNK = 4096
 
 
 def _chunked(items: Iterator[Any], size: int) -> Iterator[list[Any]]:
-    chunk: list[Any] = []
-    for item in items:
-        chunk.append(item)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
+    import itertools
+
+    while chunk := list(itertools.islice(items, size)):
         yield chunk
 
 
