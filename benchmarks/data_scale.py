@@ -195,33 +195,28 @@ def tree(root: int) -> list[int]:
     return out
 
 
-def _status_kb(pid: int) -> dict[str, int] | None:
+def _proc_kb(pid: int, name: str, keys: tuple[bytes, ...]) -> dict[str, int] | None:
+    """The kB fields ``keys`` of /proc/PID/NAME; None when the process is gone."""
     try:
-        with open(f"/proc/{pid}/status", "rb") as f:
+        with open(f"/proc/{pid}/{name}", "rb") as f:
             text = f.read()
     except OSError:
         return None
     out = {}
     for line in text.splitlines():
         key, _, rest = line.partition(b":")
-        if key in (b"VmRSS", b"RssAnon", b"RssFile", b"RssShmem"):
+        if key in keys:
             out[key.decode()] = int(rest.split()[0])
     return out
+
+
+def _status_kb(pid: int) -> dict[str, int] | None:
+    return _proc_kb(pid, "status", (b"VmRSS", b"RssAnon", b"RssFile", b"RssShmem"))
 
 
 def _rollup_kb(pid: int) -> dict[str, int] | None:
     """Proportional set sizes: a page shared by k processes counts 1/k in each (Linux 4.14+)."""
-    try:
-        with open(f"/proc/{pid}/smaps_rollup", "rb") as f:
-            text = f.read()
-    except OSError:
-        return None
-    out = {}
-    for line in text.splitlines():
-        key, _, rest = line.partition(b":")
-        if key in (b"Pss", b"Pss_Anon", b"Pss_File", b"Pss_Shmem"):
-            out[key.decode()] = int(rest.split()[0])
-    return out
+    return _proc_kb(pid, "smaps_rollup", (b"Pss", b"Pss_Anon", b"Pss_File", b"Pss_Shmem"))
 
 
 class TreeMemory(threading.Thread):

@@ -12,11 +12,11 @@ import json
 import random
 from typing import Any, Sequence
 
-from .config import TaskEntry
+from .config import DataSettings, TaskEntry
 from .data import LengthGroupedBatches, carve_dev_split, require_examples, sample_examples
 from .errors import ConfigError
 from .registry import get_task_class
-from .tables import DataSettings, load_examples
+from .tables import load_examples
 from .task import Task
 
 
