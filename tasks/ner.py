@@ -16,10 +16,11 @@ import logging
 import re
 import unicodedata
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any, Iterable, Iterator, Literal, Sequence
 
 from nlpkit import DataError, Task, register_task
-from nlpkit.data import input_text, pad_encodings, read_text_lines
+from nlpkit.data import input_text, pad_encodings, read_text_blocks
 from nlpkit.generation import GenerativeModeOptions, TextGenerator
 
 from . import DATA_DIR
@@ -47,30 +48,74 @@ def read_conll(path: str, encoding: str = "utf-8") -> list[dict]:
 
 
 def iter_conll(path: str, encoding: str = "utf-8") -> Iterator[dict]:
-    """read_conll one sentence at a time, so a large file never sits in memory."""
-    tokens, tags, start = [], [], None
-    valid: set[str] = set()  # tags already checked: a file has a few dozen, repeated millions of times
-    for lineno, line in read_text_lines(path, encoding):
-        cols = line.split()
+    """read_conll one sentence at a time, so a large file never sits in memory.
+
+    The file is read in blocks of lines; a run of lines between two blank lines is split in C (a sentence's lines
+    at once) when every line has two or more columns, no -DOCSTART- and known tags; any other run goes line by
+    line, which gives the same sentences and the errors with their line numbers."""
+    reader = _ConllReader(path)
+    for first, text in read_text_blocks(path, encoding):
+        yield from reader.feed(first, text)
+    yield from reader.sentence()
+
+
+class _ConllReader:
+    """The sentence being read, across blocks; ``feed`` yields the sentences a block completes."""
+
+    def __init__(self, path: str):
+        self.path, self.tokens, self.tags, self.start = path, [], [], None
+        self.valid: set[str] = set()  # tags already checked: a file has a few dozen, repeated millions of times
+
+    def feed(self, line: int, text: str) -> Iterator[dict]:
+        runs = text.split("\n\n")  # runs of lines, each but the last followed by one blank line
+        last = len(runs) - 1
+        for i, run in enumerate(runs):
+            lines = run.split("\n")
+            if i == last and text.endswith("\n"):
+                lines.pop()  # the empty string after the block's last line end
+            if lines:
+                yield from self._add(line, lines)
+                line += len(lines)
+            if i < last:
+                yield from self.sentence()
+                line += 1
+
+    def _add(self, line: int, lines: list[str]) -> Iterable[dict]:
+        """Sentences that lines inside the run complete (a line of spaces, a -DOCSTART-): mostly none."""
+        rows = list(map(str.split, lines))
+        if min(map(len, rows)) >= 2:
+            tokens, tags = list(map(itemgetter(0), rows)), list(map(itemgetter(-1), rows))
+            if "-DOCSTART-" not in tokens and self.valid.issuperset(tags):
+                self.start = line if self.start is None else self.start
+                self.tokens += tokens
+                self.tags += tags
+                return ()
+        done = []
+        for lineno, (text, cols) in enumerate(zip(lines, rows), line):
+            done += self._add_line(lineno, text, cols)
+        return done
+
+    def _add_line(self, lineno: int, line: str, cols: list[str]) -> Iterable[dict]:
         if not cols or cols[0] == "-DOCSTART-":
-            if tokens:
-                yield {"tokens": tokens, "tags": tags, "line": start}
-            tokens, tags, start = [], [], None
-            continue
+            return self.sentence()
         if len(cols) < 2:
-            raise DataError(f"expected at least 2 columns (WORD ... TAG), got {line[:200]!r}", path, lineno)
+            raise DataError(f"expected at least 2 columns (WORD ... TAG), got {line[:200]!r}", self.path, lineno)
         tag = cols[-1]
-        if tag not in valid:
+        if tag not in self.valid:
             if not TAG_RE.match(tag):
                 raise DataError(f"expected a tag like O, B-PER or I-LOC in the last column, got {tag[:100]!r}",
-                                path, lineno)
-            valid.add(tag)
-        if start is None:
-            start = lineno
-        tokens.append(cols[0])
-        tags.append(tag)
-    if tokens:
-        yield {"tokens": tokens, "tags": tags, "line": start}
+                                self.path, lineno)
+            self.valid.add(tag)
+        self.start = lineno if self.start is None else self.start
+        self.tokens.append(cols[0])
+        self.tags.append(tag)
+        return ()
+
+    def sentence(self) -> list[dict]:
+        """The sentence read so far, if any, which a blank line (or the end of the file) completes."""
+        done = [{"tokens": self.tokens, "tags": self.tags, "line": self.start}] if self.tokens else []
+        self.tokens, self.tags, self.start = [], [], None
+        return done
 
 
 def detect_scheme(sentences: Iterable[dict]) -> str:
@@ -83,9 +128,29 @@ def detect_scheme(sentences: Iterable[dict]) -> str:
     return "bioes" if bioes else "iob1" if iob1 else "iob2"
 
 
+_EVIDENCE_AT = re.compile(r"^[ESLUI]", re.M)  # tags, one per line, that may say something of the scheme
+_BIOES_AT = re.compile(r"^[ESLU]", re.M)
+_INSIDE = re.compile(r"^I-", re.M)
+_CONTINUED = re.compile(r"^[BI]-(.+)\n(?=I-\1$)", re.M)  # a tag that the next one continues (B-X I-X, I-X I-X)
+
+
 def _scheme_evidence(tags: Sequence[str]) -> str | None:
     """What one sentence's tags say of the scheme: "bioes" (an E/S/L/U prefix), "iob1" (an entity that starts
-    with I-), or None (nothing: its tags read the same under every scheme, so to_iob2 leaves them as they are)."""
+    with I-), or None (nothing: its tags read the same under every scheme, so to_iob2 leaves them as they are).
+
+    Read over the tags joined one per line, by regular expressions (a million sentences take a second, not
+    four); a tag holding a line break takes the plain loop."""
+    joined = "\n".join(tags)
+    if not _EVIDENCE_AT.search(joined):
+        return None
+    if joined.count("\n") != len(tags) - 1:
+        return _scheme_evidence_loop(tags)
+    if _BIOES_AT.search(joined):
+        return "bioes"
+    return "iob1" if len(_INSIDE.findall(joined)) > len(_CONTINUED.findall(joined)) else None
+
+
+def _scheme_evidence_loop(tags: Sequence[str]) -> str | None:
     found, prev = None, "O"
     for tag in tags:
         if tag[0] in "ESLU":
@@ -353,7 +418,9 @@ class NerTask(Task):
             yield ex
 
     def fit(self, train_examples: Sequence[dict]) -> None:
-        found = {t for s in train_examples for t in s["tags"]}
+        found: set[str] = set()
+        for s in train_examples:
+            found.update(s["tags"])
         self.labels = ["O"] + sorted(found - {"O"}, key=lambda t: (t[2:], t[0]))
 
     def check(self, examples: Sequence[dict], path: str) -> None:
@@ -419,12 +486,10 @@ class NerTask(Task):
             if self._was_cut(s, word_ids, len(enc["input_ids"][i])):
                 cut.append(i)
             feature = {"example_index": i, "input_ids": enc["input_ids"][i], "word_ids": word_ids}
-            if "tags" in s:
-                labels, prev = [], None
-                for w in word_ids:
-                    labels.append(label_id[s["tags"][w]] if w is not None and w != prev else -100)
-                    prev = w
-                feature["labels"] = labels
+            if "tags" in s:  # a word's tag on its first piece; -100 (not trained on) elsewhere
+                tag_ids = [label_id[t] for t in s["tags"]]
+                feature["labels"] = [tag_ids[w] if w is not None and w != prev else -100
+                                     for w, prev in zip(word_ids, [None, *word_ids])]
             features.append(feature)
         if cut:
             line = examples[cut[0]].get("line")
@@ -436,8 +501,9 @@ class NerTask(Task):
 
     def _was_cut(self, sentence: dict, word_ids: Sequence[int | None], length: int) -> bool:
         """Truncation dropped words: the encoding is full and its last word is not the sentence's last."""
-        last = max((w for w in word_ids if w is not None), default=-1)
-        return length >= self.options.max_length and last < len(sentence["tokens"]) - 1
+        if length < self.options.max_length:
+            return False
+        return max((w for w in word_ids if w is not None), default=-1) < len(sentence["tokens"]) - 1
 
     def collate(self, features: Sequence[dict]) -> dict:
         if self.generative:
