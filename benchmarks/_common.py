@@ -7,9 +7,11 @@ orchestrates: it alternates the two systems, collects one JSON result per run an
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import os
 import platform
+import random
 import statistics
 import subprocess
 import sys
@@ -258,6 +260,46 @@ def worker_main(handlers: dict[str, Callable[[dict[str, Any]], dict[str, Any]]])
 # ---- tables ---------------------------------------------------------------------------------------
 def spread(values: Sequence[float]) -> tuple[float, float, float]:
     return min(values), statistics.median(values), max(values)
+
+
+def bootstrap_interval(values: Sequence[float], level: float = 0.95, resamples: int = 4000,
+                       seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of the median (as ``spacy benchmark speed`` reports): with few repeats
+    it is wide, which is the point: a reader sees how far one number can be trusted."""
+    rng = random.Random(seed)
+    medians = sorted(statistics.median(rng.choices(values, k=len(values))) for _ in range(resamples))
+    cut = (1 - level) / 2
+    return medians[int(cut * resamples)], medians[min(resamples - 1, int((1 - cut) * resamples))]
+
+
+def ratio_interval(numerator: Sequence[float], denominator: Sequence[float], level: float = 0.95,
+                   resamples: int = 4000, seed: int = 0) -> tuple[float, float, float]:
+    """(ratio of the medians, low, high): each side resampled on its own, the ratio of the two medians taken
+    per resample."""
+    rng = random.Random(seed)
+    ratios = sorted(statistics.median(rng.choices(numerator, k=len(numerator)))
+                    / statistics.median(rng.choices(denominator, k=len(denominator))) for _ in range(resamples))
+    cut = (1 - level) / 2
+    return (statistics.median(numerator) / statistics.median(denominator), ratios[int(cut * resamples)],
+            ratios[min(resamples - 1, int((1 - cut) * resamples))])
+
+
+def code_version(*paths: str) -> str:
+    """The committed content of ``paths`` (git tree and blob ids, so a commit that touches only docs keeps the
+    key) plus a hash of their uncommitted changes: what a cached benchmark result is keyed by, so a measurement
+    can span sessions and a rerun only fills in what is missing."""
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+        except (OSError, subprocess.CalledProcessError):
+            return ""
+
+    ids = git("rev-parse", *[f"HEAD:{p}" for p in paths]).split() or ["no-git"]
+    h = hashlib.sha256(git("diff", "HEAD", "--", *paths).encode())
+    for name in sorted(git("ls-files", "--others", "--exclude-standard", "--", *paths).split("\n")):
+        if name and (ROOT / name).is_file():
+            h.update(name.encode() + (ROOT / name).read_bytes())
+    return hashlib.sha256(" ".join(ids).encode()).hexdigest()[:12] + "+" + h.hexdigest()[:12]
 
 
 def fmt(value: Any, digits: int = 1) -> str:

@@ -42,6 +42,7 @@ import io
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import threading
@@ -541,22 +542,10 @@ def _hf_translation(spec, tokenizer, raw):
 # ===================================================================================================
 # orchestration
 # ===================================================================================================
-def _git(*args: str) -> str:
-    try:
-        return subprocess.run(["git", *args], cwd=C.ROOT, capture_output=True, check=True).stdout.decode(errors="replace")
-    except (OSError, subprocess.CalledProcessError):
-        return ""
-
-
 def code_version() -> str:
-    """HEAD, plus a hash of the uncommitted changes to nlpkit/, tasks/ and this script (new files included)."""
-    head = _git("rev-parse", "HEAD").strip() or "no-git"
-    paths = ["nlpkit", "tasks", str(SCRIPT.relative_to(C.ROOT))]
-    h = hashlib.sha256(_git("diff", "HEAD", "--", *paths).encode())
-    for name in sorted(_git("ls-files", "--others", "--exclude-standard", "--", *paths).split("\n")):
-        if name and (C.ROOT / name).is_file():
-            h.update(name.encode() + (C.ROOT / name).read_bytes())
-    return f"{head[:12]}+{h.hexdigest()[:12]}"
+    """What the results are keyed by: nlpkit/, tasks/, the benchmark helpers and this script, as committed plus
+    any uncommitted change."""
+    return C.code_version("nlpkit", "tasks", "benchmarks/_common.py", str(SCRIPT.relative_to(C.ROOT)))
 
 
 def _env(side_cache: Path) -> dict[str, str]:
@@ -607,9 +596,10 @@ def hf_run(spec: dict[str, Any], env: dict[str, str], log: Path) -> dict[str, An
     return {**res, **{k: v for k, v in worker.items() if k != "system"}}
 
 
-def result_key(side: str, task: str, rows: int, settings: dict[str, Any], version: str) -> str:
+def result_key(side: str, task: str, rows: int, settings: dict[str, Any], version: str, repeat: int = 0) -> str:
     keep = {k: v for k, v in settings.items() if k not in ("nlpkit_data_keys",)}
-    blob = json.dumps({"side": side, "task": task, "rows": rows, "settings": keep, "code": version}, sort_keys=True)
+    blob = json.dumps({"side": side, "task": task, "rows": rows, "settings": keep, "code": version,
+                       **({"repeat": repeat} if repeat else {})}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
@@ -638,7 +628,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--fresh", action="store_true", help="measure again what the result cache already holds")
     p.add_argument("--json", help="write the results here (default benchmarks/.cache/data_scale/last.json)")
     p.add_argument("--verbose", action="store_true", help="print the tail of every run's log")
+    p.add_argument("--repeats", type=int, default=1,
+                   help="measure each side this many times, the order of the sides alternating from one repeat to "
+                        "the next; tables give medians, and the first-run wall ratio a bootstrap 95%% interval")
     args = p.parse_args(argv)
+    if args.repeats < 1:
+        p.error("--repeats must be >= 1")
     tasks = args.task or ["classification"]
     args.tasks = list(TASKS) if "all" in tasks else list(dict.fromkeys(tasks))
     args.rows = [int(r.replace("_", "")) for r in (args.rows or ("2000" if args.quick else "100000,1000000,5000000")).split(",")]
@@ -691,19 +686,24 @@ def main(argv=None) -> int:
         runs: list[dict[str, Any]] = []
         for rows in args.rows:
             files = data_files(task, rows, pool, dev, settings["source"])
-            for side in args.sides:
-                cached = home() / "results" / f"{result_key(side, task, rows, settings, version)}.json"
-                if cached.exists() and not args.fresh:
-                    pair = json.loads(cached.read_text())
-                    print(f"   {side:>6} {rows:>10,}: measured before with this code and settings ({cached.name})")
-                else:
-                    pair = run_pair(side, task, rows, files[side], settings, args.verbose)
-                    cached.parent.mkdir(parents=True, exist_ok=True)
-                    cached.write_text(json.dumps(pair, indent=2))
-                runs += pair
+            for repeat in range(args.repeats):
+                for side in args.sides if repeat % 2 == 0 else args.sides[::-1]:
+                    cached = home() / "results" / f"{result_key(side, task, rows, settings, version, repeat)}.json"
+                    if cached.exists() and not args.fresh:
+                        pair = json.loads(cached.read_text())
+                        print(f"   {side:>6} {rows:>10,} #{repeat + 1}: measured before with this code and settings "
+                              f"({cached.name})")
+                    else:
+                        pair = run_pair(side, task, rows, files[side], settings, args.verbose)
+                        cached.parent.mkdir(parents=True, exist_ok=True)
+                        cached.write_text(json.dumps(pair, indent=2))
+                    runs += [{**r, "repeat": repeat} for r in pair]
         print()
-        print(table(runs))
-        checks = targets(runs, args.target)
+        summary = medians(runs)
+        print(table(summary))
+        for line in wall_ratios(runs):
+            print(line)
+        checks = targets(summary, args.target)
         print()
         print(C.markdown_table(["target", "measured", "met"], [[c["target"], c["measured"], c["met"]] for c in checks]))
         payload["tasks"][task] = {"data": desc, "settings": settings, "runs": runs, "checks": checks}
@@ -712,11 +712,42 @@ def main(argv=None) -> int:
     return 0
 
 
+def medians(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (rows, side, run): the median of each figure over the repeats, and n."""
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for r in runs:
+        groups.setdefault((r["rows"], r["side"], r["run"]), []).append(r)
+    out = []
+    for (rows, side, run), rs in groups.items():
+        row = {"rows": rows, "side": side, "run": run, "n": len(rs)}
+        for key in rs[0]:
+            values = [r[key] for r in rs if isinstance(r.get(key), (int, float)) and not isinstance(r.get(key), bool)]
+            if key not in row and len(values) == len(rs):
+                row[key] = statistics.median(values)
+        out.append(row)
+    return out
+
+
+def wall_ratios(runs: list[dict[str, Any]]) -> list[str]:
+    """nlpkit's first-run wall time over the HF side's, per row count, with a bootstrap 95% interval."""
+    lines = []
+    for rows in sorted({r["rows"] for r in runs}):
+        walls = {side: [r["wall_s"] for r in runs if r["rows"] == rows and r["side"] == side and r["run"] == "first"]
+                 for side in ("nlpkit", "hf")}
+        if walls["nlpkit"] and walls["hf"]:
+            ratio, lo, hi = C.ratio_interval(walls["nlpkit"], walls["hf"])
+            n = min(len(walls["nlpkit"]), len(walls["hf"]))
+            lines.append(f"first-run wall at {rows:,} rows, nlpkit / HF: {ratio:.3f}x (95% bootstrap interval "
+                         f"{lo:.3f}-{hi:.3f}, n={n} each; nlpkit {', '.join(f'{w:.1f}' for w in walls['nlpkit'])} s; "
+                         f"HF {', '.join(f'{w:.1f}' for w in walls['hf'])} s)")
+    return lines
+
+
 def table(runs: list[dict[str, Any]]) -> str:
-    rows = [[f"{r['rows']:,}", r["side"], r["run"], f"{r['wall_s']:.1f}", C.fmt(r.get("read_s"), 2), C.fmt(r.get("encode_s"), 2),
+    rows = [[f"{r['rows']:,}", r["side"], r["run"], str(r.get("n", 1)), f"{r['wall_s']:.1f}", C.fmt(r.get("read_s"), 2), C.fmt(r.get("encode_s"), 2),
              C.fmt(r.get("startup_s"), 2), f"{r['peak_rss_gb']:.2f}", f"{r['peak_anon_gb']:.2f}",
              f"{r['peak_file_gb']:.2f}", C.fmt(r.get("peak_pss_gb"), 2)] for r in runs]
-    return C.markdown_table(["rows", "side", "run", "wall s", "read s", "encode s", "start-up s", "peak RSS GB",
+    return C.markdown_table(["rows", "side", "run", "n", "wall s", "read s", "encode s", "start-up s", "peak RSS GB",
                              "peak anon GB", "peak file GB", "peak PSS GB"], rows)
 
 
