@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Optional, Sequence
 
 import numpy as np
+import orjson
 
 from .cache import cache_root
 from .config import DataSettings
@@ -84,9 +85,33 @@ def rows_at(rows: Sequence[dict], positions: Sequence[int]) -> list[dict]:
     return [rows[i] for i in positions]
 
 
-#: json.dumps with these settings builds a new encoder on every call; one encoder made once is 2x faster
+#: json.dumps with these settings builds a new encoder on every call; one encoder made once is 2x faster. Examples
+#: keep the standard library's text: the data fingerprint hashes it, and older checkpoints' fingerprints must hold
 _EXAMPLE_JSON = json.JSONEncoder(sort_keys=True, ensure_ascii=False, default=str).encode
-_FEATURE_JSON = json.JSONEncoder(ensure_ascii=False).encode
+
+
+#: dataclasses and dates go to the json module, which refuses them, as before (orjson would write them as dicts/text)
+_ORJSON_OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_DATETIME
+
+
+def _feature_json(feature: Any) -> str:
+    """A feature's stored text: orjson (a feature of int lists in 0.5 us against 7 us for the json module; a
+    million features are encoded on a first run and read back every epoch). Keys that are not strings are
+    written as json writes them; NaN and infinities become null, as in any strict JSON. What orjson refuses
+    (integers beyond 64 bits, other types) goes to the json module, which says what is wrong."""
+    try:
+        return orjson.dumps(feature, option=_ORJSON_OPTIONS).decode()
+    except orjson.JSONEncodeError:
+        return json.dumps(feature, ensure_ascii=False)
+
+
+def _loads(text: str) -> Any:
+    """orjson's reading (2.5x the json module's); text it refuses (NaN, Infinity, which json.dumps writes for
+    such floats in an example) is read by the json module."""
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return json.loads(text)
 
 
 def example_json(example: Any) -> str:
@@ -221,14 +246,14 @@ class ArrowRows(Sequence):
     def __getitem__(self, i: Any) -> Any:
         if isinstance(i, slice):
             return self.subset(range(len(self))[i])
-        return json.loads(self._text(self._row(i)))
+        return _loads(self._text(self._row(i)))
 
     def take(self, positions: Sequence[int]) -> list[dict]:
         """Several rows at once (a training batch)."""
         rows = np.asarray(positions, dtype=np.int64)
         if self.indices is not None:
             rows = self.indices[rows]
-        return [json.loads(t) for t in self._gather(rows)]
+        return [_loads(t) for t in self._gather(rows)]
 
     def _gather(self, rows: np.ndarray) -> list[str]:
         """The JSON texts of table rows ``rows``, chunk by chunk: a take over the whole chunked column would first
@@ -255,7 +280,7 @@ class ArrowRows(Sequence):
 
     def __iter__(self) -> Iterator[dict]:
         for text in self.texts():
-            yield json.loads(text)
+            yield _loads(text)
 
     def subset(self, positions: Iterable[int]) -> "ArrowRows":
         """The rows at ``positions`` (a carved dev split, a sample): an index over the same mapped table."""
@@ -498,7 +523,7 @@ class _Collect(logging.Handler):
 
 
 def _encode_batch(batch: dict, indices: list[int], task: Any) -> dict:
-    examples = [json.loads(t) for t in batch["json"]]
+    examples = [_loads(t) for t in batch["json"]]
     features = task.encode(examples)
     texts, lengths, owners = [], [], []
     for f in features:
@@ -508,7 +533,7 @@ def _encode_batch(batch: dict, indices: list[int], task: Any) -> dict:
                                f"of {len(examples)} examples")
         f = dict(f, example_index=indices[local])
         try:
-            texts.append(_FEATURE_JSON(f))
+            texts.append(_feature_json(f))
         except (TypeError, ValueError) as exc:
             raise PluginError(f"task {task.name!r}: encode gave a feature that is not JSON-serialisable ({exc}); "
                               "features are stored as JSON rows: use lists (tensor.tolist()), not tensors or "
