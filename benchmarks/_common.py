@@ -227,9 +227,9 @@ def run_worker(script: Path, spec: dict[str, Any], label: str, verbose: bool = F
     with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
         spec = {**spec, "result": str(Path(tmp) / "result.json"), "workdir": tmp}
         spec_path = Path(tmp) / "spec.json"
-        spec_path.write_text(json.dumps(spec))
+        start = time.time()  # also the worker's: figures "since launch" (time to a score) count from here
+        spec_path.write_text(json.dumps({**spec, "launch_time": start}))
         env = {**os.environ, **OFFLINE_ENV}
-        start = time.time()
         proc = subprocess.run([sys.executable, str(script), "--worker", str(spec_path)], env=env,
                               stdout=None if verbose else subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         wall = time.time() - start
@@ -240,6 +240,29 @@ def run_worker(script: Path, spec: dict[str, Any], label: str, verbose: bool = F
         result = json.loads(result_path.read_text())
     result["process_wall_s"] = wall
     return result
+
+
+def cached_run(kind: str, code: str, spec: dict[str, Any], repeat: int, run: Callable[[], dict[str, Any]],
+               fresh: bool = False) -> tuple[dict[str, Any], bool]:
+    """(result, came from the cache): one benchmark run's result kept under .cache/KIND/results, keyed by the
+    code version, the run's spec and its repeat number, so a measurement can span sessions and a rerun only
+    fills what is missing."""
+    keep = {k: v for k, v in spec.items() if k not in ("workdir", "result", "launch_time")}
+    key = hashlib.sha256(json.dumps({"code": code, "spec": keep, "repeat": repeat}, sort_keys=True,
+                                    default=str).encode()).hexdigest()[:20]
+    path = CACHE / kind / "results" / f"{key}.json"
+    if path.exists() and not fresh:
+        return json.loads(path.read_text()), True
+    result = run()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2))
+    return result, False
+
+
+def interval_text(values: Sequence[float], digits: int = 1) -> str:
+    """median [low, high] (bootstrap 95%, n)."""
+    lo, hi = bootstrap_interval(values)
+    return f"{statistics.median(values):.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
 
 
 def worker_main(handlers: dict[str, Callable[[dict[str, Any]], dict[str, Any]]]) -> bool:

@@ -26,7 +26,11 @@ With onnx/onnxruntime installed (``nlpkit[onnx]``) a third row runs the checkpoi
 (``nlpkit.load(DIR, runtime="onnxruntime")``), so it differs from the first row by the runtime alone; its entities
 are compared with nlpkit's the same way (``--no-onnx`` leaves it out).
 
-    python benchmarks/predict_throughput.py                 # MiniLM, 2,000 sentences, 3 repeats
+With the bf16 variant (default), the pipeline also runs in bf16 (``dtype=torch.bfloat16``): nlpkit bf16 is
+compared with that, like for like; how many sentences' entities differ from fp32 is printed for both sides.
+Ratios are ratios of the medians over alternating repeats, with a bootstrap 95% interval.
+
+    python benchmarks/predict_throughput.py                 # MiniLM, 2,000 sentences, 5 repeats
     python benchmarks/predict_throughput.py --quick
 """
 from __future__ import annotations
@@ -118,7 +122,7 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help="tiny random BERT, 200 sentences, 1 repeat")
     p.add_argument("--sentences", type=int, default=None, help="default 2000 (200 with --quick)")
     p.add_argument("--batch-size", type=int, default=64, help="both sides (default 64)")
-    p.add_argument("--repeats", type=int, default=None, help="default 3 (1 with --quick)")
+    p.add_argument("--repeats", type=int, default=None, help="default 5 (1 with --quick), the order alternating")
     p.add_argument("--words", choices=["pieces", "conll"], default="pieces")
     p.add_argument("--hf-batch-size", type=int, default=None,
                    help="give the pipeline a different batch size (its own default is 1)")
@@ -139,7 +143,7 @@ def main(argv=None) -> int:
 
         args.onnx = all(importlib.util.find_spec(m) for m in ("onnx", "onnxruntime", "onnxscript"))
     args.sentences = args.sentences or (200 if args.quick else 2000)
-    args.repeats = args.repeats or (1 if args.quick else 3)
+    args.repeats = args.repeats or (1 if args.quick else 5)
     args.train_steps = args.train_steps or (20 if args.quick else 60)
     args.train_sentences = args.train_sentences or (256 if args.quick else 2000)
 
@@ -182,6 +186,11 @@ def main(argv=None) -> int:
         return hf(words, batch_size=hf_bs, is_split_into_words=True)
 
     systems = [("nlpkit", run_nlpkit), ("hf", run_hf)]
+    hf_bf16 = None
+    if "bf16" in args.variants:  # the like-for-like partner of nlpkit's bf16 row: the same pipeline in bf16
+        hf_bf16 = pipeline("token-classification", model=str(hf_dir), tokenizer=str(hf_dir), dtype=torch.bfloat16,
+                           aggregation_strategy="first", device=0 if device == "cuda" else -1)
+        systems.append(("hf_bf16", lambda: hf_bf16(words, batch_size=hf_bs, is_split_into_words=True)))
     # cheaper nlpkit variants, each compared with nlpkit fp32 (agreement) and scored on gold labels
     variants: dict[str, Any] = {}
     for name, load_args in [("bf16", {"precision": "bf16"}), ("int8", {"quantize": "int8"})]:
@@ -198,6 +207,8 @@ def main(argv=None) -> int:
     for v in variants.values():
         v.predict([{"tokens": w} for w in words[:64]], batch_size=args.batch_size)
     hf(words[:64], batch_size=hf_bs, is_split_into_words=True)
+    if hf_bf16 is not None:
+        hf_bf16(words[:64], batch_size=hf_bs, is_split_into_words=True)
 
     timings: dict[str, list[float]] = {name: [] for name, _ in systems}
     outputs: dict[str, Any] = {}
@@ -228,21 +239,30 @@ def main(argv=None) -> int:
           statistics.median(timings["hf"]) * n_tokens / len(words)]]
         + [[f"nlpkit.load(DIR, {VARIANT_ARGS[n]}).predict", statistics.median(timings[n]), min(timings[n]),
             max(timings[n]), statistics.median(timings[n]) * n_tokens / len(words)] for n in variants]
+        + ([['transformers.pipeline(dtype=torch.bfloat16)', statistics.median(timings["hf_bf16"]),
+             min(timings["hf_bf16"]), max(timings["hf_bf16"]),
+             statistics.median(timings["hf_bf16"]) * n_tokens / len(words)]] if hf_bf16 is not None else [])
         + ([['nlpkit.load(DIR, runtime="onnxruntime").predict', statistics.median(timings["onnxruntime"]),
              min(timings["onnxruntime"]), max(timings["onnxruntime"]),
              statistics.median(timings["onnxruntime"]) * n_tokens / len(words)]] if args.onnx else [])))
-    rows = [["nlpkit fp32 / HF pipeline", *(f"{x:.2f}x" for x in C.spread(ratios))]]
+    def ratio(a: str, b: str) -> list[str]:
+        r, lo, hi = C.ratio_interval(timings[a], timings[b])
+        return [f"{r:.2f}x", f"{lo:.2f}-{hi:.2f}"]
+
+    rows = [["nlpkit fp32 / HF pipeline fp32 (like for like)", *ratio("nlpkit", "hf")]]
     for n in variants:
-        rows.append([f"nlpkit {n} / HF pipeline",
-                     *(f"{x:.2f}x" for x in C.spread([a / b for a, b in zip(timings[n], timings["hf"])]))])
-        rows.append([f"nlpkit {n} / nlpkit fp32",
-                     *(f"{x:.2f}x" for x in C.spread([a / b for a, b in zip(timings[n], timings["nlpkit"])]))])
+        if n == "bf16" and hf_bf16 is not None:
+            rows.append(["nlpkit bf16 / HF pipeline bf16 (like for like)", *ratio("bf16", "hf_bf16")])
+        rows.append([f"nlpkit {n} / HF pipeline fp32 (not like for like)", *ratio(n, "hf")])
+        rows.append([f"nlpkit {n} / nlpkit fp32", *ratio(n, "nlpkit")])
+    if hf_bf16 is not None:
+        rows.append(["HF pipeline bf16 / HF pipeline fp32", *ratio("hf_bf16", "hf")])
     if args.onnx:
-        for base, label in (("hf", "HF pipeline"), ("nlpkit", "nlpkit fp32")):
-            rows.append([f"nlpkit onnxruntime / {label}", *(f"{x:.2f}x" for x in C.spread(
-                [a / b for a, b in zip(timings["onnxruntime"], timings[base])]))])
+        for base, label in (("hf", "HF pipeline fp32"), ("nlpkit", "nlpkit fp32")):
+            rows.append([f"nlpkit onnxruntime / {label} (runtime against runtime)", *ratio("onnxruntime", base)])
     print()
-    print(C.markdown_table(["sentences/s ratio (per repeat)", "min", "median", "max"], rows))
+    print(f"sentences/s ratios: ratio of the medians, bootstrap 95% interval, n={args.repeats} repeats each")
+    print(C.markdown_table(["sentences/s ratio", "median", "95% CI"], rows))
     print()
     print(f"outputs: {result['identical']}/{result['sentences']} sentences with identical entity lists "
           f"(type, start, end); entities nlpkit {result['entities_nlpkit']}, HF {result['entities_hf']}; "
@@ -270,6 +290,11 @@ def main(argv=None) -> int:
             table.append([n, f"{same['identical']}/{same['sentences']}", f"{same['max_score_diff']:.2e}", f1[n]])
             result[n] = {**same, "f1": f1[n]}
         result["f1_fp32"] = f1["fp32"]
+        if hf_bf16 is not None:
+            same = compare(hf_entities(outputs["hf"]), hf_entities(outputs["hf_bf16"]), words, args.tolerance)
+            table.append(["HF pipeline bf16 (against HF fp32)", f"{same['identical']}/{same['sentences']}",
+                          f"{same['max_score_diff']:.2e}", "-"])
+            result["hf_bf16"] = same
         print(C.markdown_table(["nlpkit precision", "sentences with the same entities as fp32",
                                 "largest score difference", "entity F1"], table))
     C.save_json(args.json, {"device": info, "args": vars(args), "timings": timings, "ratios": ratios,
@@ -282,15 +307,20 @@ def onnx_runner(ckpt: Path, words: list[list[str]], batch_size: int):
     run by onnxruntime under nlpkit's own encoding, batching and decoding: the row shows what the runtime alone
     changes."""
     import os
+    import tempfile
 
     import torch
 
     import nlpkit
 
-    os.environ.setdefault("NLPKIT_CACHE", str(C.CACHE / "nlpkit-cache"))
+    # an empty cache, so the export (done once per checkpoint, then read from the cache) is measured; it is not
+    # part of the timed predictions
+    os.environ["NLPKIT_CACHE"] = tempfile.mkdtemp(prefix="onnx-", dir=C.CACHE)
+    t0 = time.perf_counter()
     pipe = nlpkit.load(ckpt, runtime="onnxruntime")
     print(f"onnx: {pipe._runner.folders[pipe.task().name] / 'model.onnx'} (onnxruntime, {torch.get_num_threads()} "
-          "threads)")
+          f"threads); export, check and session start took {time.perf_counter() - t0:.1f} s, once per checkpoint "
+          "(later loads read the cache), not timed below")
     items = [{"tokens": w} for w in words]
     pipe.predict(items[:64], batch_size=batch_size)  # warm-up
     return lambda: pipe.predict(items, batch_size=batch_size)

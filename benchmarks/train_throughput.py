@@ -9,21 +9,31 @@ clipping at 1.0), precision and number of optimizer steps. The Hugging Face side
 word, DataCollatorForTokenClassification (dynamic padding), the Trainer with its default optimizer, and
 seqeval on words for the dev score. nlpkit runs through its Python API (``nlpkit.train``).
 
-Runs alternate (nlpkit, HF, then HF, nlpkit, ...) and each one is a fresh process, so peak RSS is per
-run and slow phases of a shared machine hit both sides alike. Throughput counts only the optimizer steps
-(from the end of step 1 to the end of the last step, measured by the same meter on both sides:
-start-up, tokenisation, the first step, evaluation and saving are excluded); tokens are real tokens
-(attention mask), never padding. Besides wall time the meter records the process's CPU seconds over
-the same window: on a machine shared with other jobs, samples per CPU-second moves far less than
-samples per second, so both ratios are printed.
+Runs alternate (nlpkit, HF, then HF, nlpkit, ...), 5 repeats by default, and each one is a fresh process,
+so peak RSS is per run and slow phases of a shared machine hit both sides alike. Two timings per run:
+- the whole process, launch to exit: start-up, tokenisation, the training, one evaluation and one save
+  (nlpkit writes its checkpoint, the HF side ``save_model``); the headline figure;
+- the training steps alone, from the end of step 1 to the end of the last step, by the same meter on both
+  sides (tokens are real tokens, never padding), with the process's CPU seconds over the same window.
+Medians come with a bootstrap 95% interval over the repeats, and the ratios with theirs. The default
+setting is like for like: both bf16, both length-grouped batches (nlpkit's grouping, the Trainer's
+``group_by_length``); ``--setting defaults`` runs each side as it comes instead. ``--eval-every N`` adds the
+time to a score: both sides evaluate (and write a checkpoint) every N steps, and each run's time from launch
+to the first evaluation at or above a common target (the lower of the sides' median final scores).
+Every run's result is cached under the code version and its settings (benchmarks/.cache/train_throughput):
+a rerun only measures what is missing.
 
-    python benchmarks/train_throughput.py                      # MiniLM, CoNLL-2003 slice, 3 repeats
-    python benchmarks/train_throughput.py --quick              # tiny BERT, seconds: checks the plumbing
+    python benchmarks/train_throughput.py                      # MiniLM, CoNLL-2003 slice, like for like, 5 repeats
     python benchmarks/train_throughput.py --task classification
+    python benchmarks/train_throughput.py --setting defaults   # each side at its defaults
+    python benchmarks/train_throughput.py --steps 126 --lr 1e-4 --eval-every 16   # time to a score, 2 epochs
+    python benchmarks/train_throughput.py --quick              # tiny BERT, seconds: checks the plumbing
 """
 from __future__ import annotations
 
 import argparse
+import json
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -60,7 +70,7 @@ def nlpkit_worker(spec: dict[str, Any]) -> dict[str, Any]:
             "max_steps": steps, "batch_size": spec["batch_size"], "eval_batch_size": spec["eval_batch_size"],
             "lr": spec["lr"], "weight_decay": 0.01, "warmup_ratio": spec["warmup_steps"] / steps,
             "scheduler": "linear", "max_grad_norm": 1.0, "seed": spec["seed"], "precision": spec["precision"],
-            "eval_every": steps, "log_every": steps, "progress": False,
+            "eval_every": spec.get("eval_every") or steps, "log_every": steps, "progress": False,
             "group_by_length": spec["nlpkit_group"], "compile": spec["nlpkit_compile"],
             "fast_dropout": spec.get("nlpkit_fast_dropout", True), "heap_reuse": spec.get("nlpkit_heap_reuse", True),
         },
@@ -74,7 +84,12 @@ def nlpkit_worker(spec: dict[str, Any]) -> dict[str, Any]:
     measured = meter.result() if meter else {}
     if not measured:  # the trainer changed shape: fall back to nlpkit's own all-steps figures
         measured = {"samples_per_s": m["train_samples_per_s"], "tokens_per_s": m["train_tokens_per_s"]}
-    return {"system": "nlpkit", **measured, **own,
+    curve = []  # (seconds since the process was launched, step, dev score) at every evaluation
+    for line in (Path(config["output_dir"]) / "log.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        if "eval" in record and entry["type"] in record["eval"]:
+            curve.append([record["time"] - spec["launch_time"], record["step"], record["eval"][entry["type"]][metric]])
+    return {"system": "nlpkit", **measured, **own, "curve": curve,
             "dev_score": scores.get(metric, scores.get(nlpkit.get_task_class(entry["type"]).main_score)),
             "metric": metric, "steps": m["steps"], "precision": m["precision"]}
 
@@ -136,10 +151,16 @@ def hf_worker(spec: dict[str, Any]) -> dict[str, Any]:
         model, train_ds, dev_ds, collator, compute_metrics, metric = _hf_classification(spec, tokenizer)
 
     meter = C.StepMeter(spec["steps"])
+    curve = []  # (seconds since the process was launched, step, dev score) at every evaluation
+    every = spec.get("eval_every")
 
     class Meter(TrainerCallback):
         def on_optimizer_step(self, args, state, control, **kwargs):
             meter.step_done()
+
+        def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+            if every and metrics and f"eval_{metric}" in metrics:
+                curve.append([time.time() - spec["launch_time"], state.global_step, float(metrics[f"eval_{metric}"])])
 
     class CountingTrainer(Trainer):
         """Counts the samples and real (unpadded) tokens the training steps see; nothing else changes."""
@@ -166,8 +187,12 @@ def hf_worker(spec: dict[str, Any]) -> dict[str, Any]:
         use_cpu=not cuda,
         train_sampling_strategy=spec["hf_sampling"],
         torch_compile=spec["hf_compile"],
-        eval_strategy="no",
-        save_strategy="no",
+        # with an evaluation schedule, a checkpoint at each evaluation (nlpkit writes one at each too); without,
+        # one evaluation and one save at the end, as nlpkit does
+        eval_strategy="steps" if every else "no",
+        eval_steps=every,
+        save_strategy="steps" if every else "no",
+        save_steps=every,
         logging_strategy="no",
         report_to="none",
         disable_tqdm=True,
@@ -177,7 +202,9 @@ def hf_worker(spec: dict[str, Any]) -> dict[str, Any]:
                               callbacks=[Meter()])
     out = trainer.train()
     scores = trainer.evaluate()
-    return {"system": "hf", **meter.result(),
+    if not every:
+        trainer.save_model()
+    return {"system": "hf", **meter.result(), "curve": curve,
             "dev_score": float(scores[f"eval_{metric}"]), "metric": metric, "steps": out.global_step,
             "hf_reported_samples_per_s": out.metrics.get("train_samples_per_second"),
             "attn_implementation": getattr(model.config, "_attn_implementation", None),
@@ -279,7 +306,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--backbone", default="minilm", help="alias (minilm) or local model folder (default: minilm)")
     p.add_argument("--quick", action="store_true",
                    help="tiny random 2-layer BERT, 256/128 sentences, 8 steps, 1 repeat: checks the plumbing in seconds")
-    p.add_argument("--repeats", type=int, default=None, help="runs per system (default 3; 1 with --quick)")
+    p.add_argument("--repeats", type=int, default=None,
+                   help="runs per system, the order alternating (default 5; 1 with --quick)")
+    p.add_argument("--eval-every", type=int, default=None,
+                   help="evaluate every N steps on both sides (each evaluation also writes a checkpoint on both) and "
+                        "report the time to a score: the seconds from launch until a run's dev score first reaches "
+                        "the lower of the two sides' median final scores")
+    p.add_argument("--fresh", action="store_true", help="measure again what the result cache holds for this code")
     p.add_argument("--steps", type=int, default=None,
                    help="optimizer steps per run (default: one epoch of the training slice)")
     p.add_argument("--batch-size", type=int, default=None, help="default 32 (16 with --quick)")
@@ -303,10 +336,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="instead of HF, run nlpkit against nlpkit with one setting changed, e.g. "
                         "nlpkit_optimizer=foreach, nlpkit_compile=true, nlpkit_group=false, nlpkit_attention=eager, "
                         "precision=bf16")
-    p.add_argument("--setting", choices=["defaults", "best"],
-                   help="defaults: each side as it comes (nlpkit precision auto, which is bf16 on a CPU with native "
-                        "bf16; HF fp32, random batches); best: both bf16, HF group_by_length (overrides --precision "
-                        "and --hf-sampling)")
+    p.add_argument("--setting", choices=["like-for-like", "defaults", "best", "custom"], default="like-for-like",
+                   help="like-for-like (default; 'best' is the old name): both sides bf16 and length-grouped batches "
+                        "(nlpkit's grouping, the Trainer's group_by_length); defaults: each side as it comes (nlpkit "
+                        "precision auto, which is bf16 on a CPU with native bf16; HF fp32, random batches); custom: "
+                        "--precision and --hf-sampling as given")
     p.add_argument("--only", choices=["nlpkit", "hf"], help="run one side only (profiling)")
     p.add_argument("--data-root", help="folder with conll2003/ and sst2/ (default: ../shared/benchmarks)")
     p.add_argument("--json", help="write every run's raw result here")
@@ -315,15 +349,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.ab and args.ab.partition("=")[0].replace("-", "_") not in AB_KEYS:
         p.error(f"--ab {args.ab}: KEY must be one of {', '.join(AB_KEYS)}")
     q = args.quick
-    defaults = dict(repeats=1 if q else 3, batch_size=16 if q else 32, lr=1e-3 if q else 5e-4,
+    defaults = dict(repeats=1 if q else 5, batch_size=16 if q else 32, lr=1e-3 if q else 5e-4,
                     train_sentences=256 if q else 2000, dev_sentences=128 if q else 500)
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
     if args.setting == "defaults":  # nlpkit's own "auto" (bf16 on a CPU with native bf16); HF's default fp32
         args.hf_sampling = "random"
-    elif args.setting == "best":
-        args.precision, args.hf_sampling = "bf16", "group_by_length"
+    elif args.setting in ("best", "like-for-like"):
+        args.setting = "like-for-like"
+        args.precision, args.hf_sampling, args.nlpkit_no_group = "bf16", "group_by_length", False
     if args.steps is None:  # one epoch of the slice: both sides then train on exactly the same sentences
         args.steps = -(-args.train_sentences // args.batch_size)
     return args
@@ -356,7 +391,7 @@ def run_variant(task: str, args: argparse.Namespace, backbone: str, precision: s
             "seed": args.seed, "precision": precision, "hf_precision": hf_precision,
             "hf_sampling": args.hf_sampling, "hf_compile": args.hf_compile,
             "nlpkit_group": not args.nlpkit_no_group, "nlpkit_compile": args.nlpkit_compile,
-            "nlpkit_optimizer": args.nlpkit_optimizer, "nlpkit_attention": "sdpa"}
+            "nlpkit_optimizer": args.nlpkit_optimizer, "nlpkit_attention": "sdpa", "eval_every": args.eval_every}
     print(f"\n== {task}: {data_desc}")
     print(f"   {args.steps} steps x batch {args.batch_size}, max length {args.max_length}, AdamW lr {args.lr:g} "
           f"(weight decay 0.01, linear schedule, {spec['warmup_steps']} warm-up steps, clip 1.0), "
@@ -366,19 +401,28 @@ def run_variant(task: str, args: argparse.Namespace, backbone: str, precision: s
           flush=True)
     contenders = contenders_for(args)
     runs: dict[str, list[dict[str, Any]]] = {label: [] for label, _, _ in contenders}
+    code = C.code_version("nlpkit", "tasks", "benchmarks/_common.py", str(SCRIPT.relative_to(C.ROOT)))
+    print(f"   code {code}; results cached under {C.CACHE / 'train_throughput'} (--fresh measures again)")
     for r in range(args.repeats):
         order = contenders if r % 2 == 0 else contenders[::-1]
         for label, system, overrides in order:
             t0 = time.time()
-            res = C.run_worker(SCRIPT, {**spec, **overrides, "system": system}, f"{label} {task}", args.verbose)
+            run_spec = {**spec, **overrides, "system": system}
+            res, cached = C.cached_run("train_throughput", code, run_spec, r,
+                                       lambda: C.run_worker(SCRIPT, run_spec, f"{label} {task}", args.verbose),
+                                       args.fresh)
             res["repeat"] = r + 1
             runs[label].append(res)
             print(f"   repeat {r + 1} {label:>12}: {res['samples_per_s']:8.1f} samples/s {res['tokens_per_s']:9.0f} tokens/s "
                   f"{res.get('samples_per_cpu_s', float('nan')):7.1f} samples/CPU-s  "
                   f"dev {res['metric']} {res['dev_score']:6.2f}  peak RSS {res['peak_rss_mb']:6.0f} MB  "
                   f"{res.get('precision', '?')}  "
-                  f"({time.time() - t0:.0f} s)", flush=True)
+                  f"process {res['process_wall_s']:.1f} s" + (" (cached)" if cached else f" ({time.time() - t0:.0f} s)"),
+                  flush=True)
     print_tables(runs)
+    print_intervals(runs)
+    if args.eval_every:
+        print_time_to_score(runs)
     return {"spec": spec, "runs": runs}
 
 
@@ -437,6 +481,53 @@ def print_tables(runs: dict[str, list[dict[str, Any]]]) -> None:
              ["samples/CPU-s ratio", *(f"{v:.2f}x" for v in ratio_c)],
              ["peak RSS ratio", *(f"{v:.2f}x" for v in ratio_m)],
              [f"dev {metric} difference (points)", *(f"{v:+.2f}" for v in diff)]]))
+
+
+def print_intervals(runs: dict[str, list[dict[str, Any]]]) -> None:
+    """Medians with bootstrap 95% intervals over the repeats, and the ratios' intervals: whole process (launch to
+    exit: start-up, tokenising, training, the evaluation and the save) and the training steps alone."""
+    rows = [[label, len(rs), C.interval_text([r["process_wall_s"] for r in rs]),
+             C.interval_text([r["samples_per_s"] for r in rs])] for label, rs in runs.items()]
+    print()
+    print(C.markdown_table(["side", "n", "process wall s, median [95% CI]", "steps' samples/s, median [95% CI]"], rows))
+    if len(runs) == 2:
+        (a_label, a), (b_label, b) = runs.items()
+        wall = C.ratio_interval([r["process_wall_s"] for r in b], [r["process_wall_s"] for r in a])
+        steps = C.ratio_interval([r["samples_per_s"] for r in a], [r["samples_per_s"] for r in b])
+        print()
+        print(f"whole process: {a_label} is {wall[0]:.2f}x as fast as {b_label} ({b_label}'s wall / {a_label}'s, "
+              f"95% CI {wall[1]:.2f}-{wall[2]:.2f}, n={min(len(a), len(b))} each)")
+        print(f"training steps only: {steps[0]:.2f}x the samples/s (95% CI {steps[1]:.2f}-{steps[2]:.2f})")
+
+
+def time_to(curve: list[list[float]], target: float) -> float | None:
+    """Seconds from launch until the dev score first reached ``target`` (None: never)."""
+    return next((t for t, _, score in curve if score >= target - 1e-9), None)
+
+
+def print_time_to_score(runs: dict[str, list[dict[str, Any]]]) -> None:
+    finals = {label: statistics.median(r["curve"][-1][2] for r in rs if r.get("curve"))
+              for label, rs in runs.items() if any(r.get("curve") for r in rs)}
+    if len(finals) < 2:
+        print("\n(time to a score: no evaluation curve on one side)")
+        return
+    target = min(finals.values())
+    print(f"\ntime to a score: target {target:.2f} = the lower of the sides' median final dev scores "
+          f"({', '.join(f'{k} {v:.2f}' for k, v in finals.items())})")
+    rows, times = [], {}
+    for label, rs in runs.items():
+        reached = [time_to(r["curve"], target) for r in rs]
+        times[label] = [t for t in reached if t is not None]
+        rows.append([label, f"{sum(t is not None for t in reached)}/{len(rs)}",
+                     C.interval_text(times[label]) if times[label] else "never",
+                     " ".join(f"{r['curve'][-1][2]:.2f}" for r in rs),
+                     "; ".join(",".join(f"{score:.1f}@{t:.0f}s" for t, _, score in r["curve"]) for r in rs[:1])])
+    print(C.markdown_table(["side", "reached", "seconds to target, median [95% CI]", "final scores",
+                            "curve of repeat 1 (score@seconds)"], rows))
+    (a_label, a), (b_label, b) = times.items()
+    if a and b:
+        ratio = C.ratio_interval(b, a)
+        print(f"{a_label} reached it {ratio[0]:.2f}x as fast as {b_label} (95% CI {ratio[1]:.2f}-{ratio[2]:.2f})")
 
 
 def main(argv=None) -> int:
