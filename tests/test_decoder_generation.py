@@ -114,12 +114,72 @@ def test_the_loss_is_transformers_causal_lm_loss_with_the_prompt_masked(kind):
     assert not torch.allclose(ours, everything, atol=1e-3)  # the prompt is really left out
 
 
-def test_label_smoothing_reaches_the_loss():
-    backbone = backbone_of("llama")
-    batch = task_on(backbone).collate(task_on(backbone).encode(examples()))
-    plain = task_on(backbone).build_head(backbone)(backbone, batch)["loss"]
-    smooth = task_on(backbone, label_smoothing=0.1).build_head(backbone)(backbone, batch)["loss"]
-    assert not torch.isclose(plain, smooth)
+def smoothed_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, eps: float) -> float:
+    """The label-smoothed loss written out (float64), independent of F.cross_entropy: per position
+    (1 - eps) * -log p(target) + eps * mean over the vocabulary of -log p(c); the mean over the positions whose
+    target is not -100."""
+    logits, targets = logits.detach().double().reshape(-1, logits.size(-1)), targets.reshape(-1)
+    total, n = 0.0, 0
+    for row, y in zip(logits, targets.tolist()):
+        if y == -100:
+            continue
+        logp = row - torch.logsumexp(row, 0)
+        total += float((1 - eps) * -logp[y] + eps * -logp.mean())
+        n += 1
+    assert n > 0
+    return total / n
+
+
+def test_label_smoothing_value_of_the_causal_loss_on_fixed_logits():
+    """target_loss on hand-made logits (the projection is the identity): the closed form over the positions whose
+    next token is a target; the prompt and padding positions (-100) count neither in the sum nor in the mean."""
+    from types import SimpleNamespace
+
+    from nlpkit.heads.causal_sft import target_loss
+
+    torch.manual_seed(3)
+    vocab = 7
+    hidden = torch.randn(2, 6, vocab) * 3
+    marks = torch.tensor([[-100, -100, 4, 1, 6, -100],  # prompt, a 3-token target, padding
+                          [-100, -100, -100, -100, 2, 0]])
+    identity = SimpleNamespace(lm_logits=lambda h: h)
+    # position t predicts marks[t + 1]: each position's target is the next mark (the last position predicts nothing)
+    shifted = torch.cat([marks[:, 1:], torch.full((2, 1), -100)], 1)
+    assert int((shifted != -100).sum()) == 5
+    for eps in (0.0, 0.1, 0.3):
+        got = float(target_loss(identity, hidden, marks, label_smoothing=eps))
+        assert got == pytest.approx(smoothed_cross_entropy(hidden, shifted, eps), rel=1e-6, abs=1e-6), eps
+    # smoothing changes the value (the closed form above says by how much)
+    plain = float(target_loss(identity, hidden, marks))
+    assert float(target_loss(identity, hidden, marks, label_smoothing=0.1)) != pytest.approx(plain, rel=1e-3)
+    # the logits at ignored positions do not matter at all
+    changed = hidden.clone()
+    changed[0, 0] += 50  # predicts marks[0, 1] = -100
+    changed[1, :3] -= 20  # predict -100 targets
+    changed[:, -1] += 9  # the last position predicts nothing
+    assert float(target_loss(identity, changed, marks, label_smoothing=0.1)) == pytest.approx(
+        float(target_loss(identity, hidden, marks, label_smoothing=0.1)), abs=1e-6)
+
+
+def test_label_smoothing_value_of_the_seq2seq_loss():
+    """The encoder-decoder head (a from-scratch mini encoder and its built decoder): the loss it returns equals the
+    closed form over its own logits and the batch's labels, padding labels (-100) left out."""
+    from nlpkit.heads.seq2seq import Seq2SeqHead
+
+    pairs = PAIRS + [("the cat", "die Katze schläft heute nicht im großen Haus")]  # ragged: -100 padding
+    backbone = Backbone.create("mini", [x for p in pairs for x in p] * 5, vocab_size=300)
+    backbone.eval()
+    for eps in (0.0, 0.2):
+        task = task_on(backbone, label_smoothing=eps)
+        batch = task.collate(task.encode(examples(pairs)))
+        assert (batch["labels"] == -100).any()
+        head = task.build_head(backbone)
+        assert isinstance(head, Seq2SeqHead) and head.label_smoothing == eps
+        head.eval()
+        with torch.no_grad():
+            out = head(backbone, batch)
+        assert float(out["loss"]) == pytest.approx(smoothed_cross_entropy(out["logits"], batch["labels"], eps),
+                                                   rel=1e-5)
 
 
 def test_targets_are_the_text_tokens_then_eos_without_bos():

@@ -406,9 +406,28 @@ def test_accelerate_builds_the_engine_and_nlpkit_fits_it_to_its_loop(name, monke
 
 
 def test_plain_ddp_is_accepted():
+    """DDP (and FSDP, CPU, one process) keep nlpkit's own gradient accumulation: check_engine leaves their
+    Accelerator alone. The same settings on DeepSpeed are refused, and on ZeRO-3 the config is filled in."""
     from nlpkit.distributed import check_engine
 
-    check_engine(SimpleNamespace(distributed_type="DistributedType.MULTI_GPU", num_processes=2), 32, 4, 1.0)
+    def accelerator(kind: str) -> SimpleNamespace:
+        plugin = SimpleNamespace(zero_stage=3, deepspeed_config={"gradient_accumulation_steps": "auto"})
+        return SimpleNamespace(distributed_type=f"DistributedType.{kind}", num_processes=2,
+                               state=SimpleNamespace(deepspeed_plugin=plugin))
+
+    for kind in ("MULTI_GPU", "MULTI_CPU", "FSDP", "NO"):
+        acc = accelerator(kind)
+        assert check_engine(acc, 32, 4, 1.0) is None
+        # nothing read or written: a DeepSpeed config that happens to be there stays as it was
+        assert acc.state.deepspeed_plugin.deepspeed_config == {"gradient_accumulation_steps": "auto"}, kind
+
+    deepspeed = accelerator("DEEPSPEED")
+    with pytest.raises(ConfigError, match="grad_accum=1"):  # accumulation 4 is what DDP just accepted
+        check_engine(deepspeed, 32, 4, 1.0)
+    assert check_engine(deepspeed, 32, 1, 0.5) is None
+    assert deepspeed.state.deepspeed_plugin.deepspeed_config == {
+        "gradient_accumulation_steps": "auto", "train_micro_batch_size_per_gpu": 16, "gradient_clipping": 0.5,
+        "zero_optimization": {"stage3_gather_16bit_weights_on_model_save": True}}
 
 
 # ---- dropout, for runs that must be deterministic given the data order ----------------------------
