@@ -3,7 +3,8 @@
 The case format is described in tests/bad_inputs/README.md. Each case gets a fresh folder (with a copy of
 a tiny trained run when it asks for one), its files, its stdin, a time limit, and the checks: nothing but
 SystemExit escapes ``main``, the exit code (2 unless the case says otherwise), the expected stderr text,
-and byte-identical ``unchanged`` paths. A last test prints the tally over all cases.
+the expected standard output (text, number of lines) and written files, and byte-identical ``unchanged`` paths.
+A case that expects success must check at least one of its results. A last test prints the tally over all cases.
 """
 from __future__ import annotations
 
@@ -26,6 +27,8 @@ from conftest import benchmark_dir, tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
 CASES_DIR = Path(__file__).parent / "bad_inputs"
+#: the keys that check what a case produced (a success must have one; tests/bad_inputs/README.md)
+RESULT_CHECKS = ("expect", "stdout", "stdout_lines", "produced")
 DEFAULT_TIMEOUT = 60
 MIN_CASES = 100
 
@@ -39,6 +42,9 @@ def _load_cases() -> list[dict[str, Any]]:
         for entry in entries:
             assert isinstance(entry, dict) and "id" in entry and "argv" in entry, f"{path}: bad case {entry!r}"
             assert entry["id"] not in seen, f"{path}: case id {entry['id']!r} also in {seen[entry['id']]}"
+            assert entry.get("exit", 2) != 0 or any(k in entry for k in RESULT_CHECKS), (
+                f"{path}: case {entry['id']!r} expects success but checks nothing of the result: give it one of "
+                f"{', '.join(RESULT_CHECKS)}")
             seen[entry["id"]] = path.name
             cases.append({**entry, "_file": path.name})
     return cases
@@ -229,10 +235,31 @@ def _check(case: dict[str, Any], result: dict[str, Any], before: dict[str, Any],
     expect = case.get("expect")
     if expect is not None and _fill(str(expect), tmp).lower() not in result["stderr"].lower():
         problems.append(f"stderr lacks {expect!r}")
+    for text in _texts(case.get("stdout")):
+        if _fill(text, tmp).lower() not in result["stdout"].lower():
+            problems.append(f"stdout lacks {text!r}")
+    if "stdout_lines" in case:
+        lines = [line for line in result["stdout"].splitlines() if line.strip()]
+        if len(lines) != int(case["stdout_lines"]):
+            problems.append(f"stdout has {len(lines)} non-empty lines, expected {case['stdout_lines']}")
+    for rel, wanted in (case.get("produced") or {}).items():
+        path = tmp / _fill(rel, tmp)
+        if not path.is_file():
+            problems.append(f"{rel} was not written")
+            continue
+        content = path.read_text(encoding="utf-8", errors="replace")
+        problems += [f"{rel} lacks {text!r}" for text in _texts(wanted) if _fill(text, tmp) not in content]
     for rel, snap in before.items():
         if _snapshot(tmp / rel) != snap:
             problems.append(f"{rel} changed (it must stay unchanged)")
     return problems
+
+
+def _texts(spec: Any) -> list[str]:
+    """A check's texts: one string or a list of them."""
+    if spec is None:
+        return []
+    return [str(t) for t in spec] if isinstance(spec, list) else [str(spec)]
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c["id"] for c in CASES])
