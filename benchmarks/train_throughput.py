@@ -201,11 +201,14 @@ def hf_worker(spec: dict[str, Any]) -> dict[str, Any]:
                               processing_class=tokenizer, data_collator=collator, compute_metrics=compute_metrics,
                               callbacks=[Meter()])
     out = trainer.train()
-    scores = trainer.evaluate()
+    if every and curve and curve[-1][1] == out.global_step:  # the schedule evaluated the last step already
+        final = curve[-1][2]
+    else:
+        final = float(trainer.evaluate()[f"eval_{metric}"])
     if not every:
         trainer.save_model()
     return {"system": "hf", **meter.result(), "curve": curve,
-            "dev_score": float(scores[f"eval_{metric}"]), "metric": metric, "steps": out.global_step,
+            "dev_score": final, "metric": metric, "steps": out.global_step,
             "hf_reported_samples_per_s": out.metrics.get("train_samples_per_second"),
             "attn_implementation": getattr(model.config, "_attn_implementation", None),
             "optimizer": type(trainer.optimizer.optimizer if hasattr(trainer.optimizer, "optimizer")
@@ -383,8 +386,8 @@ def run_variant(task: str, args: argparse.Namespace, backbone: str, precision: s
                      "valid sentences (dev F1: seqeval default mode, on words)")
     else:
         files = C.sst2_slices(root, args.train_sentences, args.dev_sentences)
-        data_desc = (f"SST-2 train.tsv: first {args.train_sentences} rows to train, last {args.dev_sentences} "
-                     "rows as dev (accuracy)")
+        data_desc = (f"SST-2 train.tsv: {args.dev_sentences} rows of whole sentence groups as dev (no phrase of a "
+                     f"training sentence), the first {args.train_sentences} rows of the rest to train (accuracy)")
     spec = {"task": task, "backbone": backbone, "train": str(files["train"]), "dev": str(files["dev"]),
             "steps": args.steps, "batch_size": args.batch_size, "eval_batch_size": args.eval_batch_size,
             "max_length": args.max_length, "lr": args.lr, "warmup_steps": int(args.warmup_ratio * args.steps),
