@@ -216,6 +216,14 @@ def hf_worker(spec: dict[str, Any]) -> dict[str, Any]:
             "precision": spec["hf_precision"], "np": np.__version__}
 
 
+def _head_init(model, spec) -> None:
+    """--hf-head-init torch: the new classifier layer drawn as torch.nn.Linear draws it (uniform weights and bias,
+    nlpkit's heads) instead of transformers' normal(0, initializer_range) with a zero bias: one suspect, isolated,
+    for the dev-score gap between the two sides."""
+    if spec.get("hf_head_init", "hf") == "torch":
+        model.classifier.reset_parameters()
+
+
 def _hf_ner(spec, tokenizer):
     import numpy as np
     from datasets import Dataset
@@ -229,6 +237,7 @@ def _hf_ner(spec, tokenizer):
     config = AutoConfig.from_pretrained(spec["backbone"], num_labels=len(label_list), finetuning_task="ner",
                                         id2label=dict(enumerate(label_list)), label2id=label_to_id)
     model = AutoModelForTokenClassification.from_pretrained(spec["backbone"], config=config)
+    _head_init(model, spec)
 
     def tokenize_and_align_labels(examples):
         tokenized = tokenizer(examples["tokens"], padding=False, truncation=True, max_length=spec["max_length"],
@@ -280,6 +289,7 @@ def _hf_classification(spec, tokenizer):
     config = AutoConfig.from_pretrained(spec["backbone"], num_labels=len(label_list), finetuning_task="sst2",
                                         id2label=dict(enumerate(label_list)), label2id=label_to_id)
     model = AutoModelForSequenceClassification.from_pretrained(spec["backbone"], config=config)
+    _head_init(model, spec)
 
     def preprocess(examples):
         # run_glue.py pads to max_length by default (--pad_to_max_length True); dynamic padding is the
@@ -331,6 +341,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--hf-sampling", choices=["random", "group_by_length"], default="random",
                    help="the HF Trainer's train_sampling_strategy (run_ner.py default: random)")
     p.add_argument("--hf-compile", action="store_true", help="TrainingArguments(torch_compile=True)")
+    p.add_argument("--hf-head-init", choices=["hf", "torch"], default="hf",
+                   help="the HF side's new classifier layer: transformers' init (default) or torch.nn.Linear's, "
+                        "which nlpkit's heads use")
     p.add_argument("--nlpkit-compile", action="store_true", help="nlpkit trainer.compile=true")
     p.add_argument("--nlpkit-no-group", action="store_true", help="nlpkit trainer.group_by_length=false")
     p.add_argument("--nlpkit-optimizer", choices=["default", "foreach", "fused"], default="default",
@@ -392,7 +405,7 @@ def run_variant(task: str, args: argparse.Namespace, backbone: str, precision: s
             "steps": args.steps, "batch_size": args.batch_size, "eval_batch_size": args.eval_batch_size,
             "max_length": args.max_length, "lr": args.lr, "warmup_steps": int(args.warmup_ratio * args.steps),
             "seed": args.seed, "precision": precision, "hf_precision": hf_precision,
-            "hf_sampling": args.hf_sampling, "hf_compile": args.hf_compile,
+            "hf_sampling": args.hf_sampling, "hf_compile": args.hf_compile, "hf_head_init": args.hf_head_init,
             "nlpkit_group": not args.nlpkit_no_group, "nlpkit_compile": args.nlpkit_compile,
             "nlpkit_optimizer": args.nlpkit_optimizer, "nlpkit_attention": "sdpa", "eval_every": args.eval_every}
     print(f"\n== {task}: {data_desc}")
