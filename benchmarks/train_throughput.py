@@ -424,7 +424,9 @@ def run_variant(task: str, args: argparse.Namespace, backbone: str, precision: s
         for label, system, overrides in order:
             t0 = time.time()
             run_spec = {**spec, **overrides, "system": system}
-            res, cached = C.cached_run("train_throughput", code, run_spec, r,
+            # cached per comparison: an A/B's runs alternate with each other, not with another invocation's
+            key = {**run_spec, "comparison": [c[0] for c in contenders]}
+            res, cached = C.cached_run("train_throughput", code, key, r,
                                        lambda: C.run_worker(SCRIPT, run_spec, f"{label} {task}", args.verbose),
                                        args.fresh)
             res["repeat"] = r + 1
