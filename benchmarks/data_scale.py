@@ -808,7 +808,7 @@ def print_differences(args: argparse.Namespace) -> None:
         ("same: both sides draw random batches (--no-length-grouping)" if args.no_length_grouping else
          "differs: nlpkit groups batches by length (its default trainer.group_by_length); the HF Trainer samples at "
          "random (its default), so its batches pad more (--no-length-grouping: nlpkit draws random batches too)"),
-        "differs: nlpkit's own CPU defaults stay on (trainer.fast_dropout, trainer.heap_reuse); the HF side is "
+        "differs: nlpkit's own CPU default stays on (trainer.fast_dropout); the HF side is "
         "transformers as it comes",
         "differs: start-up is read from nlpkit's step-1 log record less its first_step phase, and from a "
         "TrainerCallback.on_step_begin on the HF side; both from the parent's launch time",

@@ -72,7 +72,8 @@ def nlpkit_worker(spec: dict[str, Any]) -> dict[str, Any]:
             "scheduler": "linear", "max_grad_norm": 1.0, "seed": spec["seed"], "precision": spec["precision"],
             "eval_every": spec.get("eval_every") or steps, "log_every": steps, "progress": False,
             "group_by_length": spec["nlpkit_group"], "compile": spec["nlpkit_compile"],
-            "fast_dropout": spec.get("nlpkit_fast_dropout", True), "heap_reuse": spec.get("nlpkit_heap_reuse", True),
+            # nlpkit's own defaults unless an A/B sets them
+            **{key: spec[f"nlpkit_{key}"] for key in ("fast_dropout", "heap_reuse") if f"nlpkit_{key}" in spec},
         },
         "output_dir": str(Path(spec["workdir"]) / "nlpkit-run"),
     }

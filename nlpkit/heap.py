@@ -1,11 +1,14 @@
-"""Keep freed memory in the process during training (``trainer.heap_reuse``, on by default; Linux/glibc).
+"""Keep freed memory in the process during training (``trainer.heap_reuse``, off by default; Linux/glibc).
 
 glibc serves every allocation over 32 MB (and, by default, many over 128 KB) with a fresh ``mmap`` and
 returns it to the kernel on ``free``. A training step allocates the same large buffers every time (the
 word-embedding gradient alone is 30522 x 384 floats for MiniLM), so each step pays a page fault per
 4 KB page to touch them again: zeroing that gradient took 15 ms fresh against 1.2 ms in reused memory
-here; a fixed-shape (32, 40) bf16 MiniLM step gained 8-12% (docs/performance.md). With ``M_MMAP_MAX=0`` and a large
-``M_TRIM_THRESHOLD`` glibc keeps freed blocks in its heap for the next step instead.
+here. With ``M_MMAP_MAX=0`` and a large ``M_TRIM_THRESHOLD`` glibc keeps freed blocks in its heap for the next
+step instead. In whole training runs the gain did not show: on the NER benchmark row (MiniLM, bf16, 63 steps)
+``python benchmarks/train_throughput.py --task ner --ab nlpkit_heap_reuse=false`` measured 1.03x the speed with
+it on, 95% interval 0.92-1.15 over 5 alternating repeats, with 2% more peak memory, so it is off by default
+(docs/performance.md).
 
 The same effect is available to any program through glibc's environment variables (``MALLOC_MMAP_MAX_=0
 MALLOC_TRIM_THRESHOLD_=...``); doing it here makes it the default for nlpkit's runs and undoes it when
