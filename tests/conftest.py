@@ -43,6 +43,30 @@ def benchmark_dir(name: str) -> Path:
     return folder
 
 
+#: why a test marked ``gpu`` is skipped on a machine without CUDA (tests/test_gpu.py)
+GPU_SKIP_REASON = "needs a CUDA GPU (run scripts/gpu_check.sh on one)"
+
+
+def pytest_configure(config):
+    # registered here rather than in pyproject.toml: scripts/setup.sh reinstalls whenever pyproject.toml changes
+    config.addinivalue_line("markers", "gpu: needs a CUDA GPU; skipped with the reason where none is visible "
+                                       "(scripts/gpu_check.sh runs them)")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``gpu`` are collected everywhere and skipped, with the reason, where no CUDA device is visible."""
+    marked = [item for item in items if item.get_closest_marker("gpu") is not None]
+    if not marked:
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason=GPU_SKIP_REASON)
+    for item in marked:
+        item.add_marker(skip)
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     """A benchmark_dir skip is reported at the test that needs the data (``-ra`` lists each one), not here."""
