@@ -449,3 +449,36 @@ class StepMeter:
                 "samples_per_cpu_s": samples / (c1 - c0), "tokens_per_cpu_s": tokens / (c1 - c0),
                 "window_steps": len(self.marks) - 1, "window_samples": samples, "window_tokens": tokens,
                 "window_wall_s": w1 - w0, "window_cpu_s": c1 - c0}
+
+
+# ---- results kept across sessions -------------------------------------------------------------------
+class ResultCache:
+    """One JSON file per measured run under ``folder``, named by a hash of the code version and the run's settings.
+
+    ``get(settings)`` gives what an earlier run with the same code and settings measured (None when there is none,
+    or when ``fresh`` asks to measure again); ``put(settings, result)`` keeps a new measurement. So an interrupted
+    or extended benchmark only runs what is missing. Settings must be JSON: paths as strings, no objects.
+    """
+
+    def __init__(self, folder: Path, version: str, fresh: bool = False):
+        self.folder, self.version, self.fresh = Path(folder), version, fresh
+
+    def key(self, settings: dict[str, Any]) -> str:
+        blob = json.dumps({"settings": settings, "code": self.version}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+    def path(self, settings: dict[str, Any]) -> Path:
+        return self.folder / f"{self.key(settings)}.json"
+
+    def get(self, settings: dict[str, Any]) -> dict[str, Any] | None:
+        path = self.path(settings)
+        if self.fresh or not path.is_file():
+            return None
+        return json.loads(path.read_text())["result"]
+
+    def put(self, settings: dict[str, Any], result: dict[str, Any]) -> None:
+        path = self.path(settings)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"settings": settings, "code": self.version, "result": result}, indent=2) + "\n")
+        os.replace(tmp, path)

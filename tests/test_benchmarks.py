@@ -415,3 +415,97 @@ def test_data_scale_memory_meter_sums_the_process_tree():
     assert peak["max_processes"] == 2
     assert peak["peak_anon_gb"] > 0.19 and peak["peak_pss_gb"] > 0.19
     assert peak["peak_rss_gb"] >= peak["peak_anon_gb"] + peak["peak_file_gb"] - 0.01
+
+
+def _table(out: str, first_header_cell: str) -> list[dict[str, str]]:
+    """The rows of the last markdown table in ``out`` whose header starts with ``first_header_cell``, as dicts."""
+    lines = out.splitlines()
+    starts = [i for i, line in enumerate(lines) if line.startswith("|")
+              and line.strip("| ").split("|")[0].strip() == first_header_cell]
+    assert starts, f"no table headed {first_header_cell!r} in:\n{out[-3000:]}"
+    header = [c.strip() for c in lines[starts[-1]].strip().strip("|").split("|")]
+    rows = []
+    for line in lines[starts[-1] + 2:]:
+        if not line.startswith("|"):
+            break
+        rows.append(dict(zip(header, (c.strip() for c in line.strip().strip("|").split("|")))))
+    return rows
+
+
+def _number(text: str, kind=float):
+    """A table cell as a number of the given kind (thousands separators allowed); fails the test otherwise."""
+    try:
+        return kind(text.replace(",", ""))
+    except ValueError:
+        pytest.fail(f"{text!r} is not a {kind.__name__}")
+
+
+def test_result_cache_gives_back_only_what_the_same_code_and_settings_measured(tmp_path):
+    cache = C.ResultCache(tmp_path, "code-1")
+    assert cache.get({"steps": 4}) is None
+    cache.put({"steps": 4}, {"f1": 12.5})
+    assert cache.get({"steps": 4}) == {"f1": 12.5}
+    assert cache.get({"steps": 5}) is None  # other settings
+    assert C.ResultCache(tmp_path, "code-2").get({"steps": 4}) is None  # other code
+    assert C.ResultCache(tmp_path, "code-1", fresh=True).get({"steps": 4}) is None  # --fresh
+    assert [p.suffix for p in tmp_path.iterdir()] == [".json"]  # no temporary file left behind
+
+
+def test_pretraining_gain_quick_fine_tunes_from_scratch_and_from_its_pretraining_run(quick_env):
+    """benchmarks/pretraining_gain.py scratch --quick: a corpus from the bundled data, a masked-LM run of preset mini,
+    NER fine-tuned from scratch and from that run; a second invocation trains nothing (the result cache)."""
+    out, result = _run_quick("pretraining_gain.py", quick_env, "scratch")
+    sources = _table(out, "source (train split only)")
+    assert [r["source (train split only)"] for r in sources] == ["ner", "sentiment"]
+    assert all(_number(r["documents"], int) > 100 and _number(r["characters"], int) > 1000 for r in sources)
+    assert "pretraining: 4 steps" in out and out.count("$ nlpkit train ") == 3, out[-3000:]
+    (row,) = _table(out, "task")
+    assert row["task"] == "ner" and row["dev metric"] == "f1" and _number(row["steps"], int) == 30
+    scratch, pretrained, gain = (_number(row[k]) for k in ("from scratch", "pretrained first", "gain"))
+    assert 0 < scratch <= 100 and 0 < pretrained <= 100, "30 steps of NER learned no entity: the runs did not train"
+    assert gain == pytest.approx(pretrained - scratch, abs=0.011)  # the gain column is the difference of the two
+    walls = [_number(w, int) for w in row["wall s (scratch / pretrained)"].split(" / ")]
+    assert len(walls) == 2 and all(w >= 0 for w in walls)
+    assert result["rows"][0]["gain"] == pytest.approx(result["rows"][0]["pretrained"] - result["rows"][0]["scratch"])
+    assert result["pretraining"]["steps"] == 4 and result["pretraining"]["tokens_per_s"] > 0
+
+    again, _ = _run_quick("pretraining_gain.py", quick_env, "scratch")
+    assert again.count("measured before with this code and settings") == 3, again[-3000:]
+    assert _table(again, "task") == [row]
+
+
+def test_left_context_quick_trains_one_mask_of_each_kind(quick_env):
+    """benchmarks/left_context.py --quick: preset mini with its bidirectional and its causal mask; the causal one is a
+    decoder to nlpkit; the gap line is the difference of the table's F1s; a rerun trains nothing."""
+    out, result = _run_quick("left_context.py", quick_env)
+    rows = _table(out, "preset")
+    assert [(r["preset"], r["seed"], r["attention mask"], r["nlpkit backbone kind"]) for r in rows] == [
+        ("mini", "42", "bidirectional", "encoder"), ("mini", "42", "causal", "decoder")]
+    f1 = [_number(r["dev F1"]) for r in rows]
+    assert all(0 <= x <= 100 for x in f1)
+    assert all(1 <= _number(r["best step"], int) <= 40 and _number(r["wall s"], int) >= 0 for r in rows)
+    assert all(x > 0 for x in f1), "40 steps on 300 sentences learned no entity: the runs did not train"
+    assert f"mini: bidirectional minus causal F1, per seed: {result['gaps']['mini'][0]:+.2f}" in out
+    assert result["gaps"]["mini"][0] == pytest.approx(result["rows"][0]["f1"] - result["rows"][1]["f1"])
+    assert f1 == pytest.approx([r["f1"] for r in result["rows"]], abs=0.006)
+
+    again, _ = _run_quick("left_context.py", quick_env)
+    assert again.count("measured before with this code and settings") == 2 and _table(again, "preset") == rows
+
+
+def test_sharding_memory_quick_shows_fsdp_holding_half_of_what_ddp_holds(quick_env):
+    """benchmarks/sharding_memory.py --quick: DDP and FSDP2 with 2 processes each; every process reports what it
+    holds, and FSDP2's shard of the weights, gradients and optimizer state is about half of DDP's."""
+    out, result = _run_quick("sharding_memory.py", quick_env)
+    rows = _table(out, "engine")
+    assert [(r["engine"], r["rank"]) for r in rows] == [("DDP", "0"), ("DDP", "1"), ("FSDP2", "0"), ("FSDP2", "1")]
+    figures = ("parameters MB", "gradients MB", "optimizer state MB", "peak RSS MB", "samples/s")
+    for r in rows:
+        assert all(_number(r[k]) > 0 for k in figures), r
+        assert _number(r["wall s"], int) >= 0
+    ddp, fsdp = (result["results"][i]["rows"] for i in (0, 1))
+    for key in ("param_bytes", "grad_bytes", "optimizer_state_bytes"):
+        assert ddp[0][key] == ddp[1][key], key  # DDP: every process holds everything
+        assert 0.4 < fsdp[0][key] / ddp[0][key] < 0.6, key  # FSDP2: about half on each of 2
+        assert fsdp[0][key] + fsdp[1][key] == pytest.approx(ddp[0][key], rel=0.05), key
+    assert "FSDP2 / DDP, rank 0: parameters 0." in out
