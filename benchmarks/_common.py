@@ -108,20 +108,175 @@ def read_tsv(path: Path) -> list[tuple[str, str]]:
 
 
 def sst2_slices(root: Path, n_train: int, n_dev: int) -> dict[str, Path]:
-    """SST-2 has no dev set here: train = its first n_train rows, dev = its LAST n_dev rows."""
+    """SST-2 has no dev set here: dev = n_dev rows of whole sentence groups (sst2_group_split, seed 0), so no dev
+    row is a phrase of a training sentence; train = the first n_train rows of the rest, in file order.
+
+    (Until this was group-aware, dev was the file's last n_dev rows: phrases of sentences whose other phrases were
+    in train, which inflated dev accuracy. The file names say ``grouped`` so an old slice is never reused.)"""
     out = {}
-    rows = None
-    for split, n in (("train", n_train), ("dev", n_dev)):
-        target = CACHE / "data" / f"sst2-{split}-{n}.tsv"
-        if not target.exists():
-            rows = rows or read_tsv(root / "sst2" / "train.tsv.gz")
-            if n_train + n_dev > len(rows):
-                sys.exit(f"sst2 has only {len(rows)} rows")
-            part = rows[:n] if split == "train" else rows[-n:]
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_text("label\tsentence\n" + "".join(f"{lab}\t{s}\n" for lab, s in part), encoding="utf-8")
+    targets = {split: CACHE / "data" / f"sst2-grouped{n_dev}-{split}-{n}.tsv"
+               for split, n in (("train", n_train), ("dev", n_dev))}
+    if not all(t.exists() for t in targets.values()):
+        rows = read_tsv(root / "sst2" / "train.tsv.gz")
+        if n_train + n_dev > len(rows):
+            sys.exit(f"sst2 has only {len(rows)} rows")
+        train, (dev,), overlap = sst2_group_split(rows, [n_dev], seed=0)
+        if len(train) < n_train:
+            sys.exit(f"sst2 has only {len(train)} rows beside a grouped dev of {n_dev} (asked for {n_train})")
+        print(f"SST-2 dev: {len(dev)} rows in whole sentence groups; {overlap_words(overlap)}", flush=True)
+        for split, part in (("train", train[:n_train]), ("dev", dev)):
+            targets[split].parent.mkdir(parents=True, exist_ok=True)
+            tmp = targets[split].with_suffix(".tmp")
+            tmp.write_text("label\tsentence\n" + "".join(f"{lab}\t{s}\n" for lab, s in part), encoding="utf-8")
+            os.replace(tmp, targets[split])
+    for split, target in targets.items():
         out[split] = target
     return out
+
+
+# ---- SST-2: phrases of one sentence stay on one side ---------------------------------------------------
+class PhraseIndex:
+    """Texts (space-separated words) indexed by their words and word bigrams, to find the indexed texts that contain
+    a phrase on word boundaries without scanning them all: a phrase is looked up under its rarest bigram (its word,
+    if it has one word), and only the texts listed there are compared as strings."""
+
+    def __init__(self) -> None:
+        self.padded: list[str] = []
+        self.lengths: list[int] = []
+        self.postings: dict[tuple[str, ...], list[int]] = {}
+
+    @staticmethod
+    def _keys(words: Sequence[str]) -> set[tuple[str, ...]]:
+        if len(words) == 1:
+            return {(words[0],)}
+        return {(a, b) for a, b in zip(words, words[1:])}
+
+    def add(self, text: str) -> int:
+        words = text.split()
+        i = len(self.padded)
+        self.padded.append(f" {' '.join(words)} ")
+        self.lengths.append(len(words))
+        for key in self._keys(words) | {(w,) for w in words}:
+            self.postings.setdefault(key, []).append(i)
+        return i
+
+    def containing(self, text: str) -> list[int]:
+        """Ids of the indexed texts that hold ``text`` as a run of whole words (an equal text included)."""
+        words = text.split()
+        if not words:
+            return []
+        lists = [self.postings.get(k, []) for k in self._keys(words)]
+        shortest = min(lists, key=len)
+        needle = f" {' '.join(words)} "
+        return [i for i in shortest if self.lengths[i] >= len(words) and needle in self.padded[i]]
+
+
+def sentence_groups(texts: Sequence[str]) -> list[int]:
+    """For every text, the index of its group's root: the longest text that contains it on word boundaries (ties:
+    the earliest), or itself when no longer text contains it. Identical texts share a group.
+
+    The longest container of a text is never inside a still longer text (that one would contain the text too and
+    be longer), so groups are one level deep: roots are the texts no longer text contains, and each is compared
+    only with roots. Texts are taken longest first, so every possible container is indexed before it is needed.
+    """
+    first: dict[str, int] = {}
+    for i, t in enumerate(texts):
+        first.setdefault(" ".join(t.split()), i)
+    order = sorted(first, key=lambda t: (-len(t.split()), first[t]))
+    index, root_row, root_of = PhraseIndex(), [], {}
+    for t in order:
+        found = index.containing(t)
+        if found:
+            best = max(found, key=lambda r: (index.lengths[r], -root_row[r]))
+            root_of[t] = root_row[best]
+        else:
+            index.add(t)
+            root_row.append(first[t])
+            root_of[t] = first[t]
+    return [root_of[" ".join(t.split())] for t in texts]
+
+
+class TrainingTexts:
+    """Training texts, to ask of held-out texts which occur verbatim in one of them (``overlap``)."""
+
+    def __init__(self, train: Iterable[str]):
+        self.exact = {" ".join(t.split()) for t in train}
+        self.index = PhraseIndex()
+        for t in sorted(self.exact, key=lambda t: -len(t.split())):  # only texts no longer training text contains
+            if not self.index.containing(t):
+                self.index.add(t)
+
+    def overlap(self, held_out: Sequence[str]) -> dict[str, int]:
+        """How many held-out texts (rows, duplicates counted) occur verbatim in a training text:
+        ``inside_training_row`` as a run of whole words of one (an identical text included),
+        ``equal_to_training_row`` identical to one."""
+        inside = equal = 0
+        for t in held_out:
+            t = " ".join(t.split())
+            if t in self.exact:
+                equal += 1
+                inside += 1
+            elif self.index.containing(t):
+                inside += 1
+        return {"held_out_rows": len(held_out), "inside_training_row": inside, "equal_to_training_row": equal}
+
+
+def verbatim_overlap(held_out: Sequence[str], train: Iterable[str]) -> dict[str, int]:
+    """``TrainingTexts(train).overlap(held_out)``."""
+    return TrainingTexts(train).overlap(held_out)
+
+
+def overlap_words(overlap: dict[str, int]) -> str:
+    n = max(overlap["held_out_rows"], 1)
+    return (f"of {overlap['held_out_rows']:,} held-out rows, {overlap['inside_training_row']:,} "
+            f"({100 * overlap['inside_training_row'] / n:.1f}%) occur verbatim inside a training row and "
+            f"{overlap['equal_to_training_row']:,} ({100 * overlap['equal_to_training_row'] / n:.1f}%) are identical "
+            "to one")
+
+
+def take_groups(group_of: Sequence[Any], sizes: Sequence[int], seed: int) -> tuple[list[int], list[list[int]]]:
+    """Held-out parts of whole groups: the groups in a seeded random order, each given to the first part it still
+    fits in (so every part has exactly its size unless the groups run out, and a large group late in the order is
+    passed over rather than overshooting). Returns (the rest's indices, each part's indices), in input order."""
+    members: dict[Any, list[int]] = {}
+    for i, g in enumerate(group_of):
+        members.setdefault(g, []).append(i)
+    order = list(members)
+    random.Random(seed).shuffle(order)
+    parts: list[list[int]] = [[] for _ in sizes]
+    rest: list[int] = []
+    for g in order:
+        for part, size in zip(parts, sizes):
+            if len(part) + len(members[g]) <= size:
+                part.extend(members[g])
+                break
+        else:
+            rest.extend(members[g])
+    return sorted(rest), [sorted(p) for p in parts]
+
+
+def sst2_group_split(rows: Sequence[tuple[str, str]], sizes: Sequence[int], seed: int = 0
+                     ) -> tuple[list[tuple[str, str]], list[list[tuple[str, str]]], dict[str, Any]]:
+    """Held-out parts of SST-2 train rows ((label, text), lower-cased PTB tokens) that keep sentences apart.
+
+    SST-2's train file holds every phrase of its sentences as a row of its own, so a random carve puts phrases of
+    training sentences (and whole training rows' phrases) into dev. Here every row is grouped with the longest row
+    that contains it on word boundaries (``sentence_groups``) and a group goes to one side only (``take_groups``:
+    part i gets ``sizes[i]`` rows). What can still overlap is a phrase shared by two sentences ("the film"): the
+    returned overlap counts the held-out rows that occur verbatim inside a training row, and those identical to one
+    (``verbatim_overlap``), over all parts together and per part (``parts``).
+
+    Returns (training rows, the parts' rows, overlap), rows in file order.
+    """
+    groups = sentence_groups([text for _, text in rows])
+    rest, parts = take_groups(groups, sizes, seed)
+    train = [rows[i] for i in rest]
+    held = [[rows[i] for i in p] for p in parts]
+    seen = TrainingTexts(t for _, t in train)
+    overlap: dict[str, Any] = seen.overlap([t for p in held for _, t in p])
+    overlap["parts"] = [seen.overlap([t for _, t in p]) for p in held]
+    overlap["groups"] = len(set(groups))
+    return train, held, overlap
 
 
 # ---- backbone -------------------------------------------------------------------------------------

@@ -509,3 +509,146 @@ def test_sharding_memory_quick_shows_fsdp_holding_half_of_what_ddp_holds(quick_e
         assert 0.4 < fsdp[0][key] / ddp[0][key] < 0.6, key  # FSDP2: about half on each of 2
         assert fsdp[0][key] + fsdp[1][key] == pytest.approx(ddp[0][key], rel=0.05), key
     assert "FSDP2 / DDP, rank 0: parameters 0." in out
+
+
+# ---- multitask_quality.py: SST-2 sentence groups, the verdict, --quick end to end ---------------------------
+SST2_ROWS = [
+    ("1", "a gorgeous , witty , seductive movie ."),  # 0: sentence A (8 words)
+    ("1", "gorgeous , witty"),  # 1: phrase of A
+    ("1", "witty , seductive movie"),  # 2: phrase of A
+    ("0", "the plot is a mess ."),  # 3: sentence B (6 words)
+    ("0", "the plot"),  # 4: in B and in C: goes with C, the longest row holding it
+    ("0", "is a mess"),  # 5: phrase of B
+    ("1", "the plot thickens nicely , and the movie wins ."),  # 6: sentence C (11 words)
+    ("1", "movie"),  # 7: in A and in C: goes with C
+    ("0", "the plot is a mess ."),  # 8: a duplicate of B
+    ("1", "witty"),  # 9: in A and in its phrase 1: goes with A
+    ("0", "plot is"),  # 10: only in B
+    ("1", "wit"),  # 11: "witty" does not hold "wit" on word boundaries: a group of its own
+]
+
+
+def test_sentence_groups_put_each_phrase_with_the_longest_row_holding_it():
+    assert C.sentence_groups([t for _, t in SST2_ROWS]) == [0, 0, 0, 3, 6, 3, 6, 6, 3, 0, 3, 11]
+
+
+def test_sst2_group_split_keeps_groups_whole_and_counts_the_overlap_left():
+    groups = {0: "A", 1: "A", 2: "A", 9: "A", 3: "B", 5: "B", 8: "B", 10: "B", 4: "C", 6: "C", 7: "C", 11: "D"}
+    seen_c_alone = False
+    for seed in range(40):
+        train, (held,), overlap = C.sst2_group_split(SST2_ROWS, [3], seed=seed)
+        assert len(held) <= 3 and len(train) + len(held) == len(SST2_ROWS)
+        held_groups = {groups[i] for i, row in enumerate(SST2_ROWS) if row in held}
+        train_groups = {groups[i] for i, row in enumerate(SST2_ROWS) if row in train}
+        assert not held_groups & train_groups, (seed, held_groups, train_groups)  # no group on both sides
+        # the overlap, counted by brute force: held-out rows that are a run of whole words of a training row
+        inside = sum(any(f" {t} " in f" {u} " for _, u in train) for _, t in held)
+        equal = sum(any(t == u for _, u in train) for _, t in held)
+        assert overlap["held_out_rows"] == len(held) and overlap["parts"][0]["held_out_rows"] == len(held)
+        assert (overlap["inside_training_row"], overlap["equal_to_training_row"]) == (inside, equal), seed
+        if held_groups == {"C"}:
+            seen_c_alone = True
+            # "the plot" is in B's sentence and "movie" in A's, both training rows; C's own sentence is in none
+            assert (overlap["inside_training_row"], overlap["equal_to_training_row"]) == (2, 0)
+    assert seen_c_alone, "no seed held out C alone: the test checks less than it says"
+
+
+def test_sst2_slices_dev_is_whole_sentence_groups(tmp_path, monkeypatch):
+    """train_throughput's SST-2 dev: whole sentence groups; train: the first rows of the rest."""
+    import gzip
+
+    monkeypatch.setattr(C, "CACHE", tmp_path / "cache")
+    (tmp_path / "root" / "sst2").mkdir(parents=True)
+    body = "label\tsentence\r\n" + "".join(f"{lab}\t{text}\r\n" for lab, text in SST2_ROWS)
+    (tmp_path / "root" / "sst2" / "train.tsv.gz").write_bytes(gzip.compress(body.encode()))
+    files = C.sst2_slices(tmp_path / "root", 4, 3)
+    train, dev = C.read_tsv(files["train"]), C.read_tsv(files["dev"])
+    groups = C.sentence_groups([t for _, t in SST2_ROWS])
+    group_of = {row: g for row, g in zip(SST2_ROWS, groups)}
+    assert len(train) == 4 and 1 <= len(dev) <= 3
+    assert not {group_of[r] for r in train} & {group_of[r] for r in dev}
+    rest = [r for r in SST2_ROWS if group_of[r] not in {group_of[d] for d in dev}]
+    assert train == rest[:4]  # file order
+    assert files["dev"].name == "sst2-grouped3-dev-3.tsv"
+
+
+def test_verbatim_overlap_counts_rows_inside_and_identical():
+    train = ["the plot thickens", "the plot is a mess .", "a movie"]
+    held = ["the plot", "movie", "the plot is a mess .", "the plot is a mess .", "wit", "plot thickens nicely"]
+    assert C.verbatim_overlap(held, train) == {"held_out_rows": 6, "inside_training_row": 4, "equal_to_training_row": 2}
+
+
+def test_multitask_verdict_rule():
+    import multitask_quality as mq
+
+    assert mq.verdict([1.0, 1.2, 0.8]) == "gain"  # mean 1.0, sd 0.2
+    assert mq.verdict([-1.0, -1.2, -0.8]) == "loss"
+    assert mq.verdict([0.5, -0.1, 0.4]) == "no difference within the seeds' spread"  # mean 0.27, sd 0.32
+    assert mq.verdict([0.3]).startswith("undecided")
+
+
+def test_multitask_quality_quick_reports_seeds_verdicts_and_trains_nothing_twice(tmp_path):
+    """--quick end to end without the shared data: 2 seeds x (two tasks alone + jointly), every number in the JSON
+    consistent with the table and the verdict rule, report splits apart from training data, and a second invocation
+    that takes every run from the cache."""
+    import json
+    import os
+    import statistics
+    import subprocess
+
+    import multitask_quality as mq
+
+    env = {**os.environ, "NLPKIT_BENCH_CACHE": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1",
+           "TRANSFORMERS_OFFLINE": "1", "NLPKIT_BENCHMARK_DATA": str(tmp_path / "nowhere")}
+
+    def run() -> tuple[str, dict]:
+        out_json = tmp_path / "quality.json"
+        proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "multitask_quality.py"), "--quick", "--json",
+                               str(out_json)], env=env, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        return proc.stdout, json.loads(out_json.read_text())
+
+    out, result = run()
+    assert "budget rule: every run trains 8 epochs" in out and "DEPARTURE from the rule: --quick" in out
+    assert "6 runs: 0 from the cache" in out and "6 to train" in out
+    assert result["seeds"] == [42, 43] and result["trainer"]["epochs"] == 1
+    runs = {tuple(r["id"]): r for r in result["runs"]}
+    assert len(runs) == 6 and not any(r["from_cache"] for r in runs.values())
+    for seed in (42, 43):
+        joint = runs[("joint", "default", seed)]
+        for n in ("sst2", "trec"):
+            single = runs[("single", n, seed)]
+            assert joint["steps_per_task"][n] == single["steps"] > 0  # the proportional sampler: equal budgets
+            assert single["train_wall_s"] > 0 and single["evaluate_wall_s"] > 0
+    for n, entry in result["summary"]["default"].items():
+        rep = entry["report"]
+        alone = [runs[("single", n, s)]["report"][n] for s in (42, 43)]
+        joint = [runs[("joint", "default", s)]["report"][n] for s in (42, 43)]
+        assert rep["alone"] == alone and rep["joint"] == joint
+        diffs = [j - a for j, a in zip(joint, alone)]
+        assert rep["difference"] == pytest.approx(diffs)
+        assert rep["difference_mean"] == pytest.approx(statistics.fmean(diffs))
+        assert rep["difference_sd"] == pytest.approx(statistics.stdev(diffs))
+        m, sd = statistics.fmean(diffs), statistics.stdev(diffs)
+        expected = "gain" if m - sd > 0 else "loss" if m + sd < 0 else "no difference within the seeds' spread"
+        assert entry["verdict"] == expected
+        assert f"{mq.TASKS[n].title}: joint - alone on the report split" in out and expected.upper() in out
+        assert all(0 <= v <= 100 for v in alone + joint)
+    assert "SST-2 accuracy: joint - alone" in out and "TREC-6 accuracy: jointly" in out
+    # report splits: their size, and no report text among the training texts
+    for n, info in result["data"].items():
+        assert info["report_examples"] == mq.QUICK["report"]
+        files = {k: Path(v) for k, v in info["files"].items()}
+        if n == "sst2":
+            texts = {k: {line.split("\t", 1)[1] for line in f.read_text().splitlines()[1:]} for k, f in files.items()}
+            assert "overlap_with_train_side" in info and "held-out rows" in out
+        else:
+            texts = {k: {line.split(" ", 1)[1] for line in f.read_text(encoding="latin-1").splitlines()}
+                     for k, f in files.items()}
+        assert not texts["report"] & texts["train"] and not texts["select"] & texts["train"]
+        assert not texts["report"] & texts["select"]
+
+    again, second = run()
+    assert "6 runs: 6 from the cache" in again and "0 to train" in again
+    assert all(r["from_cache"] for r in second["runs"])
+    assert second["summary"] == result["summary"]
