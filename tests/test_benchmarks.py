@@ -208,8 +208,9 @@ def _run_quick(script: str, quick_env, *extra: str) -> tuple[str, dict | list]:
 
 
 def test_train_throughput_quick_runs_both_sides_and_prints_ratios(quick_env):
-    out, runs = _run_quick("train_throughput.py", quick_env)
+    out, runs = _run_quick("train_throughput.py", quick_env, "--setting", "defaults")
     assert "samples/s ratio" in out and "dev f1 difference (points)" in out
+    assert "whole process: nlpkit is" in out and "95% CI" in out
     by_system = runs["variants"]["ner"]["runs"]
     assert sorted(by_system) == ["HF Trainer", "nlpkit"], sorted(by_system)
     nlpkit_run, hf_run = by_system["nlpkit"][0], by_system["HF Trainer"][0]
@@ -224,12 +225,40 @@ def test_train_throughput_quick_runs_both_sides_and_prints_ratios(quick_env):
     assert nlpkit_run["padding_fraction"] < hf_run["padding_fraction"]
 
 
+def test_train_throughput_like_for_like_and_time_to_a_score(quick_env):
+    """The default setting gives both sides bf16 and length-grouped batches; --eval-every records each side's
+    dev curve against the time since launch, and a second invocation reads every run from the cache."""
+    out, runs = _run_quick("train_throughput.py", quick_env, "--eval-every", "4")
+    spec = runs["variants"]["ner"]["spec"]
+    assert spec["precision"] == spec["hf_precision"] == "bf16" and spec["hf_sampling"] == "group_by_length"
+    assert spec["nlpkit_group"] is True
+    for side in ("nlpkit", "HF Trainer"):
+        for run in runs["variants"]["ner"]["runs"][side]:
+            curve = run["curve"]
+            assert [step for _, step, _ in curve] == list(range(4, spec["steps"] + 1, 4)), curve
+            times = [t for t, _, _ in curve]
+            assert 0 < times[0] < times[1] <= run["process_wall_s"], (times, run["process_wall_s"])
+    assert "time to a score: target" in out and "seconds to target" in out
+    again, _ = _run_quick("train_throughput.py", quick_env, "--eval-every", "4")
+    assert again.count("(cached)") == 2, again[-2000:]
+
+
+def test_bootstrap_intervals_cover_the_median_and_narrow_with_agreement():
+    lo, hi = C.bootstrap_interval([10.0, 11.0, 12.0, 13.0, 50.0])
+    assert lo <= 12.0 <= hi and hi < 50.0
+    assert C.bootstrap_interval([5.0] * 5) == (5.0, 5.0)
+    ratio, lo, hi = C.ratio_interval([20.0, 21.0, 22.0], [10.0, 10.5, 11.0])
+    assert abs(ratio - 2.0) < 1e-9 and lo <= 2.0 <= hi and lo > 1.7 and hi < 2.3
+
+
 def test_predict_throughput_quick_compares_equal_outputs(quick_env):
     out, result = _run_quick("predict_throughput.py", quick_env)
     assert len(result["timings"]["nlpkit"]) == len(result["timings"]["hf"]) == 1
     assert "200/200 sentences with identical entity lists" in out, out[-2000:]
     assert "sentences/s ratio" in out
     # the cheaper variants ran, were timed and were compared with fp32 and scored on gold labels
+    assert "nlpkit bf16 / HF pipeline bf16 (like for like)" in out and len(result["timings"]["hf_bf16"]) == 1
+    assert 0 <= result["comparison"]["hf_bf16"]["identical"] <= 200
     for name in ("bf16", "int8"):
         assert len(result["timings"][name]) == 1 and f"nlpkit {name} / nlpkit fp32" in out
         agreement = result["comparison"][name]
