@@ -399,18 +399,15 @@ def run_worker(script: Path, spec: dict[str, Any], label: str, verbose: bool = F
 
 def cached_run(kind: str, code: str, spec: dict[str, Any], repeat: int, run: Callable[[], dict[str, Any]],
                fresh: bool = False) -> tuple[dict[str, Any], bool]:
-    """(result, came from the cache): one benchmark run's result kept under .cache/KIND/results, keyed by the
-    code version, the run's spec and its repeat number, so a measurement can span sessions and a rerun only
-    fills what is missing."""
-    keep = {k: v for k, v in spec.items() if k not in ("workdir", "result", "launch_time")}
-    key = hashlib.sha256(json.dumps({"code": code, "spec": keep, "repeat": repeat}, sort_keys=True,
-                                    default=str).encode()).hexdigest()[:20]
-    path = CACHE / kind / "results" / f"{key}.json"
-    if path.exists() and not fresh:
-        return json.loads(path.read_text()), True
+    """(result, came from the cache): a ResultCache under .cache/KIND/results for a run that has a spec (the
+    worker's settings, less its scratch paths) and a repeat number."""
+    cache = ResultCache(CACHE / kind / "results", code, fresh)
+    settings = {**{k: v for k, v in spec.items() if k not in ("workdir", "result", "launch_time")}, "repeat": repeat}
+    found = cache.get(settings)
+    if found is not None:
+        return found, True
     result = run()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2))
+    cache.put(settings, result)
     return result, False
 
 
