@@ -20,7 +20,7 @@ from operator import itemgetter
 from typing import Any, Iterable, Iterator, Literal, Sequence
 
 from nlpkit import DataError, Task, register_task
-from nlpkit.data import input_text, pad_encodings, read_text_blocks
+from nlpkit.data import encode_words, input_text, pad_encodings, read_text_blocks
 from nlpkit.generation import GenerativeModeOptions, TextGenerator
 
 from . import DATA_DIR
@@ -477,15 +477,12 @@ class NerTask(Task):
                                           for s in examples], [s.get("line") for s in examples])
         label_id = {t: i for i, t in enumerate(self.labels)}
         # ids and word ids only: the collator builds the attention mask (a third fewer lists to make)
-        enc = self.tokenizer([s["tokens"] for s in examples], is_split_into_words=True, truncation=True,
-                             max_length=self.options.max_length, return_attention_mask=False,
-                             return_token_type_ids=False)
+        all_ids, all_word_ids = encode_words(self.tokenizer, [s["tokens"] for s in examples], self.options.max_length)
         features, cut = [], []
-        for i, s in enumerate(examples):
-            word_ids = enc.word_ids(i)
-            if self._was_cut(s, word_ids, len(enc["input_ids"][i])):
+        for i, (s, ids, word_ids) in enumerate(zip(examples, all_ids, all_word_ids)):
+            if self._was_cut(s, word_ids, len(ids)):
                 cut.append(i)
-            feature = {"example_index": i, "input_ids": enc["input_ids"][i], "word_ids": word_ids}
+            feature = {"example_index": i, "input_ids": ids, "word_ids": word_ids}
             if "tags" in s:  # a word's tag on its first piece; -100 (not trained on) elsewhere
                 tag_ids = [label_id[t] for t in s["tags"]]
                 feature["labels"] = [tag_ids[w] if w is not None and w != prev else -100
