@@ -45,7 +45,7 @@ from .errors import DataError, PluginError
 log = logging.getLogger("nlpkit.tables")
 
 #: bump when the layout of the cached tables changes: old entries are then simply not found
-FORMAT = 1
+FORMAT = 2
 #: rows per Arrow record batch when writing, and per batch handed to a task's encode
 WRITE_BATCH = 10_000
 ENCODE_BATCH = 1_000
@@ -85,13 +85,24 @@ def rows_at(rows: Sequence[dict], positions: Sequence[int]) -> list[dict]:
     return [rows[i] for i in positions]
 
 
-#: json.dumps with these settings builds a new encoder on every call; one encoder made once is 2x faster. Examples
-#: keep the standard library's text: the data fingerprint hashes it, and older checkpoints' fingerprints must hold
-_EXAMPLE_JSON = json.JSONEncoder(sort_keys=True, ensure_ascii=False, default=str).encode
+#: the json module's text of an example: what fingerprints before FINGERPRINT_VERSION hashed, and what an example
+#: orjson would change is stored as (json.dumps with these settings builds a new encoder on every call)
+_LEGACY_EXAMPLE_JSON = json.JSONEncoder(sort_keys=True, ensure_ascii=False, default=str).encode
+_EXAMPLE_OPTIONS = (orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS | orjson.OPT_PASSTHROUGH_DATACLASS
+                    | orjson.OPT_PASSTHROUGH_DATETIME)
+#: the data fingerprint's text form: "v2:" + count + ":" + hash of the examples' stored texts. Fingerprints
+#: without it (nlpkit before examples were written with orjson) hashed the json module's text; a checkpoint
+#: holding one is matched by that hash (nlpkit.task_data.data_fingerprint)
+FINGERPRINT_VERSION = "v2"
 
 
 #: dataclasses and dates go to the json module, which refuses them, as before (orjson would write them as dicts/text)
 _ORJSON_OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_DATETIME
+
+
+#: what text the json module wrote starts with (JSON allows leading white space; orjson never writes it): such
+#: text is read back by the json module, as orjson would read an integer beyond 64 bits as a float
+_JSON_MODULE_MARK = " "
 
 
 def _feature_json(feature: Any) -> str:
@@ -102,12 +113,14 @@ def _feature_json(feature: Any) -> str:
     try:
         return orjson.dumps(feature, option=_ORJSON_OPTIONS).decode()
     except orjson.JSONEncodeError:
-        return json.dumps(feature, ensure_ascii=False)
+        return _JSON_MODULE_MARK + json.dumps(feature, ensure_ascii=False)
 
 
 def _loads(text: str) -> Any:
-    """orjson's reading (2.5x the json module's); text it refuses (NaN, Infinity, which json.dumps writes for
-    such floats in an example) is read by the json module."""
+    """orjson's reading (2.5x the json module's), except for text the json module wrote (_JSON_MODULE_MARK)
+    or that orjson refuses (NaN, Infinity)."""
+    if text[:1] == _JSON_MODULE_MARK:
+        return json.loads(text)
     try:
         return orjson.loads(text)
     except orjson.JSONDecodeError:
@@ -115,9 +128,40 @@ def _loads(text: str) -> Any:
 
 
 def example_json(example: Any) -> str:
-    """The one text form of an example: stored in the table and hashed by the data fingerprint (the same text
-    as ``json.dumps(example, sort_keys=True, ensure_ascii=False, default=str)``)."""
-    return _EXAMPLE_JSON(example)
+    """The one text form of an example: stored in the table and hashed by the data fingerprint.
+
+    orjson with sorted keys (a NER sentence in 2 us against 6 us for the json module: a million are written on
+    a first read), except where orjson would change the example: text holding ``null`` (orjson writes NaN and
+    infinities as null, which reads back as None), or what orjson refuses (lone surrogates, integers beyond 64
+    bits) goes to the json module, which keeps NaN as NaN and says what is wrong with the rest; that text starts
+    with _JSON_MODULE_MARK, so that ``_loads`` reads it with the json module too. An example always gets the
+    same text, so its fingerprint holds."""
+    try:
+        text = orjson.dumps(example, default=str, option=_EXAMPLE_OPTIONS)
+    except orjson.JSONEncodeError:
+        return _JSON_MODULE_MARK + _LEGACY_EXAMPLE_JSON(example)
+    return _JSON_MODULE_MARK + _LEGACY_EXAMPLE_JSON(example) if b"null" in text else text.decode()
+
+
+def legacy_fingerprint(examples: Iterable[dict]) -> str:
+    """The data fingerprint as nlpkit wrote it before FINGERPRINT_VERSION: the json module's text of every
+    example. Computed only to resume a checkpoint that holds one (a pass over the data)."""
+    digest, count = hashlib.sha256(), 0
+    for example in examples:
+        digest.update(_LEGACY_EXAMPLE_JSON(example).encode())
+        digest.update(b"\n")
+        count += 1
+    return f"{count}:{digest.hexdigest()[:16]}"
+
+
+def texts_fingerprint(texts: Iterable[str]) -> str:
+    """The data fingerprint of examples' stored texts (example_json), in order."""
+    digest, count = hashlib.sha256(), 0
+    for text in texts:
+        digest.update(text.encode("utf-8", "surrogatepass"))
+        digest.update(b"\n")
+        count += 1
+    return f"{FINGERPRINT_VERSION}:{count}:{digest.hexdigest()[:16]}"
 
 
 # ---- sources ---------------------------------------------------------------------------------------
@@ -305,11 +349,7 @@ class ArrowRows(Sequence):
             if saved is not None:
                 self._fingerprint = saved["fingerprint"]
                 return self._fingerprint
-            digest = hashlib.sha256()
-            for text in self.texts():
-                digest.update(text.encode("utf-8", "surrogatepass"))
-                digest.update(b"\n")
-            self._fingerprint = f"{len(self)}:{digest.hexdigest()[:16]}"
+            self._fingerprint = texts_fingerprint(self.texts())
             if kept is not None:
                 try:
                     _write_atomically(kept.parent, kept.name,
@@ -413,7 +453,7 @@ def _store_examples(task: Any, rows: Iterable[dict], path: str, folder: Path, ke
                 batch = []
 
             for example in _progress(rows, f"reading {task.name}", "ex"):
-                batch.append(_EXAMPLE_JSON(example))
+                batch.append(example_json(example))
                 if len(batch) >= WRITE_BATCH:
                     flush()
             if batch:
@@ -425,7 +465,7 @@ def _store_examples(task: Any, rows: Iterable[dict], path: str, folder: Path, ke
             raise
 
     target = _write_atomically(folder, "examples.arrow", write)
-    fingerprint = f"{count}:{digest.hexdigest()[:16]}"
+    fingerprint = f"{FINGERPRINT_VERSION}:{count}:{digest.hexdigest()[:16]}"
     meta = {"files": [target.name], "fingerprint": fingerprint, "count": count, "source": str(path)}
     _write_atomically(folder, "examples.json", lambda tmp: tmp.write_text(json.dumps(meta)))
     table = ArrowRows.open([str(target)], key, fingerprint)

@@ -7,8 +7,6 @@ sees the same batches: (epoch, position) per stream and the sampler's state are 
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 import random
 from typing import Any, Sequence
 
@@ -16,7 +14,7 @@ from .config import DataSettings, TaskEntry
 from .data import LengthGroupedBatches, carve_dev_split, require_examples, sample_examples
 from .errors import ConfigError
 from .registry import get_task_class
-from .tables import load_examples
+from .tables import FINGERPRINT_VERSION, example_json, legacy_fingerprint, load_examples, texts_fingerprint
 from .task import Task
 
 
@@ -163,18 +161,21 @@ class TaskStream:
         self.epoch, self.position, self._batches = state["epoch"], state["position"], None
 
 
-def data_fingerprint(examples: Sequence[dict]) -> str:
+def data_fingerprint(examples: Sequence[dict], saved: str | None = None) -> str:
     """Identifies the training data a checkpoint's data position refers to.
 
-    A lazy collection of examples (a pretraining ``TextCorpus``) says itself what it is made of, through
-    ``fingerprint()``, instead of being read again here."""
+    A table of examples or a lazy collection (a pretraining ``TextCorpus``) says itself what it is made of,
+    through ``fingerprint()``, instead of being read again here. ``saved``: the fingerprint a checkpoint being
+    resumed holds; one written before FINGERPRINT_VERSION is answered in its own form (a pass over the data),
+    so that a run trained by an older nlpkit still resumes, and the checkpoints it goes on writing match."""
     if callable(getattr(examples, "fingerprint", None)):
-        return str(examples.fingerprint())
-    digest = hashlib.sha256()
-    for ex in examples:
-        digest.update(json.dumps(ex, sort_keys=True, ensure_ascii=False, default=str).encode())
-        digest.update(b"\n")
-    return f"{len(examples)}:{digest.hexdigest()[:16]}"
+        now = str(examples.fingerprint())
+    else:
+        now = texts_fingerprint(map(example_json, examples))
+    versioned = now.startswith(FINGERPRINT_VERSION + ":")
+    if versioned and saved is not None and not saved.startswith(FINGERPRINT_VERSION + ":"):
+        return legacy_fingerprint(examples)
+    return now
 
 
 def describe_batch(stream: "TaskStream", idx: Sequence[int], examples: Sequence[dict], path: str,

@@ -96,7 +96,8 @@ def check_resume(where: Path, state: dict[str, Any], meta: dict[str, Any], confi
                 refuse(f"tasks.{task.name}.options.{key} was {old_opts.get(key)!r}, now {new_opts.get(key)!r}")
         if fingerprints[task.name] != (state.get("data") or {}).get(task.name):
             refuse(f"the training data of task {task.name!r} is not the data the checkpoint was trained on "
-                   f"({state.get('data', {}).get(task.name)} examples:hash then, {fingerprints[task.name]} now)")
+                   f"(fingerprint {state.get('data', {}).get(task.name)} then, {fingerprints[task.name]} now: "
+                   "the number of examples and a hash of them)")
         if _plain(task.state_dict()) != saved.get("state"):
             refuse(f"task {task.name!r} learned a different label space from its training data")
     old_bb = old_cfg.get("backbone") or {}

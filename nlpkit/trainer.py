@@ -273,7 +273,9 @@ class Trainer:
                 paths = self.paths[task.name]
                 task.check(self.data[task.name]["dev"], paths.get("dev") or paths.get("train", "dev"))
                 self._cap_dev(task.name)
-        self.fingerprints = {t.name: data_fingerprint(self.data[t.name]["train"]) for t in self.tasks}
+        saved = (self.saved or {}).get("data") or {}
+        self.fingerprints = {t.name: data_fingerprint(self.data[t.name]["train"], saved.get(t.name))
+                             for t in self.tasks}
         self.changed: list[str] = []
         if self.saved:
             self.changed = check_resume(self.src, self.saved, checkpoint.read_meta(self.src), cfg, self.tasks,

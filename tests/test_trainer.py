@@ -6,6 +6,7 @@ runs with one seed give bit-identical weights.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -202,6 +203,41 @@ def test_kill_mid_epoch_and_resume_equals_uninterrupted_run(reference, ner_files
     assert main(["train", "--resume", str(out), "--no-progress"]) == 0
     assert "already complete at step 12" in capsys.readouterr().out
     assert_same_weights(checkpoint.latest_training(out), final)
+
+
+def old_fingerprint(examples) -> str:
+    """The data fingerprint as nlpkit computed it before its FINGERPRINT_VERSION (written out here, not imported)."""
+    digest = hashlib.sha256()
+    for ex in examples:
+        digest.update(json.dumps(ex, sort_keys=True, ensure_ascii=False, default=str).encode())
+        digest.update(b"\n")
+    return f"{len(examples)}:{digest.hexdigest()[:16]}"
+
+
+def test_a_checkpoint_with_an_older_data_fingerprint_resumes_exactly(reference, ner_files, tmp_path, capsys):
+    """Checkpoints written before examples were stored with orjson hold the json module's hash of the data:
+    they resume (same weights as the uninterrupted run), and one whose old hash does not match is refused."""
+    from nlpkit_tasks.ner import read_conll
+
+    out = tmp_path / "run"
+    run_killed(tmp_path, run_config(ner_files, out), "batch", 13)
+    state_file = out / "checkpoints" / "step-4" / checkpoint.STATE_FILE
+    state = json.loads(state_file.read_text())
+    assert all(v.startswith("v2:") for v in state["data"].values())
+    old = old_fingerprint(read_conll(str(ner_files / "train.conll")))
+    kept = state_file.read_text()
+    state_file.write_text(json.dumps({**state, "data": {"ner_a": old[:-1] + ("0" if old[-1] != "0" else "1"),
+                                                        "ner_b": old}}))
+    assert main(["train", "--resume", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "training data of task 'ner_a' is not the data the checkpoint was trained on" in err, err
+    assert json.loads(kept)["data"] == state["data"]
+    state_file.write_text(json.dumps({**state, "data": {"ner_a": old, "ner_b": old}}))
+    assert main(["train", "--resume", str(out), "--no-progress"]) == 0
+    assert "resuming from" in capsys.readouterr().out
+    assert_same_weights(checkpoint.latest_training(out), checkpoint.latest_training(reference))
+    # the checkpoints the resumed run wrote keep the form they resumed from
+    assert json.loads((checkpoint.latest_training(out) / checkpoint.STATE_FILE).read_text())["data"]["ner_a"] == old
 
 
 def test_multitask_controls_resume_exactly(ner_files, tmp_path, capsys):
@@ -714,6 +750,14 @@ def test_data_fingerprint_sees_any_change():
     a = [{"tokens": ["a", "b"], "tags": ["O", "O"]}]
     assert data_fingerprint(a) == data_fingerprint([dict(a[0])])
     assert data_fingerprint(a) != data_fingerprint([{"tokens": ["a", "b"], "tags": ["O", "B-PER"]}])
+
+
+def test_data_fingerprint_answers_an_older_checkpoint_in_its_own_form():
+    a = [{"tokens": ["Müller", "b"], "tags": ["B-PER", "O"], "line": 3}, {"tokens": ["x"], "tags": ["O"], "line": 6}]
+    now = data_fingerprint(a)
+    assert now.startswith("v2:2:") and data_fingerprint(a, saved=now) == now
+    assert data_fingerprint(a, saved="2:0123456789abcdef") == old_fingerprint(a)
+    assert data_fingerprint(a[:1], saved="2:0123456789abcdef") != old_fingerprint(a)
 
 
 # ---------------------------------------------------------------------------------------------------
