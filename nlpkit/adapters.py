@@ -85,6 +85,18 @@ def quantization_config(quantize: str, device: torch.device) -> Any:
     return BitsAndBytesConfig(load_in_8bit=True)
 
 
+def quantization_name(quantization: Any) -> str | None:
+    """backbone.quantize's value for a quantization config (None: no quantization), kept with an adapter
+    checkpoint's base so that loading it quantizes the base as training did."""
+    if quantization is None:
+        return None
+    if getattr(quantization, "load_in_4bit", False):
+        return "4bit"
+    if getattr(quantization, "load_in_8bit", False):
+        return "8bit"
+    return type(quantization).__name__
+
+
 # ---- applying adapters --------------------------------------------------------------------------------
 def apply(backbone: Any, config: Any, tokens: Sequence[str] = (), gradient_checkpointing: bool = False) -> None:
     """Inject the adapters into ``backbone.model`` and freeze what peft does not train; call after the tasks'
@@ -231,9 +243,18 @@ def rebuild(folder: Path, meta: dict[str, Any]) -> Any:
 
     saved = meta["backbone"]
     base = saved["base"]
+    quantization = None
+    if base.get("quantize"):  # QLoRA: its base fingerprint is of the quantized weights; quantize them again
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        try:
+            quantization = quantization_config(base["quantize"], device)
+        except ConfigError as exc:
+            raise CheckpointError(
+                f"{folder}: its {saved['peft']['method']} adapters were trained on {base['spec']!r} quantized to "
+                f"{base['quantize']}, and loading them quantizes the base the same way: {exc}") from exc
     try:
         backbone = Backbone.from_pretrained(base["spec"], dtype=base.get("dtype") or "float32",
-                                            gguf_file=base.get("gguf_file"))
+                                            gguf_file=base.get("gguf_file"), quantization=quantization)
     except BackboneError as exc:
         raise CheckpointError(
             f"{folder}: this checkpoint holds {saved['peft']['method']} adapters for the base model "

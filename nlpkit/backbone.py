@@ -271,10 +271,11 @@ class Backbone(nn.Module):
             for holder in (model.config, config):
                 if hasattr(holder, "quantization_config"):
                     del holder.quantization_config
-        from .adapters import fingerprint
+        from .adapters import fingerprint, quantization_name
 
+        # the fingerprint of a quantized base is of its quantized tensors: a reload must quantize the same way
         base = {"spec": spec, "gguf_file": gguf_file, "dtype": dtype, "vocab": len(tokenizer),
-                "fingerprint": fingerprint(model)}
+                "fingerprint": fingerprint(model), "quantize": quantization_name(quantization)}
         return cls(model, tokenizer, spec, base)
 
     @staticmethod

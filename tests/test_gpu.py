@@ -207,11 +207,12 @@ def test_qlora_trains_adapters_on_a_quantized_decoder(qlora_run):
 
 
 def test_a_qlora_checkpoint_loads_again_and_generates(qlora_run):
-    """The checkpoint holds the adapters and the base's spec and fingerprint; loading it must bring the base back
-    and generate. (Read from the code, not run: the fingerprint is taken of the quantized weights at training and
-    of the reloaded, unquantized ones at load, so this may be refused as "trained on another" base.)"""
-    _, trainer = qlora_run
+    """The checkpoint holds the adapters and the base's spec, quantization and fingerprint (of the quantized
+    weights); loading it must quantize the base the same way, match the fingerprint and generate. (Before the base
+    recorded its quantization, a reload compared the unquantized weights' fingerprint and would have refused.)"""
+    bits, trainer = qlora_run
     loaded = nlpkit.load(trainer.out, device="cuda")
+    assert loaded.model.backbone.base["quantize"] == bits
     assert isinstance(loaded.predict(["Angela Merkel visited"])[0]["text"], str)
 
 

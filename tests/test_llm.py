@@ -119,6 +119,28 @@ def test_a_checkpoint_refuses_another_base_with_the_reason(models, tmp_path):
         nlpkit.load(tmp_path / "run")
 
 
+def test_a_qlora_checkpoint_reloads_its_base_quantized_and_says_why_not_here(models, tmp_path):
+    """A QLoRA checkpoint's base fingerprint is of the quantized weights, so loading it quantizes the base the
+    same way (tests/test_gpu.py loads one on CUDA); without CUDA that is refused with the reason, before the
+    base is read. A plain LoRA checkpoint records no quantization and loads as before."""
+    import json
+
+    from nlpkit import checkpoint
+
+    spec = decoder_folder(models, "qwen2")
+    train_run(tmp_path, spec, [{"type": "sentiment", "options": {"max_length": 64}}], peft={"method": "lora"})
+    best = checkpoint.resolve(tmp_path / "run")
+    meta_file = Path(best) / checkpoint.META_FILE
+    meta = json.loads(meta_file.read_text())
+    assert meta["backbone"]["base"]["quantize"] is None
+    nlpkit.load(tmp_path / "run")
+    meta["backbone"]["base"]["quantize"] = "4bit"
+    meta_file.write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="quantized to 4bit") as err:
+        nlpkit.load(tmp_path / "run")
+    assert "CUDA" in str(err.value) and "lora" in str(err.value)
+
+
 def test_qlora_is_refused_without_a_cuda_gpu_before_anything_is_written(models, tmp_path):
     config = {"tasks": [{"type": "sentiment"}], "output_dir": str(tmp_path / "run"),
               "backbone": {"spec": decoder_folder(models, "llama"), "quantize": "4bit", "peft": {"method": "lora"}},
