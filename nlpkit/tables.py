@@ -88,8 +88,6 @@ def rows_at(rows: Sequence[dict], positions: Sequence[int]) -> list[dict]:
 #: the json module's text of an example: what fingerprints before FINGERPRINT_VERSION hashed, and what an example
 #: orjson would change is stored as (json.dumps with these settings builds a new encoder on every call)
 _LEGACY_EXAMPLE_JSON = json.JSONEncoder(sort_keys=True, ensure_ascii=False, default=str).encode
-_EXAMPLE_OPTIONS = (orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS | orjson.OPT_PASSTHROUGH_DATACLASS
-                    | orjson.OPT_PASSTHROUGH_DATETIME)
 #: the data fingerprint's text form: "v2:" + count + ":" + hash of the examples' stored texts. Fingerprints
 #: without it (nlpkit before examples were written with orjson) hashed the json module's text; a checkpoint
 #: holding one is matched by that hash (nlpkit.task_data.data_fingerprint)
@@ -98,6 +96,7 @@ FINGERPRINT_VERSION = "v2"
 
 #: dataclasses and dates go to the json module, which refuses them, as before (orjson would write them as dicts/text)
 _ORJSON_OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_DATETIME
+_EXAMPLE_OPTIONS = _ORJSON_OPTIONS | orjson.OPT_SORT_KEYS
 
 
 #: what text the json module wrote starts with (JSON allows leading white space; orjson never writes it): such
@@ -161,6 +160,10 @@ def texts_fingerprint(texts: Iterable[str]) -> str:
         digest.update(text.encode("utf-8", "surrogatepass"))
         digest.update(b"\n")
         count += 1
+    return _versioned(count, digest)
+
+
+def _versioned(count: int, digest: Any) -> str:
     return f"{FINGERPRINT_VERSION}:{count}:{digest.hexdigest()[:16]}"
 
 
@@ -465,7 +468,7 @@ def _store_examples(task: Any, rows: Iterable[dict], path: str, folder: Path, ke
             raise
 
     target = _write_atomically(folder, "examples.arrow", write)
-    fingerprint = f"{FINGERPRINT_VERSION}:{count}:{digest.hexdigest()[:16]}"
+    fingerprint = _versioned(count, digest)
     meta = {"files": [target.name], "fingerprint": fingerprint, "count": count, "source": str(path)}
     _write_atomically(folder, "examples.json", lambda tmp: tmp.write_text(json.dumps(meta)))
     table = ArrowRows.open([str(target)], key, fingerprint)
