@@ -7,11 +7,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 from . import phases  # noqa: F401  first: its clock marks the process start (metrics.json "phases")
 
-from .errors import ConfigError, DataError, NlpkitError, UnknownTaskError
+from .errors import ConfigError, DataError, NlpkitError, NotStandard, UnknownTaskError
 from .registry import get_task_class, list_tasks, register_task
 from .task import Task, TaskOptions
 
@@ -49,5 +49,6 @@ __all__ = [
     "DataError",
     "ConfigError",
     "UnknownTaskError",
+    "NotStandard",
     "__version__",
 ]

@@ -22,7 +22,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from .errors import BackboneError, CheckpointError, ConfigError
+from .errors import CheckpointError, ConfigError
 
 #: elements sampled from each tensor for the base fingerprint: enough to tell two trainings or two
 #: quantizations of one architecture apart, cheap on a billion parameters
@@ -227,48 +227,6 @@ def describe(backbone: Any) -> dict[str, Any]:
         if backbone.base is not None:
             out["base"] = dict(backbone.base)
     return out
-
-
-def peft_config(saved: dict[str, Any]) -> Any:
-    from .config import PeftConfig
-
-    return PeftConfig(**{k: saved[k] for k in ("method", "r", "alpha", "dropout", "target_modules")})
-
-
-# ---- loading a peft checkpoint ------------------------------------------------------------------------
-def rebuild(folder: Path, meta: dict[str, Any]) -> Any:
-    """The backbone of an adapter-only checkpoint: its base loaded again (and checked), the checkpoint's
-    tokenizer, the embeddings sized to it, and empty adapters for the checkpoint's tensors."""
-    from .backbone import Backbone, _saved_tokenizer
-
-    saved = meta["backbone"]
-    base = saved["base"]
-    quantization = None
-    if base.get("quantize"):  # QLoRA: its base fingerprint is of the quantized weights; quantize them again
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        try:
-            quantization = quantization_config(base["quantize"], device)
-        except ConfigError as exc:
-            raise CheckpointError(
-                f"{folder}: its {saved['peft']['method']} adapters were trained on {base['spec']!r} quantized to "
-                f"{base['quantize']}, and loading them quantizes the base the same way: {exc}") from exc
-    try:
-        backbone = Backbone.from_pretrained(base["spec"], dtype=base.get("dtype") or "float32",
-                                            gguf_file=base.get("gguf_file"), quantization=quantization)
-    except BackboneError as exc:
-        raise CheckpointError(
-            f"{folder}: this checkpoint holds {saved['peft']['method']} adapters for the base model "
-            f"{base['spec']!r}, which must be loaded first and cannot be: {exc}") from exc
-    if backbone.base["fingerprint"] != base["fingerprint"]:
-        raise CheckpointError(
-            f"{folder}: its adapters were trained on another {base['spec']!r}: the weights there now have "
-            f"fingerprint {backbone.base['fingerprint']}, the checkpoint's base had {base['fingerprint']}. Load it "
-            "with the base it was trained on (or export a merged model from where that base exists)")
-    backbone.tokenizer = _saved_tokenizer(folder / "tokenizer")
-    if len(backbone.tokenizer) != backbone.model.get_input_embeddings().num_embeddings:
-        backbone.model.resize_token_embeddings(len(backbone.tokenizer))
-    apply(backbone, peft_config(saved["peft"]), tokens=saved["peft"].get("trained_tokens", ()))
-    return backbone
 
 
 def check_loaded(model: nn.Module, path: Path, missing: list[str], unexpected: list[str]) -> None:

@@ -303,7 +303,7 @@ class Backbone(nn.Module):
 
         folder = Path(folder)
         config = _saved_config(folder / "backbone" / "config.json")
-        tokenizer = _saved_tokenizer(folder / "tokenizer")
+        tokenizer = saved_tokenizer(folder / "tokenizer")
         try:
             if getattr(config, "is_encoder_decoder", False):
                 model = AutoModelForSeq2SeqLM.from_config(config, attn_implementation="sdpa")
@@ -446,7 +446,7 @@ def _saved_config(path: Path) -> Any:
         raise _damaged(path, "its values do not make a model configuration", exc) from exc
 
 
-def _saved_tokenizer(folder: Path) -> Any:
+def saved_tokenizer(folder: Path) -> Any:
     from transformers import AutoTokenizer
 
     from .errors import CheckpointError

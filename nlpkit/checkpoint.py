@@ -11,6 +11,7 @@ and lists every file with its size, so a folder copied or written half-way is de
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -20,8 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
-from .errors import CheckpointError
-from .options import show
+from .errors import CheckpointError, ConfigError
+from .options import build, show
+from ._version import __version__
 
 FORMAT_VERSION = 1
 META_FILE = "nlpkit.json"
@@ -37,7 +39,6 @@ def versions() -> dict[str, str]:
     import torch
     import transformers
 
-    from . import __version__
 
     return {"nlpkit": __version__, "torch": torch.__version__, "transformers": transformers.__version__}
 
@@ -141,7 +142,6 @@ def _write_model(tmp: Path, model: Any, tasks: Sequence[Any], extra: dict[str, A
     that already holds ``sharded/`` (a sharded step checkpoint) keeps its weights there, not in safetensors."""
     from safetensors.torch import save_file, save_model
 
-    from .adapters import tensors_to_save
     from .sharding import SHARDED_DIR
 
     backbone = model.backbone
@@ -150,7 +150,7 @@ def _write_model(tmp: Path, model: Any, tasks: Sequence[Any], extra: dict[str, A
     elif state_dict is not None:
         save_file(gathered_tensors(model, state_dict), str(tmp / WEIGHTS_FILE))
     else:
-        partial = tensors_to_save(model)  # a peft backbone over a loadable base: adapters and heads only
+        partial = model.tensors_to_save()  # a peft backbone over a loadable base: adapters and heads only
         if partial is None:
             save_model(model, str(tmp / WEIGHTS_FILE))
         else:
@@ -183,13 +183,11 @@ def gathered_tensors(model: Any, state: dict[str, Any]) -> dict[str, Any]:
     tensor once, under the name safetensors' ``save_model`` keeps: the first in sorted order) and, for an
     adapter-only checkpoint, only the adapters, trained rows and heads. So a sharded run's ``best/`` is
     the same file as a one-process run's."""
-    from .adapters import saved_names
-
     aliases: dict[int, list[str]] = {}
     for name, tensor in [*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)]:
         aliases.setdefault(id(tensor), []).append(name)
     dropped = {n for names in aliases.values() for n in sorted(names)[1:]}
-    keep = saved_names(model)
+    keep = model.saved_names()
     return {k: v.detach().contiguous() for k, v in state.items()
             if k not in dropped and (keep is None or k in keep)}
 
@@ -236,8 +234,6 @@ class SavedBackbone:
 
 def read_meta(folder: str | Path) -> dict[str, Any]:
     """nlpkit.json, checked for shape (so later code can index it) and for the sizes of the files it lists."""
-    from .errors import ConfigError
-
     folder = resolve(folder)
     path = folder / META_FILE
     meta = read_json(path)
@@ -261,10 +257,6 @@ def read_meta(folder: str | Path) -> dict[str, Any]:
 def _known_fields(cls: type, entry: Any, key: str) -> dict[str, Any]:
     """``entry`` with the fields ``cls`` describes checked and typed (so ``version`` is an int to compare);
     keys a later nlpkit may add are kept, not refused."""
-    import dataclasses
-
-    from .errors import ConfigError
-    from .options import build
 
     if not isinstance(entry, dict):
         raise ConfigError(f"{key}: expected a mapping, got {show(entry)}")
@@ -308,145 +300,7 @@ def weight_names(folder: str | Path) -> list[str]:
         raise CheckpointError(f"{path}: not a readable safetensors file ({exc}): the file is damaged") from exc
 
 
-def _task_class(entry: dict[str, Any]):
-    """The registered plugin, importing the module that defined it at save time if needed."""
-    from .errors import UnknownTaskError
-    from .registry import get_task_class
-
-    try:
-        return get_task_class(entry["type"])
-    except UnknownTaskError:
-        module = entry.get("module")
-        if not module:
-            raise
-        import importlib
-
-        try:
-            importlib.import_module(module)
-        except ImportError:
-            raise UnknownTaskError(
-                f"this checkpoint needs task {entry['type']!r} from module {module!r}, which cannot be imported; "
-                "install the plugin or pass --plugin MODULE") from None
-        return get_task_class(entry["type"])
-
-
-def load(folder: str | Path, only: Sequence[str] | None = None):
-    """Rebuild (model, tasks, meta) from a checkpoint without any network access.
-
-    This is the complete check of a checkpoint: every file is read and every tensor matched by name and
-    shape, and any damage is a CheckpointError naming the file (never a traceback from a library).
-    """
-    from .model import MultiTaskModel
-
-    folder = resolve(folder)
-    meta = read_meta(folder)
-    tasks = [_saved_task(entry, folder / META_FILE) for entry in meta["tasks"]]
-    backbone = load_backbone(folder, weights=False)
-    heads = {}
-    for task in tasks:
-        with _damage(folder / META_FILE, f"task {task.name!r}: its head cannot be built from the saved state"):
-            task.setup(backbone)
-            heads[task.name] = task.build_head(backbone)
-    model = MultiTaskModel(backbone, heads)
-    load_weights(model, folder)
-    model.eval()
-    if only:
-        tasks = [t for t in tasks if t.name in only]
-    return model, tasks, meta
-
-
-def load_backbone(path: str | Path, weights: bool = True) -> Any:
-    """The backbone of a checkpoint (architecture, tokenizer and, with ``weights``, its tensors), checked
-    completely: for --init-from, call it before the run folder is touched and use what it returns."""
-    from . import adapters
-    from .backbone import Backbone
-
-    folder = resolve(path)
-    meta = read_meta(folder)
-    saved = meta["backbone"]
-    if saved.get("peft", {}).get("storage") == "adapter":  # the base from its source, then the adapters
-        backbone = adapters.rebuild(folder, meta)
-    else:
-        backbone = Backbone.from_saved(folder, saved["spec"])
-        if saved.get("peft"):
-            adapters.apply(backbone, adapters.peft_config(saved["peft"]),
-                           tokens=saved["peft"].get("trained_tokens", ()))
-    if weights:
-        load_prefixed(backbone, folder, "backbone.", base_loaded=adapters.adapter_only(backbone))
-    return backbone
-
-
-def _saved_task(entry: dict[str, Any], meta_path: Path) -> Any:
-    """A task object with its saved options and label state (plugin code: its errors name the file)."""
-    from .errors import ConfigError
-
-    cls = _task_class(entry)
-    if entry.get("version", 1) > cls.version:
-        raise CheckpointError(
-            f"{meta_path}: task {entry['name']!r} was saved by {entry['type']}.v{entry['version']}, "
-            f"but the installed plugin is v{cls.version}; upgrade it"
-        )
-    try:
-        task = cls(entry["name"], entry["options"])
-    except ConfigError as exc:
-        raise CheckpointError(f"{meta_path}: damaged: {exc}") from exc
-    with _damage(meta_path, f"task {entry['name']!r}: its saved state cannot be loaded"):
-        task.load_state_dict(entry["state"])
-    return task
-
-
-class _damage:
-    """Turn what plugin or library code raises on damaged saved data into a CheckpointError naming ``path``
-    (NlpkitErrors, which already say what is wrong, pass through)."""
-
-    def __init__(self, path: Path, what: str):
-        self.path, self.what = path, what
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, tp, exc, tb) -> bool:
-        from .errors import NlpkitError
-
-        if exc is None or isinstance(exc, NlpkitError) or not isinstance(exc, Exception):
-            return False
-        raise CheckpointError(f"{self.path}: {self.what} ({type(exc).__name__}: {str(exc)[:200]})") from exc
-
-
-def load_weights(model: Any, folder: str | Path) -> None:
-    """Copy a checkpoint's tensors into ``model``; every tensor must match by name and shape."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_model
-
-    from . import adapters
-    from .sharding import SHARDED_DIR, is_sharded
-
-    sharded = is_sharded(folder)  # a sharded step checkpoint: its weights are DCP shards, read in this process
-    path = Path(folder) / (SHARDED_DIR if sharded else WEIGHTS_FILE)
-    if adapters.adapter_only(model.backbone) or sharded:  # adapter-only: the base weights are in the model already
-        tensors = _tensors(folder)
-        try:
-            missing, unexpected = model.load_state_dict(tensors, strict=False)
-        except RuntimeError as exc:
-            raise CheckpointError(f"{path} does not match the model: {str(exc).strip().splitlines()[-1][:300]}") from exc
-        missing = _unaliased(model, missing, set(tensors))
-        if adapters.adapter_only(model.backbone):
-            adapters.check_loaded(model, path, missing, unexpected)
-        elif missing or unexpected:
-            raise CheckpointError(f"{path} does not match the model: missing {sorted(missing)[:5]}, "
-                                  f"unexpected {sorted(unexpected)[:5]}")
-        return
-    try:
-        missing, unexpected = load_model(model, str(path), strict=False)
-    except (SafetensorError, OSError, RuntimeError) as exc:
-        raise CheckpointError(f"{path}: cannot load the weights ({exc})") from exc
-    if missing or unexpected:
-        raise CheckpointError(
-            f"{path} does not match the model: missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}"
-        )
-
-
-def _tensors(folder: str | Path) -> dict[str, Any]:
+def read_tensors(folder: str | Path) -> dict[str, Any]:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -459,57 +313,6 @@ def _tensors(folder: str | Path) -> dict[str, Any]:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise CheckpointError(f"{path}: cannot load the weights ({exc}): the file is damaged") from exc
-
-
-def load_prefixed(module: Any, folder: str | Path, prefix: str, base_loaded: bool = False) -> None:
-    """Load the checkpoint tensors under ``prefix`` (e.g. "backbone.") into ``module``. ``base_loaded``: the
-    module holds its base weights already (a peft backbone over its reloaded base): only what it trains (the
-    adapters, the added tokens' rows) must come from the checkpoint."""
-    from . import adapters
-
-    tensors = {k[len(prefix):]: v for k, v in _tensors(folder).items() if k.startswith(prefix)}
-    try:
-        missing, unexpected = module.load_state_dict(tensors, strict=False)
-    except RuntimeError as exc:  # a tensor of another shape
-        raise CheckpointError(f"{resolve(folder) / WEIGHTS_FILE} does not match the model: "
-                              f"{str(exc).strip().splitlines()[-1][:300]}") from exc
-    missing = _unaliased(module, missing, set(tensors))
-    if base_loaded:
-        missing = [m for m in missing if m in adapters.trained_names(module)]
-    if missing or unexpected:
-        raise CheckpointError(f"{folder}: {prefix}* does not match: missing {missing[:5]}, unexpected {unexpected[:5]}")
-
-
-def _unaliased(module: Any, missing: Sequence[str], loaded: set[str]) -> list[str]:
-    """``missing`` without the names of tied tensors that were loaded under another of their names
-    (safetensors saves a tied tensor once, under whichever name it kept)."""
-    aliases: dict[int, set[str]] = {}
-    for name, tensor in [*module.named_parameters(remove_duplicate=False), *module.named_buffers(remove_duplicate=False)]:
-        aliases.setdefault(id(tensor), set()).add(name)
-    loaded_ids = {i for i, names in aliases.items() if names & loaded}
-    by_name = {n: i for i, names in aliases.items() for n in names}
-    return [m for m in missing if by_name.get(m) not in loaded_ids]
-
-
-def load_matching_heads(model: Any, folder: str | Path, tasks: Sequence[Any]) -> list[str]:
-    """Copy the heads of tasks that the checkpoint has with the same name, type and label state."""
-    meta = read_meta(folder)
-    saved = {t["name"]: t for t in meta["tasks"]}
-    tensors = _tensors(folder)
-    reused = []
-    for task in tasks:
-        entry = saved.get(task.name)
-        if entry is None or entry["type"] != task.type_name or entry["state"] != task.state_dict():
-            continue
-        prefix = f"heads.{task.name}."
-        head = model.heads[task.name]
-        own = head.state_dict()
-        picked = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
-        if set(picked) != set(own) or any(picked[k].shape != own[k].shape for k in own):
-            continue
-        head.load_state_dict(picked)
-        reused.append(task.name)
-    return reused
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ import re
 import sys
 from typing import Any, Iterator, Sequence
 
+from ._version import __version__
 from .errors import ConfigError, Interrupted, NlpkitError
 from .options import show
 
@@ -25,7 +26,7 @@ def positive_int(text: str) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="nlpkit", description="Fine-tune one shared transformer on many NLP tasks.")
-    p.add_argument("--version", action="version", version=f"nlpkit {__import__('nlpkit').__version__}")
+    p.add_argument("--version", action="version", version=f"nlpkit {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train one or more tasks on one backbone")

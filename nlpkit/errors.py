@@ -48,3 +48,9 @@ class Interrupted(NlpkitError):
     def __init__(self, message: str, exit_code: int):
         self.exit_code = exit_code
         super().__init__(message)
+
+
+class NotStandard(NlpkitError):
+    """A model cannot be exported in a standard form: no transformers class computes what this head computes, or
+    it is not one graph (the reason is the message). Plugins raise it from ``export_model``; the export then
+    writes nlpkit's own format for that task and says why in the model card."""

@@ -2,7 +2,7 @@
 
 The task plugin still parses, encodes, batches (sorted by length) and decodes; only the backbone + head
 forward pass runs as the graph ``nlpkit export --format onnx`` writes. That graph is checked against torch
-when it is exported (largest difference under 1e-4, nlpkit.export.TOLERANCE), so predictions agree with
+when it is exported (largest difference under 1e-4, nlpkit.onnx_export.TOLERANCE), so predictions agree with
 the torch runtime's, and onnxruntime's fused CPU kernels (attention, LayerNorm, GELU) make it faster in
 fp32 (benchmarks/predict_throughput.py measures both side by side).
 
@@ -23,7 +23,10 @@ from typing import Any, Iterator, Sequence
 import torch
 
 from .cache import cache_root
-from .errors import ConfigError
+from . import onnx_export
+from ._version import __version__
+from .errors import ConfigError, NotStandard
+from .onnx_export import OnnxRuntimeHead, require_onnx_extra
 
 RUNTIMES = ("torch", "onnxruntime")
 #: bump when the exported graph's contract changes, so old cache entries are not reused
@@ -36,8 +39,6 @@ def check(runtime: str, precision: str, quantize: str | None, device: torch.devi
         raise ConfigError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
     if runtime == "torch":
         return
-    from .export import require_onnx_extra
-
     require_onnx_extra()
     if device.type != "cpu":
         raise ConfigError(f"runtime onnxruntime runs nlpkit's exported graph on CPU (onnxruntime's CPU provider); "
@@ -55,7 +56,6 @@ def fingerprint(folder: Path) -> str:
     """Every file of the checkpoint (names and bytes) and the versions that shape the exported graph."""
     import onnxruntime
 
-    from . import __version__
 
     digest = hashlib.sha256(f"{CACHE_FORMAT} {__version__} {torch.__version__} {onnxruntime.__version__}".encode())
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
@@ -68,7 +68,7 @@ def fingerprint(folder: Path) -> str:
 
 class OnnxModel:
     """Stands where the torch model stands in ``predict_features``: ``heads[name](backbone, batch)`` runs
-    the task's graph (nlpkit.export.OnnxRuntimeHead); there is no backbone module to hand over."""
+    the task's graph (nlpkit.onnx_export.OnnxRuntimeHead); there is no backbone module to hand over."""
 
     training = False
     backbone = None
@@ -93,8 +93,6 @@ class OnnxModel:
 
 def build(pipe: Any, folder: Path, tasks: Sequence[Any]) -> OnnxModel:
     """Export (or find in the cache) one graph per task and open an onnxruntime session on each."""
-    from .export import NotStandard, OnnxRuntimeHead, export_task_onnx
-
     root = cache_dir() / fingerprint(folder)
     heads: dict[str, Any] = {}
     missing: dict[str, str] = {}
@@ -108,7 +106,7 @@ def build(pipe: Any, folder: Path, tasks: Sequence[Any]) -> OnnxModel:
             print(f"onnxruntime: exporting task {task.name} to {target} (once: later loads of this checkpoint "
                   "reuse it)", file=sys.stderr, flush=True)
             try:
-                _export_into(pipe, task, target, export_task_onnx)
+                _export_into(pipe, task, target, onnx_export.export_task_onnx)
             except NotStandard as exc:
                 missing[task.name] = str(exc)
                 continue

@@ -6,7 +6,7 @@ from typing import Any, Sequence
 
 import torch
 
-from . import checkpoint, inference_precision
+from . import build, checkpoint, inference_precision
 from .config import DataSettings
 from .errors import NlpkitError, UnknownTaskError
 from .evaluation import evaluate as _evaluate
@@ -123,7 +123,7 @@ def load(path: str | Path, device: str | None = None, tasks: Sequence[str] | Non
     chosen = inference_precision.settle(precision, quantize, dev)  # before the weights are read
     onnx_runtime.check(runtime, precision, quantize, dev)
     folder = checkpoint.resolve(path)
-    model, task_objs, meta = checkpoint.load(folder, only=tasks)
+    model, task_objs, meta = build.load(folder, only=tasks)
     model.to(dev)
     if quantize:
         inference_precision.quantize_int8(model)

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from ._version import __version__
 from .errors import ConfigError, NlpkitError
 
 log = logging.getLogger("nlpkit.serve")
@@ -393,7 +394,7 @@ def create_app(run_dir: str | Path, *, max_batch_size: int = 32, max_wait_ms: fl
         executor.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(title="nlpkit", description=f"Predictions from the nlpkit checkpoint {run_dir}",
-                  version=__import__("nlpkit").__version__, lifespan=lifespan)
+                  version=__version__, lifespan=lifespan)
     app.state.nlpkit = state
     app.state.limits = limits
 

@@ -41,6 +41,7 @@ from .cache import cache_root
 from .config import DataSettings
 from .data import HUB_PREFIX, load_hub_split, parse_hub_spec
 from .errors import DataError, PluginError
+from ._version import __version__
 
 log = logging.getLogger("nlpkit.tables")
 
@@ -395,7 +396,6 @@ def load_examples(task: Any, path: str, settings: DataSettings = DataSettings())
     task's ``read`` returns (a lazy corpus)."""
     if not getattr(task, "tabular", True):
         return _read_rows(task, path)
-    from . import __version__
 
     rows_source = None
     identity = source_identity(path)
@@ -494,7 +494,6 @@ def fit_task(task: Any, train: Any, settings: DataSettings = DataSettings()) -> 
     if not (isinstance(train, ArrowRows) and settings.cache):
         task.fit(train)
         return False
-    from . import __version__
 
     key = _digest("fit", FORMAT, __version__, train.key, task.type_name, getattr(task, "version", 1), task.options_dict())
     folder = Path(train.files[0]).parent
@@ -530,7 +529,6 @@ def encode_split(task: Any, examples: Any, split: str, settings: DataSettings = 
     nothing that decides them changed, else from the task's ``encode`` over batches of ENCODE_BATCH examples."""
     if not isinstance(examples, ArrowRows):
         return task.encode(examples), ""
-    from . import __version__
 
     key = _digest("features", FORMAT, __version__, examples.key, task.type_name, getattr(task, "version", 1),
                   task.options_dict(), task.state_dict(), getattr(task, "backbone_kind", None),

@@ -92,6 +92,9 @@ class Task:
     #: (nlpkit.tables), so rows must be JSON-serialisable dicts. False: ``read`` returns the task's own lazy
     #: collection (a pretraining corpus) and ``encode`` gets it whole
     tabular: ClassVar[bool] = True
+    #: a few inputs as ``predict`` takes them (text, or a record of ``input_fields``): an export is checked
+    #: against the model on them. Empty: the first two examples of the task's default dev data, if any
+    sample_inputs: ClassVar[Sequence[Any]] = ()
 
     def __init__(self, name: str | None = None, options: Any = None):
         self.name = name or self.type_name

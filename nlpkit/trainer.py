@@ -32,7 +32,8 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from . import adapters, checkpoint, fast_dropout, heap, sharding, tracking
+from . import adapters, build, checkpoint, fast_dropout, heap, sharding, tracking
+from .backbone import PRESETS, Backbone, train_tokenizer
 from .config import RunConfig
 from .distributed import check_engine, check_launch, choose_precision, describe, step_stats
 from .errors import CheckpointError, ConfigError, Interrupted, NlpkitError, TrainingError
@@ -40,6 +41,7 @@ from .evaluation import evaluate, to_device
 from .optim import (RUN, TaskSchedule, default_lr, make_optimizer, make_scheduler,  # noqa: F401
                     no_decay, resolve_head_lr_scale)
 from .phases import PhaseClock
+from .model import MultiTaskModel
 from .preemption import Preemption, exit_code
 from .registry import import_plugin_module
 from .run_log import RunLog, _mean_all, peak_memory_mb, write_curves
@@ -291,8 +293,6 @@ class Trainer:
 
     def _setup_model(self) -> None:
         """Backbone, one head per task, and the weights of a resumed or starting checkpoint."""
-        from .model import MultiTaskModel
-
         cfg = self.config
 
         def texts():
@@ -330,20 +330,18 @@ class Trainer:
             adapters.enable_gradient_checkpointing(model)
         self.reused_heads: list[str] = []
         if self.saved:
-            checkpoint.load_weights(model, self.src)
+            build.load_weights(model, self.src)
         elif cfg.init_from:
-            self.reused_heads = checkpoint.load_matching_heads(model, cfg.init_from, self.tasks)
+            self.reused_heads = build.load_matching_heads(model, cfg.init_from, self.tasks)
         self.backbone, self.model = backbone, model
 
     def _backbone(self, acc, out: Path, texts_fn, src: Path | None):
         from transformers import AutoTokenizer
 
-        from .backbone import PRESETS, Backbone, train_tokenizer
-
         spec = self.config.backbone.spec
         init = self.config.init_from
         if init and src is None:  # the starting checkpoint's architecture, tokenizer and (below) weights
-            backbone = checkpoint.load_backbone(init)
+            backbone = build.load_backbone(init)
             adapters.merge(backbone)  # a peft run's adapters become weights; this run may add its own
             return backbone
         load = adapters.load_options(self.config.backbone, acc.device)
@@ -458,8 +456,6 @@ class Trainer:
 
     def _pretrained_advice(self) -> str | None:
         """Tasks that learn next to nothing on a from-scratch preset say so (Task.needs_pretrained)."""
-        from .backbone import PRESETS
-
         needy = [t.name for t in self.tasks if t.needs_pretrained]
         if self.config.backbone.spec not in PRESETS or not needy or self.config.init_from:
             return None

@@ -59,6 +59,7 @@ class CausalLmOptions(CorpusOptions):
 
 @register_task("causal-lm")
 class CausalLmTask(CorpusTask):
+    sample_inputs = ["The council met on", "Once upon a time"]
     description = "causal language modelling on raw text (decoders: pretraining, domain adaptation; perplexity)"
     Options = CausalLmOptions
     main_score = "accuracy"

@@ -194,6 +194,7 @@ def _short(value: Any, limit: int = 80) -> str:
 # ---- the plugin ------------------------------------------------------------------------------------
 @register_task("classification")
 class ClassificationTask(Task):
+    sample_inputs = ["The team won the cup final after extra time .", "Shares fell sharply on Wall Street ."]
     description = "text classification: single-label, multi-label, sentence pairs (CSV/TSV/JSONL)"
     Options = ClassificationOptions
     main_score = "accuracy"

@@ -278,6 +278,7 @@ def bert_for_masked_lm(backbone: Any, head: MaskedLmHead) -> tuple[Any, str]:
 # ---- the plugin --------------------------------------------------------------------------------------
 @register_task("masked-lm")
 class MaskedLmTask(CorpusTask):
+    sample_inputs = ["Paris is the [MASK] of France .", "The river [MASK] past the old mills toward the [MASK] ."]
     description = "masked-LM pretraining on raw text (15% masking, 80/10/10, whole-word option; perplexity)"
     Options = MaskedLmOptions
     main_score = "accuracy"

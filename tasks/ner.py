@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from operator import itemgetter
 from typing import Any, Iterable, Iterator, Literal, Sequence
 
-from nlpkit import DataError, Task, register_task
+from nlpkit import DataError, NotStandard, Task, register_task
 from nlpkit.data import encode_words, input_text, pad_encodings, read_text_blocks
 from nlpkit.generation import GenerativeModeOptions, TextGenerator
 
@@ -359,6 +359,7 @@ def parse_generated(text: str, tokens: Sequence[str], types: Sequence[str]) -> d
 # ---- the plugin ------------------------------------------------------------------------------------
 @register_task("ner")
 class NerTask(Task):
+    sample_inputs = ["Angela Merkel visited Paris .", "The European Union met in Brussels on Monday ."]
     description = "named-entity recognition (CoNLL files, seqeval entity F1)"
     Options = NerOptions
     main_score = "f1"
@@ -600,8 +601,6 @@ class NerTask(Task):
     # ---- export --------------------------------------------------------------------------------------
     def export_model(self, backbone, head):
         if self.generative:
-            from nlpkit.export import NotStandard
-
             raise NotStandard("generative NER writes nlpkit's inline markup, which only nlpkit parses back to "
                               "entities; no standard transformers class does that")
         return None

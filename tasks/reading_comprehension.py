@@ -154,6 +154,11 @@ def pair_text(question: str, option: str) -> str:
 # ---- the plugin ------------------------------------------------------------------------------------
 @register_task("reading-comprehension")
 class ReadingComprehensionTask(Task):
+    sample_inputs = [
+        {"article": "Tom went to the market to buy apples. He came home with a bag of red apples.",
+         "question": "What did Tom buy?", "options": ["apples", "bread", "fish", "milk"]},
+        {"article": "The museum opens at nine and closes at five every day except Monday.",
+         "question": "When is the museum closed?", "options": ["Sunday", "Monday", "Friday"]}]
     description = "multiple-choice reading comprehension (JSONL or RACE files; accuracy)"
     Options = ReadingComprehensionOptions
     main_score = "accuracy"

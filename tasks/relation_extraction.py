@@ -21,7 +21,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Iterator, Mapping, Sequence
 
-from nlpkit import DataError, Task, register_task
+from nlpkit import DataError, NotStandard, Task, register_task
 from nlpkit.data import pad_encodings, read_jsonl, read_text_lines
 from nlpkit.generation import GenerativeModeOptions, TextGenerator
 from nlpkit.options import require
@@ -319,6 +319,8 @@ def parse_relation(text: str, labels: Sequence[str], fallback: str) -> tuple[str
 # ---- the plugin ------------------------------------------------------------------------------------
 @register_task("relation-extraction")
 class RelationExtractionTask(Task):
+    sample_inputs = ["The <e1>company</e1> fabricates plastic <e2>chairs</e2> .",
+                     "The <e1>burst</e1> was caused by water hammer <e2>pressure</e2> ."]
     description = "relation extraction between two marked entities (SemEval-2010 Task 8 format, JSONL spans)"
     Options = RelationOptions
     main_score = "macro_f1"
@@ -531,8 +533,6 @@ class RelationExtractionTask(Task):
     # ---- export --------------------------------------------------------------------------------------
     def export_model(self, backbone, head):
         if self.generative:
-            from nlpkit.export import NotStandard
-
             raise NotStandard("generative relation extraction writes a label as text, which nlpkit parses back; "
                               "no standard transformers class does that")
         return None

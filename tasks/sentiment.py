@@ -49,6 +49,7 @@ class SentimentOptions(ClassificationOptions):
 
 @register_task("sentiment")
 class SentimentTask(ClassificationTask):
+    sample_inputs = ["a wonderful , moving film", "the plot is dull and the acting is worse"]
     description = "sentiment analysis: negative/positive (optional neutral or 5-point), label + probability"
     Options = SentimentOptions
     list_label_hint = "sentiment has one label per text (the classification task takes multi-label data)"

@@ -70,6 +70,8 @@ def rouge(predictions: Sequence[str], references: Sequence[str]) -> dict[str, fl
 # ---- the plugin ------------------------------------------------------------------------------------
 @register_task("summarization")
 class SummarizationTask(Seq2SeqTask):
+    sample_inputs = ["The city council met on Tuesday and agreed to build a new bridge over the river . "
+                     "Work will start next year and should take three years ."]
     description = "abstractive summarization (JSONL / CSV; ROUGE-1/2/L/Lsum)"
     Options = SummarizationOptions
     main_score = "rougeL"

@@ -158,6 +158,7 @@ def read_records(records, path: str, src: str, tgt: str, skip_empty: bool,
 # ---- the plugin ------------------------------------------------------------------------------------
 @register_task("translation")
 class TranslationTask(Seq2SeqTask):
+    sample_inputs = ["A man is walking his dog in the park .", "Two children play football ."]
     description = "machine translation (parallel text / TSV / JSONL; sacreBLEU BLEU and chrF)"
     Options = TranslationOptions
     main_score = "bleu"

@@ -149,12 +149,12 @@ def test_markdown_table_aligns_columns():
 
 def test_backbones_run_scaled_dot_product_attention(trained):
     """Fresh, pretrained-folder and reloaded backbones all use PyTorch's SDPA kernel."""
-    from nlpkit import checkpoint
+    from nlpkit import build
     from nlpkit.backbone import Backbone
 
     best, tmp, _ = trained
     assert Backbone.from_pretrained(str(tmp / "bert")).model.config._attn_implementation == "sdpa"
-    model, _, _ = checkpoint.load(best)
+    model, _, _ = build.load(best)
     assert model.backbone.model.config._attn_implementation == "sdpa"
 
 
@@ -278,10 +278,10 @@ def test_mfu_quick_reports_a_fraction_of_the_measured_peak(quick_env):
 
 def test_eager_attention_computes_what_sdpa_computes(trained):
     """backbone.attention=eager is the reference the SDPA default is measured against: same function."""
-    from nlpkit import checkpoint
+    from nlpkit import build
 
     best, _, _ = trained
-    model, _, _ = checkpoint.load(best)
+    model, _, _ = build.load(best)
     model.eval()
     backbone = model.backbone
     batch = backbone.tokenizer(["Peter lives in Berlin .", "EU rejects German call"], padding=True, return_tensors="pt")

@@ -14,7 +14,7 @@ import pytest
 
 import nlpkit
 from conftest import tiny_config
-from nlpkit import checkpoint
+from nlpkit import build, checkpoint
 from nlpkit.errors import CheckpointError
 
 
@@ -62,7 +62,7 @@ def test_tensor_of_another_shape(ckpt):
     with pytest.raises(CheckpointError, match=r"model\.safetensors.*(does not match|cannot load)"):
         nlpkit.load(ckpt)
     with pytest.raises(CheckpointError, match=r"model\.safetensors does not match"):
-        checkpoint.load_backbone(ckpt)
+        build.load_backbone(ckpt)
 
 
 def test_missing_tensor(ckpt):
@@ -94,7 +94,7 @@ def test_backbone_config(ckpt, text, message):
     (ckpt / "backbone" / "config.json").write_text(text)
     _relist(ckpt)
     with pytest.raises(CheckpointError, match=message) as exc:
-        checkpoint.load_backbone(ckpt)
+        build.load_backbone(ckpt)
     assert str(ckpt / "backbone" / "config.json") in str(exc.value)
 
 

@@ -202,7 +202,7 @@ def test_onnx_matches_torch_with_dynamic_batch_and_sequence(run_dir, pipe, tmp_p
     import onnx
     import onnxruntime as ort
 
-    from nlpkit.export import sample_batch
+    from nlpkit.onnx_export import sample_batch
 
     info = export(run_dir, tmp_path / "onnx", fmt="onnx", task=task)
     assert info["written"] == {task: f"{task}/model.onnx"} and info["max_diff"][task] <= 1e-4
@@ -279,7 +279,7 @@ def test_onnxruntime_scores_what_torch_scores(run_dir, pipe, onnx_pipe, tmp_path
 
 
 def test_onnxruntime_graphs_are_cached_by_checkpoint_content(run_dir, onnx_pipe, monkeypatch):
-    from nlpkit import export as export_module
+    from nlpkit import onnx_export as export_module
     from nlpkit import onnx_runtime
 
     onnx, cache = onnx_pipe

@@ -66,6 +66,8 @@ class QaOptions(TaskOptions):
 
 @register_task("qa")
 class QaTask(Task):
+    sample_inputs = [{"question": "Who visited Paris?", "context": "Angela Merkel visited Paris in the spring of 2019."},
+                     {"question": "Where did the team play?", "context": "The team played in Rome and won the final match."}]
     description = "extractive question answering (SQuAD v1.1/v2.0 JSON or JSONL; exact match and F1)"
     Options = QaOptions
     main_score = "f1"
