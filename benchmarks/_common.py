@@ -282,7 +282,7 @@ def sst2_group_split(rows: Sequence[tuple[str, str]], sizes: Sequence[int], seed
 # ---- backbone -------------------------------------------------------------------------------------
 def resolve_backbone(spec: str) -> str:
     """A folder both nlpkit and transformers can load: an alias (minilm) or a local model folder."""
-    from nlpkit.backbone import PRESETS, resolve_alias
+    from nlpkit.engine.backbone import PRESETS, resolve_alias
 
     if spec in PRESETS:
         sys.exit(f"backbone {spec!r} is an nlpkit from-scratch preset; the Hugging Face side needs a model "
@@ -524,7 +524,7 @@ def export_token_classification(checkpoint_dir: str | Path, out_dir: str | Path,
     from safetensors.torch import load_file
     from transformers import AutoConfig, AutoModelForTokenClassification, AutoTokenizer
 
-    from nlpkit import checkpoint
+    from nlpkit.engine import checkpoint
 
     folder = checkpoint.resolve(checkpoint_dir)
     meta = _json.loads((folder / checkpoint.META_FILE).read_text())

@@ -307,7 +307,7 @@ def nlpkit_data_settings() -> set[str]:
     """The keys of nlpkit's ``data:`` section in this checkout (empty before it exists)."""
     import dataclasses
 
-    from nlpkit.config import RunConfig
+    from nlpkit.engine.config import RunConfig
 
     field = {f.name: f for f in dataclasses.fields(RunConfig)}.get("data")
     if field is None or not dataclasses.is_dataclass(field.default_factory):

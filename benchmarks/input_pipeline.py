@@ -41,9 +41,9 @@ def main(argv=None) -> int:
     steps = args.steps or (3 if args.quick else 10)
 
     import nlpkit
-    from nlpkit.backbone import Backbone
-    from nlpkit.data import LengthGroupedBatches
-    from nlpkit.trainer import make_optimizer
+    from nlpkit.engine.backbone import Backbone
+    from nlpkit.sdk.data import LengthGroupedBatches
+    from nlpkit.engine.optim import make_optimizer
 
     info = C.device_info()
     print(C.device_line(info))
@@ -78,7 +78,7 @@ def main(argv=None) -> int:
         collated.append(batch)
 
     head = task.build_head(backbone)
-    from nlpkit.model import MultiTaskModel
+    from nlpkit.engine.model import MultiTaskModel
 
     model = MultiTaskModel(backbone, {task.name: head})
     model.train()

@@ -56,9 +56,9 @@ def quick_data(folder: Path, sentences: int) -> tuple[str, str]:
 
 
 def run(preset: str, causal: bool, seed: int, args: argparse.Namespace, folder: Path) -> dict:
-    from nlpkit.backbone import PRESETS
-    from nlpkit.config import RunConfig
-    from nlpkit.trainer import Trainer
+    from nlpkit.engine.backbone import PRESETS
+    from nlpkit.engine.config import RunConfig
+    from nlpkit.engine.trainer import Trainer
 
     name = f"{preset}-causal" if causal else preset
     PRESETS[name] = dict(PRESETS[preset], **({"is_decoder": True} if causal else {}))

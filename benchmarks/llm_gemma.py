@@ -149,8 +149,8 @@ def sft_slices(root: Path, data: str, n_train: int, n_dev: int) -> dict[str, Pat
 # ===================================================================================================
 def gemma_source() -> tuple[str, str | None]:
     """(folder, GGUF file name) of Gemma-3-270M, as nlpkit's alias resolves it (the parts are joined once)."""
-    from nlpkit.backbone import resolve_source
-    from nlpkit.errors import BackboneError
+    from nlpkit.engine.backbone import resolve_source
+    from nlpkit.sdk.errors import BackboneError
 
     try:
         return resolve_source(GEMMA)
@@ -306,7 +306,7 @@ def nlpkit_worker(spec: dict[str, Any]) -> dict[str, Any]:
 def ner_report_worker(spec: dict[str, Any]) -> dict[str, Any]:
     """nlpkit_worker, then the selected checkpoint (best/) scored on the report split at the run's precision."""
     import nlpkit
-    from nlpkit import checkpoint
+    from nlpkit.engine import checkpoint
 
     result = nlpkit_worker(spec)
     t0 = time.time()
@@ -321,7 +321,7 @@ def ner_report_worker(spec: dict[str, Any]) -> dict[str, Any]:
 def _instrument_nlpkit(steps: int) -> Probe:
     """Measurement only, the training is untouched: count every micro-batch where nlpkit counts its tokens
     (``step_stats``), start the probe as the first training step begins, mark every optimizer step."""
-    import nlpkit.trainer as trainer
+    import nlpkit.engine.trainer as trainer
 
     probe = Probe(steps)
     step_stats, make_optimizer, train_step = trainer.step_stats, trainer.make_optimizer, trainer.Trainer.train_step

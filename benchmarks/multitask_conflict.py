@@ -48,7 +48,7 @@ def measure(trainer, k: int) -> dict:
         batch_grads = []
         for _ in range(k):
             idx = stream.next_indices()
-            from nlpkit.evaluation import to_device
+            from nlpkit.engine.evaluation import to_device
 
             batch = to_device(t.collate([stream.features[i] for i in idx]), trainer.acc.device)
             model.zero_grad(set_to_none=True)
@@ -87,7 +87,8 @@ def main() -> None:
     offline()
     import yaml
 
-    from nlpkit.trainer import Trainer, RunConfig
+    from nlpkit.engine.config import RunConfig
+    from nlpkit.engine.trainer import Trainer
 
     root = data_root(args.data_root)
     steps = sorted({int(s) for s in args.steps.split(",")})

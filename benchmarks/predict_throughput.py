@@ -157,11 +157,11 @@ def main(argv=None) -> int:
     print(C.versions())
     root = C.data_root(args.data_root)
     if args.checkpoint:
-        ckpt = nlpkit.checkpoint.resolve(args.checkpoint) if hasattr(nlpkit, "checkpoint") else Path(args.checkpoint)
+        ckpt = nlpkit.engine.checkpoint.resolve(args.checkpoint) if hasattr(nlpkit, "checkpoint") else Path(args.checkpoint)
     else:
         backbone = C.tiny_bert_folder() if args.quick else C.resolve_backbone(args.backbone)
         ckpt = train_checkpoint(args, backbone, root)
-    from nlpkit import checkpoint as nlpkit_checkpoint
+    from nlpkit.engine import checkpoint as nlpkit_checkpoint
 
     ckpt = nlpkit_checkpoint.resolve(ckpt)
     hf_dir = C.export_token_classification(ckpt, C.CACHE / "predict-export" / ckpt.parent.name)

@@ -105,7 +105,7 @@ def nlpkit_worker(spec: dict[str, Any]) -> dict[str, Any]:
 def _instrument_nlpkit(steps: int) -> tuple[C.StepMeter | None, LossLog]:
     """The StepMeter of train_throughput.py (every micro-batch counted where nlpkit counts its tokens,
     every optimizer step marked by a post-step hook) and the loss of each step. Measurement only."""
-    import nlpkit.trainer as trainer
+    import nlpkit.engine.trainer as trainer
 
     losses = LossLog()
     if not hasattr(trainer, "step_stats") or not hasattr(trainer, "make_optimizer"):
@@ -150,10 +150,10 @@ class _Phases:
 
 
 def _time_phases() -> _Phases:
-    """Wrap nlpkit.corpus.read_corpus / pack and Trainer.fit with timers (the task imports the first two
+    """Wrap nlpkit.sdk.corpus.read_corpus / pack and Trainer.fit with timers (the task imports the first two
     when it reads and encodes, so wrapping the module attributes reaches it). Nothing else changes."""
-    import nlpkit.corpus as corpus
-    import nlpkit.trainer as trainer
+    import nlpkit.sdk.corpus as corpus
+    import nlpkit.engine.trainer as trainer
 
     phases = _Phases()
     read_corpus, pack, fit = corpus.read_corpus, corpus.pack, trainer.Trainer.fit

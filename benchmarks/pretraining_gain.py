@@ -67,8 +67,8 @@ def code_version() -> str:
 
 def _read(task_type: str, path: Path, options: dict[str, Any] | None = None):
     """A task and the examples it trains on from ``path`` (a dev share carved off as the fine-tuning run does)."""
-    from nlpkit.data import carve_dev_split
-    from nlpkit.registry import get_task_class
+    from nlpkit.sdk.data import carve_dev_split
+    from nlpkit.sdk.registry import get_task_class
 
     task = get_task_class(task_type)(None, options or {})
     examples = task.read(str(path))

@@ -247,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     args.train_steps = args.train_steps or (20 if args.quick else 200)
 
     import nlpkit
-    from nlpkit import checkpoint
+    from nlpkit.engine import checkpoint
 
     info = C.device_info()
     print(C.device_line(info))

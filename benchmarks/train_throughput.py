@@ -98,7 +98,7 @@ def nlpkit_worker(spec: dict[str, Any]) -> dict[str, Any]:
 def _instrument_nlpkit(steps: int) -> C.StepMeter | None:
     """Attach the StepMeter: count every micro-batch where nlpkit counts its tokens (``step_stats``),
     mark every optimizer step with a post-step hook. Measurement only; the training is untouched."""
-    import nlpkit.trainer as trainer
+    import nlpkit.engine.trainer as trainer
 
     if not hasattr(trainer, "step_stats") or not hasattr(trainer, "make_optimizer"):
         return None
@@ -123,7 +123,7 @@ def _force_adamw_kind(kind: str) -> None:
     so a change of nlpkit's default can be measured against the old one in the same invocation."""
     import torch
 
-    import nlpkit.trainer as trainer
+    import nlpkit.engine.trainer as trainer
 
     original = trainer.make_optimizer
 
@@ -382,8 +382,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def classification_available() -> bool:
-    from nlpkit.errors import UnknownTaskError
-    from nlpkit.registry import get_task_class
+    from nlpkit.sdk.errors import UnknownTaskError
+    from nlpkit.sdk.registry import get_task_class
 
     try:
         get_task_class("classification")

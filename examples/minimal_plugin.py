@@ -9,8 +9,8 @@ from __future__ import annotations
 from typing import Sequence
 
 from nlpkit import DataError, Task, register_task
-from nlpkit.data import open_text, pad_encodings
-from nlpkit.heads import SequenceClassificationHead
+from nlpkit.sdk.data import open_text, pad_encodings
+from nlpkit.sdk.heads import SequenceClassificationHead
 
 
 @register_task("is-question")

@@ -50,8 +50,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
-from .errors import DataError
-from .task import Task
+from .sdk.errors import DataError
+from .sdk.task import Task
 
 __all__ = ["check_task", "ContractReport", "CheckResult", "ContractError", "CHECKS"]
 
@@ -274,7 +274,7 @@ class _Contract:
         train_slice = self._read_slice(task, self.files["train"])
         fraction = getattr(task.options, "dev_split", 0.0)
         if "dev" not in self.files and fraction:
-            from .data import carve_dev_split
+            from .sdk.data import carve_dev_split
 
             self.train_examples, dev_slice = carve_dev_split(train_slice, fraction, task.options.dev_split_seed,
                                                              self.files["train"])
@@ -307,7 +307,7 @@ class _Contract:
             examples = list(examples)  # a streaming reader: the trainer stores its rows in a table
         if not isinstance(examples, list) and not lazy:
             raise _Fail(f"read({path!r}) returned {type(examples).__name__}; it must return a list or generator of "
-                        "example dicts (or a Sequence with subset(), as nlpkit.corpus.TextCorpus)")
+                        "example dicts (or a Sequence with subset(), as nlpkit.sdk.corpus.TextCorpus)")
         if task.tabular and not lazy:
             for ex in examples:
                 try:
@@ -349,7 +349,7 @@ class _Contract:
         problem = self._expect_data_error(str(path), line, f"a copy of {self.files['train']} with the non-UTF-8 "
                                           f"byte 0x{BAD_BYTE.hex()} on line {line}", check=False)
         if problem:
-            raise _Fail(problem + "; read files through nlpkit.data.open_text, the shared reader that reports bad "
+            raise _Fail(problem + "; read files through nlpkit.sdk.data.open_text, the shared reader that reports bad "
                         "bytes as DataError(message, path, line), or, for a format that is not UTF-8 by design, "
                         "pass bad={path: line} with your own bad cases")
         return f"non-UTF-8 byte on line {line} of a copy of the train file: DataError at that line"
@@ -357,7 +357,7 @@ class _Contract:
     def _expect_data_error(self, path: str, line: int | None, what: str | None = None,
                            check: bool = True) -> str | None:
         """None when reading ``path`` as the trainer reads a dev file (read, check) raises DataError at ``line``."""
-        from .data import require_examples
+        from .sdk.data import require_examples
 
         what = what or path
         task = self.new_task()
@@ -412,7 +412,7 @@ class _Contract:
         build_head could not be followed (a hook set on the instance), the saved checkpoint loaded once."""
         if self._memory is None:
             if self.captured:
-                from .model import MultiTaskModel
+                from .engine.model import MultiTaskModel
 
                 task, backbone, head = self.captured[-1]
                 model = MultiTaskModel(backbone, {task.name: head})
@@ -540,8 +540,8 @@ class _Contract:
 # ---------------------------------------------------------------------------------------------------
 def _registered_name(cls: type[Task]) -> str | None:
     """The name ``cls`` is registered under (by decorator or entry point), or None."""
-    from . import registry
-    from .errors import NlpkitError
+    from .sdk import registry
+    from .sdk.errors import NlpkitError
 
     candidates = [cls.__dict__.get("type_name") or None]
     value = f"{cls.__module__}:{cls.__qualname__}"
@@ -559,7 +559,7 @@ def _registered_name(cls: type[Task]) -> str | None:
 @contextlib.contextmanager
 def _registered(cls: type[Task]) -> Iterator[str]:
     """The class's registered name; an unregistered class gets a temporary one, removed afterwards."""
-    from .registry import register_task, unregister_task
+    from .sdk.registry import register_task, unregister_task
 
     name = _registered_name(cls)
     if name is not None:
@@ -637,14 +637,14 @@ def _backbone(backbone: str | Mapping[str, Any] | None) -> dict[str, Any]:
     if backbone is None:
         return {"spec": "mini", "vocab_size": 400}
     if isinstance(backbone, str):
-        from .backbone import PRESETS
+        from .engine.backbone import PRESETS
 
         return {"spec": backbone, **({"vocab_size": 400} if backbone in PRESETS else {})}
     return dict(backbone)
 
 
 def _predict(task: Task, model: Any, examples: Sequence[dict], batch_size: int) -> list[Any]:
-    from .evaluation import predict_features
+    from .engine.evaluation import predict_features
 
     examples = copy.deepcopy(list(examples))
     features = task.encode(examples)

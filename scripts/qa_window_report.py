@@ -10,7 +10,7 @@ import json
 from collections import defaultdict
 
 import nlpkit
-from nlpkit.evaluation import predict_features
+from nlpkit.engine.evaluation import predict_features
 from nlpkit_tasks.qa.squad import squad_scores
 
 

@@ -3,7 +3,7 @@
 The pretraining (or continued pretraining) of a decoder: ``nlpkit train --task causal-lm --backbone
 tiny-decoder --data train=corpus.txt`` from scratch, or ``--backbone PATH`` for a pretrained GPT-2 /
 Llama / Qwen folder. Documents (one per line, or separated by blank lines; .txt, .jsonl, .gz, a folder)
-are tokenised once into the memory-mapped cache of ``nlpkit.corpus`` and packed into blocks of
+are tokenised once into the memory-mapped cache of ``nlpkit.sdk.corpus`` and packed into blocks of
 ``max_length`` tokens with no padding, as transformers' run_clm.py does: each document is followed by
 the separator (the tokenizer's SEP, else EOS), and each block starts with the BOS token when the
 tokenizer has one. ``within_document`` keeps every block inside one document instead.
@@ -32,9 +32,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from nlpkit import register_task
-from nlpkit.errors import ConfigError
-from nlpkit.corpus import CorpusOptions, CorpusTask
-from nlpkit.options import require
+from nlpkit.sdk.errors import ConfigError
+from nlpkit.sdk.corpus import CorpusOptions, CorpusTask
+from nlpkit.sdk.options import require
 
 from . import DATA_DIR
 
@@ -74,7 +74,7 @@ class CausalLmTask(CorpusTask):
     # ---- reading -------------------------------------------------------------------------------------
     # ---- model ---------------------------------------------------------------------------------------
     def setup(self, backbone: Any) -> None:
-        from nlpkit.corpus import separator_id
+        from nlpkit.sdk.corpus import separator_id
 
         super().setup(backbone)
         tok = self.tokenizer
@@ -88,7 +88,7 @@ class CausalLmTask(CorpusTask):
 
     def encode(self, examples: Any) -> Any:
         """Blocks of the corpus (labelled: every token is a target), or prompt features for ``predict``."""
-        from nlpkit.corpus import pack
+        from nlpkit.sdk.corpus import pack
 
         if _is_prompts(examples):
             return self._encode_prompts(examples)
@@ -216,7 +216,7 @@ class CausalLmTask(CorpusTask):
 
     # ---- raw input -----------------------------------------------------------------------------------
     def parse_input(self, item: str | dict) -> dict:
-        from nlpkit.data import input_text
+        from nlpkit.sdk.data import input_text
 
         if isinstance(item, dict):
             field = "prompt" if "prompt" in item else self.options.text_field

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Iterable, Iterator, Literal, Sequence
 
 from nlpkit import DataError, Task, TaskOptions, register_task
-from nlpkit.data import csv_rows, input_text, open_text, pad_encodings, read_jsonl, read_text_lines
-from nlpkit.options import require
+from nlpkit.sdk.data import csv_rows, input_text, open_text, pad_encodings, read_jsonl, read_text_lines
+from nlpkit.sdk.options import require
 
 from . import DATA_DIR
 
@@ -378,8 +378,8 @@ class ClassificationTask(Task):
         return batch
 
     def build_head(self, backbone):
-        from nlpkit.heads import SequenceClassificationHead
-        from nlpkit.heads.classification import resolve_pooling
+        from nlpkit.sdk.heads import SequenceClassificationHead
+        from nlpkit.sdk.heads.classification import resolve_pooling
 
         pooling = resolve_pooling(self.options.pooling, backbone.kind)
         return SequenceClassificationHead(backbone.hidden_size, len(self.labels), self.options.dropout,

@@ -1,6 +1,6 @@
 """Denoising pretraining (BART's text infilling): rebuild a token block from a corrupted copy of it.
 
-Raw text is read as a lazy corpus and packed into blocks of ``max_length`` tokens (``nlpkit.corpus``).
+Raw text is read as a lazy corpus and packed into blocks of ``max_length`` tokens (``nlpkit.sdk.corpus``).
 Each time a block is seen in training it is corrupted afresh (Lewis et al. 2020, "BART", section 2.2):
 
 - text infilling: ``mask_ratio`` (0.3) of its tokens are covered by spans whose lengths are drawn from
@@ -35,9 +35,9 @@ from typing import Any, Iterable, Optional, Sequence
 import numpy as np
 
 from nlpkit import register_task
-from nlpkit import options as _options
-from nlpkit.corpus import CorpusOptions, CorpusTask
-from nlpkit.errors import BackboneError
+from nlpkit.sdk import options as _options
+from nlpkit.sdk.corpus import CorpusOptions, CorpusTask
+from nlpkit.sdk.errors import BackboneError
 
 from . import DATA_DIR
 
@@ -200,8 +200,8 @@ def _denoising_head(backbone: Any, noise: TextInfilling, frame: tuple[int, int],
     import torch
     from torch import nn
 
-    from nlpkit.data import pad, pad_encodings
-    from nlpkit.heads.seq2seq import Seq2SeqHead
+    from nlpkit.sdk.data import pad, pad_encodings
+    from nlpkit.sdk.heads.seq2seq import Seq2SeqHead
 
     class DenoisingHead(nn.Module):
         """Corrupts the clean blocks of a batch, then trains (or scores) the seq2seq head on them.
@@ -311,7 +311,7 @@ class DenoisingTask(CorpusTask):
         return [self.options.mask_token] if self.options.mask_token else []
 
     def setup(self, backbone: Any) -> None:
-        from nlpkit.heads.seq2seq import target_tokens
+        from nlpkit.sdk.heads.seq2seq import target_tokens
 
         super().setup(backbone)
         o, tok = self.options, self.tokenizer
@@ -334,7 +334,7 @@ class DenoisingTask(CorpusTask):
         """Blocks of the corpus (clean: the head corrupts them), or, for predict, one feature per text."""
         if _inputs(examples):
             return self._encode_inputs(examples)
-        from nlpkit.corpus import pack
+        from nlpkit.sdk.corpus import pack
 
         o = self.options
         return pack(examples, self.tokenizer, o.max_length, within_document=o.within_document,
@@ -355,7 +355,7 @@ class DenoisingTask(CorpusTask):
     def collate(self, features: Sequence[dict]) -> dict:
         import torch
 
-        from nlpkit.data import pad_encodings
+        from nlpkit.sdk.data import pad_encodings
 
         batch: dict[str, Any] = pad_encodings(features, self.tokens.pad)
         if features[0].get("predict"):
@@ -416,7 +416,7 @@ class DenoisingTask(CorpusTask):
     # ---- raw input --------------------------------------------------------------------------------
     def parse_input(self, item: str | dict) -> dict:
         """A text with mask tokens (the tokenizer's, or written <mask> / [MASK]); predict fills them."""
-        from nlpkit.data import input_text
+        from nlpkit.sdk.data import input_text
 
         field = self.options.text_field
         if isinstance(item, dict):

@@ -2,7 +2,7 @@
 
 Three uses, one plugin: pretraining a from-scratch preset, continued ("domain-adaptive") pretraining of a
 pretrained encoder on the user's own text, and an auxiliary task beside a supervised one in a multi-task
-run. Raw text comes in as a lazy ``nlpkit.corpus.TextCorpus`` (never a Python list of a corpus's text)
+run. Raw text comes in as a lazy ``nlpkit.sdk.corpus.TextCorpus`` (never a Python list of a corpus's text)
 and is packed into fixed-length blocks ``[CLS] ... [SEP]`` from a memory-mapped token cache.
 
 Masking follows BERT and transformers' ``DataCollatorForLanguageModeling`` (the run_mlm.py recipe):
@@ -29,7 +29,6 @@ import logging
 import math
 import re
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import numpy as np
@@ -38,9 +37,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from nlpkit import ConfigError, DataError, register_task
-from nlpkit.data import input_text, pad, pad_encodings
-from nlpkit.corpus import CorpusOptions, CorpusTask
-from nlpkit.options import require
+from nlpkit.sdk.data import input_text, pad, pad_encodings
+from nlpkit.sdk.corpus import CorpusOptions, CorpusTask
+from nlpkit.sdk.options import require
 
 from . import DATA_DIR
 
@@ -204,34 +203,14 @@ PRETRAINED_KEYS = {
 }
 
 
-def pretrained_head_file(spec: str) -> Path | None:
-    """The backbone source's model.safetensors (local folder, alias, or the hub cache), or None."""
-    from nlpkit.backbone import PRESETS, resolve_alias
-
-    if spec in PRESETS:
-        return None
-    try:
-        source = resolve_alias(spec)
-        if Path(source).is_dir():
-            found = Path(source) / "model.safetensors"
-            return found if found.is_file() else None
-        from transformers.utils import cached_file
-
-        found = cached_file(source, "model.safetensors", local_files_only=True,
-                            _raise_exceptions_for_missing_entries=False)
-        return Path(found) if found else None
-    except Exception:  # noqa: BLE001 - no file where it could be: the head starts fresh, as on MiniLM
-        return None
-
-
-def load_pretrained_head(head: Any, spec: str) -> list[str]:
+def load_pretrained_head(head: Any, backbone: Any) -> list[str]:
     """Copy BERT's MLM head weights (``cls.predictions.*``) into ``head`` when the backbone has them.
 
     The output bias is copied for the rows both have (added special tokens get 0). Returns what was loaded.
     """
     from safetensors import safe_open
 
-    path = pretrained_head_file(spec)
+    path = backbone.source_file("model.safetensors")
     if path is None:
         return []
     own = head.state_dict()
@@ -308,7 +287,7 @@ class MaskedLmTask(CorpusTask):
         """Token blocks of a corpus (lazy, from the cache); for texts given to predict, one feature each."""
         if _are_queries(examples):
             return self._encode_queries(examples)
-        from nlpkit.corpus import pack
+        from nlpkit.sdk.corpus import pack
 
         prefix, suffix = self.frame()
         return pack(examples, self.tokenizer, self.options.max_length, within_document=self.options.within_document,
@@ -350,7 +329,7 @@ class MaskedLmTask(CorpusTask):
             init_range=getattr(config, "initializer_range", 0.02), options=self.options,
             mask_id=self.tokenizer.mask_token_id, special_ids=special_ids(self.tokenizer),
             vocab_size=len(self.tokenizer))
-        loaded = load_pretrained_head(head, backbone.spec)
+        loaded = load_pretrained_head(head, backbone)
         if loaded:
             log.info(f"{self.name}: MLM head initialised from the pretrained weights of {backbone.spec} "
                      "(cls.predictions.*)")

@@ -20,8 +20,8 @@ from operator import itemgetter
 from typing import Any, Iterable, Iterator, Literal, Sequence
 
 from nlpkit import DataError, NotStandard, Task, register_task
-from nlpkit.data import encode_words, input_text, pad_encodings, read_text_blocks
-from nlpkit.generation import GenerativeModeOptions, TextGenerator
+from nlpkit.sdk.data import encode_words, input_text, pad_encodings, read_text_blocks
+from nlpkit.sdk.generation import GenerativeModeOptions, TextGenerator
 
 from . import DATA_DIR
 
@@ -508,7 +508,7 @@ class NerTask(Task):
             return self.generator.collate(features)
         batch = pad_encodings(features, self.tokenizer.pad_token_id)
         if "labels" in features[0]:
-            from nlpkit.data import pad
+            from nlpkit.sdk.data import pad
 
             batch["labels"] = pad([f["labels"] for f in features], -100)
         return batch
@@ -517,7 +517,7 @@ class NerTask(Task):
         return self.generator.feature_length(feature) if self.generative else len(feature["input_ids"])
 
     def build_head(self, backbone):
-        from nlpkit.heads import TokenClassificationHead
+        from nlpkit.sdk.heads import TokenClassificationHead
 
         if self.generative:
             return self.generator.build_head(backbone)

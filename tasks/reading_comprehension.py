@@ -16,7 +16,7 @@ from typing import Any, Literal, Sequence
 import torch
 
 from nlpkit import DataError, Task, TaskOptions, register_task
-from nlpkit.data import load_json, open_text, pad, pad_encodings, read_jsonl
+from nlpkit.sdk.data import load_json, open_text, pad, pad_encodings, read_jsonl
 
 from . import DATA_DIR
 
@@ -223,14 +223,14 @@ class ReadingComprehensionTask(Task):
         return batch
 
     def build_head(self, backbone):
-        from nlpkit.heads import MultipleChoiceHead
+        from nlpkit.sdk.heads import MultipleChoiceHead
 
         pooling = "mean" if self.pooling == "option" else self.pooling  # over pool_mask
         return MultipleChoiceHead(backbone.hidden_size, self.options.dropout, pooling)
 
     @property
     def pooling(self) -> str:
-        from nlpkit.heads.classification import resolve_pooling
+        from nlpkit.sdk.heads.classification import resolve_pooling
 
         return resolve_pooling(self.options.pooling, self.backbone_kind, encoder_default="option")
 

@@ -4,7 +4,7 @@ Data: the SemEval-2010 Task 8 release format (``ID<TAB>"sentence with <e1>..</e1
 the relation, a ``Comment:`` line, a blank line) or JSONL with character spans for head (e1) and
 tail (e2). Model: entity markers ``[E1] .. [/E1]`` and ``[E2] .. [/E2]`` are added to the tokenizer and
 inserted around the entities; the states of the two start markers, concatenated, go into a
-classifier (``nlpkit.heads.EntityPairHead``). Directional labels stay distinct classes:
+classifier (``nlpkit.sdk.heads.EntityPairHead``). Directional labels stay distinct classes:
 ``Cause-Effect(e1,e2)`` is not ``Cause-Effect(e2,e1)``.
 
 Score: the official SemEval-2010 Task 8 measure, re-implemented from the task's Perl scorer v1.2 and
@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from typing import Any, Iterator, Mapping, Sequence
 
 from nlpkit import DataError, NotStandard, Task, register_task
-from nlpkit.data import pad_encodings, read_jsonl, read_text_lines
-from nlpkit.generation import GenerativeModeOptions, TextGenerator
-from nlpkit.options import require
+from nlpkit.sdk.data import pad_encodings, read_jsonl, read_text_lines
+from nlpkit.sdk.generation import GenerativeModeOptions, TextGenerator
+from nlpkit.sdk.options import require
 
 MARKERS = ("[E1]", "[/E1]", "[E2]", "[/E2]")
 INLINE_RE = re.compile(r"</?e[12]>", re.IGNORECASE)
@@ -462,7 +462,7 @@ class RelationExtractionTask(Task):
         return self.generator.feature_length(feature) if self.generative else len(feature["input_ids"])
 
     def build_head(self, backbone):
-        from nlpkit.heads import EntityPairHead
+        from nlpkit.sdk.heads import EntityPairHead
 
         if self.generative:
             return self.generator.build_head(backbone)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, Sequence
 
 from nlpkit import DataError, register_task
-from nlpkit.options import require
+from nlpkit.sdk.options import require
 
 from . import DATA_DIR
 from .classification import ClassificationOptions, ClassificationTask

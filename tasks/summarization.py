@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any, Literal, Optional, Sequence
 
 from nlpkit import DataError, register_task
-from nlpkit.data import csv_rows, input_text, open_text, read_jsonl
-from nlpkit.generation import GenerationOptions, Seq2SeqTask, hub_records, pair, warn_skipped
+from nlpkit.sdk.data import csv_rows, input_text, open_text, read_jsonl
+from nlpkit.sdk.generation import GenerationOptions, Seq2SeqTask, hub_records, pair, warn_skipped
 
 from . import DATA_DIR
 
@@ -75,7 +75,7 @@ class SummarizationTask(Seq2SeqTask):
     description = "abstractive summarization (JSONL / CSV; ROUGE-1/2/L/Lsum)"
     Options = SummarizationOptions
     main_score = "rougeL"
-    #: on a decoder-only model: causal-LM fine-tuning on "instruction + document" prompts (nlpkit.generation)
+    #: on a decoder-only model: causal-LM fine-tuning on "instruction + document" prompts (nlpkit.sdk.generation)
     backbone_kinds = ("encoder", "encoder-decoder", "decoder")
 
     def default_data(self) -> dict[str, str]:

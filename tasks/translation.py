@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence
 
 from nlpkit import ConfigError, DataError, register_task
-from nlpkit.data import open_text, read_jsonl, read_text_lines
-from nlpkit.generation import GenerationOptions, Seq2SeqTask, hub_records, pair, warn_skipped
+from nlpkit.sdk.data import open_text, read_jsonl, read_text_lines
+from nlpkit.sdk.generation import GenerationOptions, Seq2SeqTask, hub_records, pair, warn_skipped
 
 from . import DATA_DIR
 
@@ -162,7 +162,7 @@ class TranslationTask(Seq2SeqTask):
     description = "machine translation (parallel text / TSV / JSONL; sacreBLEU BLEU and chrF)"
     Options = TranslationOptions
     main_score = "bleu"
-    #: on a decoder-only model: causal-LM fine-tuning on "instruction + source" prompts (nlpkit.generation)
+    #: on a decoder-only model: causal-LM fine-tuning on "instruction + source" prompts (nlpkit.sdk.generation)
     backbone_kinds = ("encoder", "encoder-decoder", "decoder")
 
     def default_data(self) -> dict[str, str]:

@@ -11,7 +11,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import gather_object
 
-from nlpkit.evaluation import predict_features
+from nlpkit.engine.evaluation import predict_features
 
 
 class CountingTask:

@@ -1,4 +1,4 @@
-"""The bad-input sweep: every case in tests/bad_inputs/*.yaml runs through ``nlpkit.cli.main`` in-process.
+"""The bad-input sweep: every case in tests/bad_inputs/*.yaml runs through ``nlpkit.apps.cli.main`` in-process.
 
 The case format is described in tests/bad_inputs/README.md. Each case gets a fresh folder (with a copy of
 a tiny trained run when it asks for one), its files, its stdin, a time limit, and the checks: nothing but
@@ -196,7 +196,7 @@ def _alarm(seconds: int):
 
 def _run_main(argv: list[str], stdin: bytes, timeout: int) -> dict[str, Any]:
     """(exit code, stderr, traceback or None, hang) of one in-process ``main(argv)``."""
-    from nlpkit.cli import main
+    from nlpkit.apps.cli import main
 
     err = io.StringIO()
     out = io.StringIO()

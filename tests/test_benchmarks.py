@@ -130,7 +130,7 @@ def test_conll_slices_take_the_first_sentences(tmp_path, monkeypatch):
 
 
 def test_optimizer_is_fused_adamw_with_decay_groups():
-    from nlpkit.trainer import make_optimizer
+    from nlpkit.engine.optim import make_optimizer
 
     model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4))
     opt = make_optimizer(model, 1e-3, 0.01)
@@ -149,8 +149,8 @@ def test_markdown_table_aligns_columns():
 
 def test_backbones_run_scaled_dot_product_attention(trained):
     """Fresh, pretrained-folder and reloaded backbones all use PyTorch's SDPA kernel."""
-    from nlpkit import build
-    from nlpkit.backbone import Backbone
+    from nlpkit.engine import build
+    from nlpkit.engine.backbone import Backbone
 
     best, tmp, _ = trained
     assert Backbone.from_pretrained(str(tmp / "bert")).model.config._attn_implementation == "sdpa"
@@ -278,7 +278,7 @@ def test_mfu_quick_reports_a_fraction_of_the_measured_peak(quick_env):
 
 def test_eager_attention_computes_what_sdpa_computes(trained):
     """backbone.attention=eager is the reference the SDPA default is measured against: same function."""
-    from nlpkit import build
+    from nlpkit.engine import build
 
     best, _, _ = trained
     model, _, _ = build.load(best)
@@ -295,8 +295,8 @@ def test_eager_attention_computes_what_sdpa_computes(trained):
 
 
 def test_backbone_attention_setting_is_checked():
-    from nlpkit.config import BackboneConfig
-    from nlpkit.errors import ConfigError
+    from nlpkit.engine.config import BackboneConfig
+    from nlpkit.sdk.errors import ConfigError
 
     with pytest.raises(ConfigError, match="backbone.attention"):
         BackboneConfig(spec="tiny", attention="flash").validate("backbone")

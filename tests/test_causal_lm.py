@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import nlpkit
-from nlpkit.backbone import PRESETS, Backbone, backbone_kind, train_tokenizer
-from nlpkit.errors import ConfigError
+from nlpkit.engine.backbone import PRESETS, Backbone, backbone_kind, train_tokenizer
+from nlpkit.sdk.errors import ConfigError
 from nlpkit_tasks.causal_lm import CausalLmTask
 
 TEXT = ["the cat sat on the mat", "a dog barked at the moon all night long", "birds sing in the morning",

@@ -14,8 +14,8 @@ import pytest
 
 import nlpkit
 from conftest import tiny_config
-from nlpkit import build, checkpoint
-from nlpkit.errors import CheckpointError
+from nlpkit.engine import build, checkpoint
+from nlpkit.sdk.errors import CheckpointError
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,8 @@ import pytest
 from conftest import benchmark_dir, tiny_config
 import nlpkit
 from nlpkit import ConfigError, DataError
-from nlpkit.backbone import train_tokenizer
-from nlpkit.cli import main
+from nlpkit.engine.backbone import train_tokenizer
+from nlpkit.apps.cli import main
 from nlpkit_tasks.classification import ClassificationTask
 
 

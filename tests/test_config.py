@@ -6,10 +6,10 @@ import pytest
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal, Optional
 
-from nlpkit import options
-from nlpkit.cli import main
-from nlpkit.config import RunConfig, TrainerConfig
-from nlpkit.errors import ConfigError
+from nlpkit.sdk import options
+from nlpkit.apps.cli import main
+from nlpkit.engine.config import RunConfig, TrainerConfig
+from nlpkit.sdk.errors import ConfigError
 
 
 @pytest.mark.parametrize(
@@ -67,7 +67,7 @@ def test_recipe_mistakes_name_the_file_and_the_key(tmp_path, capsys):
 
 
 def test_cli_overrides_are_typed_like_the_recipe():
-    from nlpkit.config import apply_override
+    from nlpkit.engine.config import apply_override
 
     data = {"tasks": [{"type": "ner"}]}
     for assignment in ("trainer.lr=1e-3", "trainer.eval_every=50", "trainer.patience=null", "trainer.plots=false",
@@ -143,7 +143,7 @@ def test_seed_range(seed):
 
 
 def test_options_replace_checks_like_build():
-    from nlpkit import options
+    from nlpkit.sdk import options
 
     trainer = TrainerConfig()
     assert options.replace(trainer, {"lr": "0.5"}, "trainer").lr == 0.5
@@ -197,7 +197,7 @@ def test_set_never_walks_into_a_value(assignment, message, tmp_path, capsys):
 
 
 def test_output_dir_must_be_creatable(tmp_path):
-    from nlpkit.config import check_output_dir
+    from nlpkit.engine.config import check_output_dir
 
     (tmp_path / "f.txt").write_text("x")
     for path, message in [(tmp_path / "f.txt", "is a file, not a folder"),
@@ -212,8 +212,8 @@ def test_output_dir_must_be_creatable(tmp_path):
 def test_every_config_and_task_option_type_is_one_the_checker_knows():
     """Every field of every config section and built-in task's options round-trips through the checker
     (an unsupported field type would be a TypeError here, not on a user's machine)."""
-    from nlpkit.config import BackboneConfig, TaskEntry
-    from nlpkit.registry import get_task_class, list_tasks
+    from nlpkit.engine.config import BackboneConfig, TaskEntry
+    from nlpkit.sdk.registry import get_task_class, list_tasks
 
     classes = [TrainerConfig, BackboneConfig] + [get_task_class(info.name).Options for info in list_tasks()]
     for cls in classes:
@@ -227,7 +227,7 @@ def test_every_config_and_task_option_type_is_one_the_checker_knows():
 
 def test_default_learning_rates_per_backbone():
     """The 6-layer small presets collapse at the 1e-3 of the smaller ones (docs/training.md)."""
-    from nlpkit.optim import default_lr
+    from nlpkit.engine.optim import default_lr
 
     assert default_lr("small") == default_lr("small-decoder") == 3e-4
     assert default_lr("tiny") == default_lr("mini") == default_lr("tiny-decoder") == 1e-3

@@ -7,8 +7,8 @@ import random
 import pytest
 
 from nlpkit import DataError
-from nlpkit import data as data_module
-from nlpkit.data import read_text_blocks, read_text_lines
+from nlpkit.sdk import data as data_module
+from nlpkit.sdk.data import read_text_blocks, read_text_lines
 from nlpkit_tasks.ner import TAG_RE, iter_conll
 
 

@@ -91,7 +91,7 @@ class EntryPointOnly(IsQuestionTask):
 def test_a_class_registered_by_an_entry_point_is_checked_under_its_name(lines_tsv, monkeypatch):
     from importlib.metadata import EntryPoint
 
-    from nlpkit import registry
+    from nlpkit.sdk import registry
 
     registry.list_tasks()  # the real entry points are scanned first, then ours is added
     ep = EntryPoint("ep-question", f"{EntryPointOnly.__module__}:EntryPointOnly", registry.ENTRY_POINT_GROUP)

@@ -8,11 +8,11 @@ import os
 import numpy as np
 import pytest
 
-from nlpkit.backbone import train_tokenizer
-from nlpkit.corpus import TextCorpus, TokenCache, pack, read_corpus
-from nlpkit.data import carve_dev_split
-from nlpkit.errors import DataError
-from nlpkit.task_data import data_fingerprint
+from nlpkit.engine.backbone import train_tokenizer
+from nlpkit.sdk.corpus import TextCorpus, TokenCache, pack, read_corpus
+from nlpkit.sdk.data import carve_dev_split
+from nlpkit.sdk.errors import DataError
+from nlpkit.engine.task_data import data_fingerprint
 
 TEXT = ["the cat sat on the mat", "a dog barked at the moon all night", "birds sing", "rain fell on the town",
         "the end of the story came soon"]

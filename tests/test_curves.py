@@ -1,5 +1,5 @@
 """Learning curves that draw another metric than the one that selects (pretraining: perplexity vs accuracy)."""
-from nlpkit.curves import curves_from_log
+from nlpkit.engine.curves import curves_from_log
 
 RECORDS = [
     {"step": 10, "loss/mlm": 5.0, "eval": {"mlm": {"accuracy": 20.0, "perplexity": 90.0}}},
@@ -25,7 +25,7 @@ def test_png_is_written(tmp_path):
     import pytest
 
     pytest.importorskip("matplotlib")
-    from nlpkit.curves import plot_run
+    from nlpkit.engine.curves import plot_run
 
     log = tmp_path / "log.jsonl"
     log.write_text("".join(json.dumps(r) + "\n" for r in RECORDS))

@@ -1,4 +1,4 @@
-"""The shared reader in nlpkit.data: one encoding policy for every data file and predict's stdin.
+"""The shared reader in nlpkit.sdk.data: one encoding policy for every data file and predict's stdin.
 
 A byte-order mark decides the encoding and is stripped; otherwise strict UTF-8 (or the task option
 ``encoding``); the first bad byte, NUL bytes, fake or truncated gzip files are DataErrors that name the
@@ -13,7 +13,7 @@ import re
 import pytest
 
 from nlpkit import ConfigError, DataError
-from nlpkit.data import (check_encoding, csv_rows, open_text, read_jsonl, read_text_lines,
+from nlpkit.sdk.data import (check_encoding, csv_rows, open_text, read_jsonl, read_text_lines,
                          stream_lines)
 
 TEXT = "EU B-ORG\nMüller B-PER\n\nz O\n"
@@ -128,19 +128,19 @@ def test_damaged_gzip_is_a_data_error(tmp_path):
 def test_bom_only_lines_are_skipped_with_one_warning(tmp_path, caplog):
     bom = "\ufeff"
     path = write(tmp_path, "a.conll", f"EU B-ORG\n{bom}\nx O\n \t{bom}{bom} \r\n\ny O\n".encode())
-    with caplog.at_level(logging.WARNING, logger="nlpkit.data"):
+    with caplog.at_level(logging.WARNING, logger="nlpkit.sdk.data"):
         numbered = list(read_text_lines(path))
     assert numbered == [(1, "EU B-ORG"), (3, "x O"), (5, ""), (6, "y O")]  # line numbers stay the file's
-    warnings = [r.getMessage() for r in caplog.records if r.name == "nlpkit.data"]
+    warnings = [r.getMessage() for r in caplog.records if r.name == "nlpkit.sdk.data"]
     assert warnings == [f"{path}: skipped 2 line(s) holding only a byte-order mark (U+FEFF), first at line 2"]
 
 
 def test_open_text_reads_bom_only_lines_as_blank_so_csv_line_numbers_hold(tmp_path, caplog):
     path = write(tmp_path, "a.csv", "text,label\n\ufeff\ngood,pos\n\"bad,\nvery\",neg\n".encode())
-    with caplog.at_level(logging.WARNING, logger="nlpkit.data"), open_text(path) as f:
+    with caplog.at_level(logging.WARNING, logger="nlpkit.sdk.data"), open_text(path) as f:
         rows = list(csv_rows(f, path))
     assert rows == [(1, ["text", "label"]), (2, []), (3, ["good", "pos"]), (4, ["bad,\nvery", "neg"])]
-    assert len([r for r in caplog.records if r.name == "nlpkit.data"]) == 1
+    assert len([r for r in caplog.records if r.name == "nlpkit.sdk.data"]) == 1
 
 
 def test_a_bom_inside_a_line_is_text_not_skipped(tmp_path):
@@ -220,7 +220,7 @@ def test_stream_lines_decodes_stdin_bytes_the_same_way():
 
 
 def test_recipe_in_utf16_with_bom_loads_and_latin1_is_a_clear_error(tmp_path):
-    from nlpkit.config import load_recipe
+    from nlpkit.engine.config import load_recipe
 
     path = tmp_path / "r.yaml"
     path.write_bytes(codecs.BOM_UTF16_LE + "description: café\ntasks: []\n".encode("utf-16-le"))
@@ -232,7 +232,7 @@ def test_recipe_in_utf16_with_bom_loads_and_latin1_is_a_clear_error(tmp_path):
 
 
 def test_bounded_pieces_keeps_short_texts_and_cuts_long_ones():
-    from nlpkit.backbone import bounded_pieces
+    from nlpkit.engine.backbone import bounded_pieces
 
     assert list(bounded_pieces(["short text", ""])) == ["short text", ""]
     pieces = list(bounded_pieces(["word " * 1000, "x" * 1000], size=100))
@@ -241,7 +241,7 @@ def test_bounded_pieces_keeps_short_texts_and_cuts_long_ones():
 
 
 def test_ner_warns_once_with_the_count_when_sentences_are_cut_at_max_length(caplog):
-    from nlpkit.backbone import train_tokenizer
+    from nlpkit.engine.backbone import train_tokenizer
     from nlpkit_tasks.ner import NerTask
 
     task = NerTask(options={"max_length": 8})
@@ -290,7 +290,7 @@ def test_predict_inputs_of_the_wrong_type_name_the_field():
 
 
 def test_offsets_and_lines_are_exact_beyond_the_first_chunk(tmp_path):
-    from nlpkit.data import CHUNK_BYTES
+    from nlpkit.sdk.data import CHUNK_BYTES
 
     lines_before = 3 * CHUNK_BYTES // 4 + 17  # past several chunks, not on a chunk edge
     data = b"ab\r\n" * lines_before + b"ok \xff\n"

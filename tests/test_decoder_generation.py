@@ -11,11 +11,11 @@ import pytest
 import torch
 
 import nlpkit
-from nlpkit.backbone import Backbone
-from nlpkit.cli import main as cli
-from nlpkit.data import pad_encodings
-from nlpkit.errors import ConfigError
-from nlpkit.heads import CausalSftHead
+from nlpkit.engine.backbone import Backbone
+from nlpkit.apps.cli import main as cli
+from nlpkit.sdk.data import pad_encodings
+from nlpkit.sdk.errors import ConfigError
+from nlpkit.sdk.heads import CausalSftHead
 
 from test_causal_lm import gpt2_style_tokenizer
 
@@ -135,7 +135,7 @@ def test_label_smoothing_value_of_the_causal_loss_on_fixed_logits():
     next token is a target; the prompt and padding positions (-100) count neither in the sum nor in the mean."""
     from types import SimpleNamespace
 
-    from nlpkit.heads.causal_sft import target_loss
+    from nlpkit.sdk.heads.causal_sft import target_loss
 
     torch.manual_seed(3)
     vocab = 7
@@ -164,7 +164,7 @@ def test_label_smoothing_value_of_the_causal_loss_on_fixed_logits():
 def test_label_smoothing_value_of_the_seq2seq_loss():
     """The encoder-decoder head (a from-scratch mini encoder and its built decoder): the loss it returns equals the
     closed form over its own logits and the batch's labels, padding labels (-100) left out."""
-    from nlpkit.heads.seq2seq import Seq2SeqHead
+    from nlpkit.sdk.heads.seq2seq import Seq2SeqHead
 
     pairs = PAIRS + [("the cat", "die Katze schläft heute nicht im großen Haus")]  # ragged: -100 padding
     backbone = Backbone.create("mini", [x for p in pairs for x in p] * 5, vocab_size=300)
@@ -290,7 +290,7 @@ def test_generation_stops_at_eos_and_pads_the_finished_rows():
 
 
 def test_no_repeat_ngrams_count_the_generated_tokens_only():
-    from nlpkit.heads.causal_sft import NewTokensNoRepeat
+    from nlpkit.sdk.heads.causal_sft import NewTokensNoRepeat
 
     scores = NewTokensNoRepeat(1, prompt_width=2)(torch.tensor([[5, 6, 7]]), torch.zeros(1, 10))
     assert torch.isinf(scores[0, 7]) and torch.isfinite(scores[0, [5, 6]]).all()  # the prompt's 5, 6 stay allowed
@@ -351,7 +351,7 @@ def test_cli_trains_summarization_on_the_mini_decoder_and_predicts(tmp_path, cap
 
 
 def test_encoder_runs_keep_seq2seq_head_and_prefix():
-    from nlpkit.heads import Seq2SeqHead
+    from nlpkit.sdk.heads import Seq2SeqHead
 
     backbone = Backbone.create("mini", TEXTS, vocab_size=300)
     task = task_on(backbone, prefix="translate: ")

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 import nlpkit
-from nlpkit.cli import main as cli
-from nlpkit.errors import BackboneError, ConfigError
+from nlpkit.apps.cli import main as cli
+from nlpkit.sdk.errors import BackboneError, ConfigError
 from nlpkit_tasks.denoising import (DenoisingTask, TextInfilling, apply_spans, eval_rng, find_mask_token,
                                     permute_sentences, plan_spans, sentence_end_ids)
 
@@ -191,7 +191,7 @@ def test_resume_mid_corpus_corrupts_exactly_as_the_uninterrupted_run(data, tmp_p
 
     from safetensors.torch import load_file
 
-    from nlpkit import checkpoint
+    from nlpkit.engine import checkpoint
 
     config = {"tasks": [{"type": "denoising", "data": data, "options": {"max_length": 48, "decoder_layers": 1}}],
               "backbone": {"spec": "mini", "vocab_size": 400},

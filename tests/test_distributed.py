@@ -23,8 +23,8 @@ import pytest
 import torch
 
 import nlpkit
-from nlpkit.cli import main
-from nlpkit.errors import ConfigError
+from nlpkit.apps.cli import main
+from nlpkit.sdk.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "recipes" / "distributed"
@@ -151,7 +151,7 @@ def test_sigterm_to_a_two_process_run_saves_one_checkpoint_and_exits_143(ner_fil
     import signal
     import time
 
-    from nlpkit import checkpoint
+    from nlpkit.engine import checkpoint
 
     out = tmp_path / "run"
     args = _train_args(ner_files, out)
@@ -208,7 +208,7 @@ def clean_env(monkeypatch):
 
 
 def test_accelerate_launch_that_started_one_of_several_processes_is_refused(clean_env):
-    from nlpkit.distributed import check_launch
+    from nlpkit.engine.distributed import check_launch
 
     check_launch()  # plain `nlpkit train`
     for key, value in ACCELERATE_SIMPLE_LAUNCHER.items():
@@ -221,7 +221,7 @@ def test_accelerate_launch_that_started_one_of_several_processes_is_refused(clea
 
 
 def test_num_processes_flag(clean_env, capsys):
-    from nlpkit.distributed import need_relaunch
+    from nlpkit.engine.distributed import need_relaunch
 
     assert need_relaunch(None) is False
     assert need_relaunch(1) is False
@@ -239,7 +239,7 @@ def test_num_processes_runs_torchrun_and_passes_on_a_process_error(monkeypatch, 
     import torch.distributed.run as torchrun
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
 
-    from nlpkit.distributed import relaunch
+    from nlpkit.engine.distributed import relaunch
 
     calls = []
 
@@ -275,7 +275,7 @@ def fake_gpu(monkeypatch):
 
 @pytest.mark.parametrize("major,expected", [(None, "no"), (6, "fp16"), (7, "fp16"), (8, "bf16"), (9, "bf16")])
 def test_auto_precision_bf16_only_on_gpus_with_bf16_units(fake_gpu, major, expected):
-    from nlpkit.distributed import auto_precision
+    from nlpkit.engine.distributed import auto_precision
 
     fake_gpu(major)
     assert auto_precision() == expected
@@ -283,7 +283,7 @@ def test_auto_precision_bf16_only_on_gpus_with_bf16_units(fake_gpu, major, expec
 
 
 def test_auto_precision_honours_accelerate_launch(fake_gpu, monkeypatch):
-    from nlpkit.distributed import auto_precision
+    from nlpkit.engine.distributed import auto_precision
 
     fake_gpu(9)
     monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "fp16")
@@ -298,8 +298,8 @@ def test_trainer_gives_accelerate_the_auto_precision_and_the_gpu(fake_gpu, monke
     """Accelerator(mixed_precision="fp16") on CUDA is what adds the GradScaler (loss scaling)."""
     import accelerate
 
-    from nlpkit.config import RunConfig
-    from nlpkit.trainer import Trainer
+    from nlpkit.engine.config import RunConfig
+    from nlpkit.engine.trainer import Trainer
 
     seen = {}
     monkeypatch.setattr(accelerate, "Accelerator", lambda **kwargs: seen.update(kwargs) or SimpleNamespace(**kwargs))
@@ -379,8 +379,8 @@ def test_accelerate_builds_the_engine_and_nlpkit_fits_it_to_its_loop(name, monke
     weights), and for DeepSpeed fills the batch size and clipping and has ZeRO-3 gather weights on save."""
     from accelerate.utils import DeepSpeedPlugin, FullyShardedDataParallelPlugin
 
-    from nlpkit.distributed import check_engine
-    from nlpkit.sharding import requested
+    from nlpkit.engine.distributed import check_engine
+    from nlpkit.engine.sharding import requested
 
     _, env = _launch_env(RECIPES / name, monkeypatch)
     for key, value in env.items():
@@ -408,7 +408,7 @@ def test_accelerate_builds_the_engine_and_nlpkit_fits_it_to_its_loop(name, monke
 def test_plain_ddp_is_accepted():
     """DDP (and FSDP, CPU, one process) keep nlpkit's own gradient accumulation: check_engine leaves their
     Accelerator alone. The same settings on DeepSpeed are refused, and on ZeRO-3 the config is filled in."""
-    from nlpkit.distributed import check_engine
+    from nlpkit.engine.distributed import check_engine
 
     def accelerator(kind: str) -> SimpleNamespace:
         plugin = SimpleNamespace(zero_stage=3, deepspeed_config={"gradient_accumulation_steps": "auto"})
@@ -434,7 +434,7 @@ def test_plain_ddp_is_accepted():
 def test_set_dropout_reaches_layers_float_attributes_and_config():
     from transformers import T5Config, T5Model
 
-    from nlpkit.backbone import PRESETS, Backbone, train_tokenizer
+    from nlpkit.engine.backbone import PRESETS, Backbone, train_tokenizer
 
     tokenizer = train_tokenizer(["a small text to train a tokenizer on"] * 4, 300)
     preset = {k: v for k, v in PRESETS["mini"].items() if k != "vocab_size"}
@@ -452,7 +452,7 @@ def test_set_dropout_reaches_layers_float_attributes_and_config():
 
 
 def test_backbone_dropout_is_validated(tmp_path):
-    from nlpkit.config import RunConfig
+    from nlpkit.engine.config import RunConfig
 
     with pytest.raises(ConfigError, match="backbone.dropout"):
         RunConfig.from_dict({"tasks": [{"type": "ner"}], "backbone": {"dropout": 1.5}})

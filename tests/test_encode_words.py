@@ -1,11 +1,11 @@
-"""nlpkit.data.encode_words reads a fast tokenizer's Rust encodings directly; it must give exactly what the
+"""nlpkit.sdk.data.encode_words reads a fast tokenizer's Rust encodings directly; it must give exactly what the
 tokenizer's own ``__call__`` gives (ids and word ids), for every kind of tokenizer a word-level task meets."""
 import random
 
 import pytest
 
-from nlpkit.backbone import train_tokenizer
-from nlpkit.data import _plain_fast_tokenizer, encode_words
+from nlpkit.engine.backbone import train_tokenizer
+from nlpkit.sdk.data import _plain_fast_tokenizer, encode_words
 
 from llm_models import TEXT, tokenizer as bpe_tokenizer
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 import nlpkit
-from nlpkit.cli import main
+from nlpkit.apps.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 NER_TRAIN = ROOT / "tasks" / "data" / "ner" / "train.conll"

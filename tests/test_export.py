@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import nlpkit
-from nlpkit.cli import main
+from nlpkit.apps.cli import main
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_generation import make_t5  # noqa: E402
@@ -181,7 +181,7 @@ def test_model_card_names_tasks_labels_data_metrics_config_and_license(run_dir, 
 
 
 def test_license_comes_from_the_base_model_card(tmp_path):
-    from nlpkit.export import base_model_license
+    from nlpkit.apps.export import base_model_license
 
     (tmp_path / "m").mkdir()
     (tmp_path / "m" / "README.md").write_text("---\nlicense: apache-2.0\ntags: [x]\n---\n# model\n")
@@ -202,7 +202,7 @@ def test_onnx_matches_torch_with_dynamic_batch_and_sequence(run_dir, pipe, tmp_p
     import onnx
     import onnxruntime as ort
 
-    from nlpkit.onnx_export import sample_batch
+    from nlpkit.apps.onnx_export import sample_batch
 
     info = export(run_dir, tmp_path / "onnx", fmt="onnx", task=task)
     assert info["written"] == {task: f"{task}/model.onnx"} and info["max_diff"][task] <= 1e-4
@@ -279,8 +279,8 @@ def test_onnxruntime_scores_what_torch_scores(run_dir, pipe, onnx_pipe, tmp_path
 
 
 def test_onnxruntime_graphs_are_cached_by_checkpoint_content(run_dir, onnx_pipe, monkeypatch):
-    from nlpkit import onnx_export as export_module
-    from nlpkit import onnx_runtime
+    from nlpkit.apps import onnx_export as export_module
+    from nlpkit.apps import onnx_runtime
 
     onnx, cache = onnx_pipe
     folders = list(cache.glob("onnx/*/ner/model.onnx"))
@@ -294,16 +294,16 @@ def test_onnxruntime_graphs_are_cached_by_checkpoint_content(run_dir, onnx_pipe,
     monkeypatch.setenv("NLPKIT_CACHE", str(cache))
     again = nlpkit.load(run_dir, runtime="onnxruntime")
     assert again._runner.folders == onnx._runner.folders
-    best = nlpkit.checkpoint.resolve(run_dir)
+    best = nlpkit.engine.checkpoint.resolve(run_dir)
     assert onnx_runtime.fingerprint(best) == onnx_runtime.fingerprint(best)
 
 
 def test_onnxruntime_fingerprint_changes_with_the_weights(run_dir, tmp_path):
     import shutil
 
-    from nlpkit import onnx_runtime
+    from nlpkit.apps import onnx_runtime
 
-    best = nlpkit.checkpoint.resolve(run_dir)
+    best = nlpkit.engine.checkpoint.resolve(run_dir)
     copy = tmp_path / "copy"
     shutil.copytree(best, copy)
     assert onnx_runtime.fingerprint(copy) == onnx_runtime.fingerprint(best)
@@ -315,7 +315,7 @@ def test_onnxruntime_fingerprint_changes_with_the_weights(run_dir, tmp_path):
 
 
 def test_onnxruntime_refuses_generation_tasks_and_other_precisions(run_dir, onnx_pipe):
-    from nlpkit.errors import ConfigError
+    from nlpkit.sdk.errors import ConfigError
 
     onnx, _ = onnx_pipe
     with pytest.raises(ConfigError, match="translation.*runtime onnxruntime.*generation"):
@@ -327,7 +327,7 @@ def test_onnxruntime_refuses_generation_tasks_and_other_precisions(run_dir, onnx
 
 
 def test_onnxruntime_without_the_extra_names_it(run_dir, monkeypatch):
-    from nlpkit.errors import ConfigError
+    from nlpkit.sdk.errors import ConfigError
 
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
     with pytest.raises(ConfigError, match=r"pip install 'nlpkit\[onnx\]'"):

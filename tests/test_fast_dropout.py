@@ -1,4 +1,4 @@
-"""nlpkit.fast_dropout: the same dropout as torch's (rate, scaling, gradient), reproducible from torch's seed,
+"""nlpkit.engine.fast_dropout: the same dropout as torch's (rate, scaling, gradient), reproducible from torch's seed,
 the same mask again under gradient checkpointing, and attention equal to SDPA's when nothing is dropped."""
 import math
 
@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from transformers import BertConfig, BertModel
 
-from nlpkit import fast_dropout, heap
+from nlpkit.engine import fast_dropout, heap
 
 
 def test_keep_rate_and_scale_give_an_unbiased_dropout():

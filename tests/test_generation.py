@@ -10,9 +10,9 @@ import pytest
 import torch
 
 import nlpkit
-from nlpkit.backbone import Backbone
-from nlpkit.cli import main as cli
-from nlpkit.heads import Seq2SeqHead
+from nlpkit.engine.backbone import Backbone
+from nlpkit.apps.cli import main as cli
+from nlpkit.sdk.heads import Seq2SeqHead
 
 from conftest import tiny_config
 
@@ -43,7 +43,7 @@ def test_decoder_head_shares_the_backbone_embeddings(backbone):
     assert head.decoder.config.add_cross_attention and head.decoder.config.is_decoder
     assert head.decoder.config.num_hidden_layers == 1
     # one matrix, counted once by the optimizer
-    from nlpkit.model import MultiTaskModel
+    from nlpkit.engine.model import MultiTaskModel
 
     model = MultiTaskModel(backbone, {"t": head})
     assert sum(p is shared for p in model.parameters()) == 1
@@ -193,7 +193,7 @@ def test_t5_checkpoint_reloads_to_identical_predictions(t5_run, capsys):
 
 
 def test_prefix_option_auto_explicit_or_none(backbone):
-    from nlpkit.cli import build_config, _parser
+    from nlpkit.apps.cli import build_config, _parser
 
     cls = nlpkit.get_task_class("translation")
     for value, expected in (("auto", ""), ("translate: ", "translate: "), (None, ""), ("", "")):

@@ -154,7 +154,7 @@ def test_the_prompt_shows_the_entities_in_semeval_markup_that_reads_back():
 
 import nlpkit  # noqa: E402
 from nlpkit import ConfigError  # noqa: E402
-from nlpkit.backbone import Backbone  # noqa: E402
+from nlpkit.engine.backbone import Backbone  # noqa: E402
 from nlpkit.testing import check_task  # noqa: E402
 from nlpkit_tasks.ner import NerTask  # noqa: E402
 from nlpkit_tasks.relation_extraction import RelationExtractionTask, official_scores  # noqa: E402
@@ -240,7 +240,7 @@ def test_relation_extraction_on_the_mini_decoder_writes_labels_and_reloads(tmp_p
     assert (pred["relation"], pred["output"], pred["parsed"]) == ("Product-Producer(e2,e1)",) * 2 + (True,)
     assert pipe.format(pred) == 'Product-Producer(e2,e1): Product = "chairs" (e2) -> Producer = "company" (e1)'
     assert "[E1]" not in pipe.model.backbone.tokenizer.get_vocab()  # the prompt's markup is plain text
-    from nlpkit.export import export
+    from nlpkit.apps.export import export
 
     exported = export(result.output_dir, "transformers", tmp_path / "export")  # no standard class: the fallback
     assert exported.written == {"relation-extraction": "backbone + heads (safetensors)"}

@@ -24,10 +24,10 @@ import pytest
 import torch
 
 import nlpkit
-from nlpkit import checkpoint
-from nlpkit.cli import main
-from nlpkit.config import RunConfig
-from nlpkit.trainer import Trainer
+from nlpkit.engine import checkpoint
+from nlpkit.apps.cli import main
+from nlpkit.engine.config import RunConfig
+from nlpkit.engine.trainer import Trainer
 
 from conftest import tiny_config
 from llm_models import decoder_folder
@@ -95,7 +95,7 @@ def _run(cmd: list[str], env: dict | None = None, timeout: int = 240) -> subproc
 
 # ---- bf16 and fp16 -----------------------------------------------------------------------------------
 def test_bf16_training_and_inference_on_cuda(tmp_path):
-    from nlpkit.evaluation import predict_features
+    from nlpkit.engine.evaluation import predict_features
 
     run = nlpkit.train(_ner(tmp_path, precision="bf16")).output_dir
     metrics = _metrics(run)
@@ -219,8 +219,8 @@ def test_a_qlora_checkpoint_loads_again_and_generates(qlora_run):
 # ---- FSDP2 ---------------------------------------------------------------------------------------------
 FORCE_FSDP = """
 import sys
-from nlpkit import sharding
-from nlpkit.cli import main
+from nlpkit.engine import sharding
+from nlpkit.apps.cli import main
 plain = sharding.engine
 sharding.engine = lambda name, acc: sharding.Fsdp(acc) if name == "fsdp" else plain(name, acc)
 sys.exit(main(sys.argv[1:]))
@@ -289,7 +289,7 @@ def test_lora_merge_on_cuda_keeps_the_outputs(tmp_path):
     gave, and `nlpkit export --merge` of that run loads in transformers, without peft, with the same logits."""
     from transformers import AutoModelForCausalLM
 
-    from nlpkit import adapters
+    from nlpkit.engine import adapters
 
     spec = decoder_folder(tmp_path / "models", "llama")
     config = {"tasks": [{"type": "causal-lm", "options": {"max_length": 32}}],

@@ -9,11 +9,11 @@ import pytest
 import torch
 
 import nlpkit
-from nlpkit import checkpoint
-from nlpkit.config import RunConfig
-from nlpkit.errors import CheckpointError, ConfigError
-from nlpkit.predict import Pipeline
-from nlpkit.trainer import Trainer
+from nlpkit.engine import checkpoint
+from nlpkit.engine.config import RunConfig
+from nlpkit.sdk.errors import CheckpointError, ConfigError
+from nlpkit.apps.predict import Pipeline
+from nlpkit.engine.trainer import Trainer
 
 from llm_models import KINDS, bert_folder, decoder_folder
 from test_serve import INPUTS, RE_SAMPLES
@@ -125,7 +125,7 @@ def test_a_qlora_checkpoint_reloads_its_base_quantized_and_says_why_not_here(mod
     base is read. A plain LoRA checkpoint records no quantization and loads as before."""
     import json
 
-    from nlpkit import checkpoint
+    from nlpkit.engine import checkpoint
 
     spec = decoder_folder(models, "qwen2")
     train_run(tmp_path, spec, [{"type": "sentiment", "options": {"max_length": 64}}], peft={"method": "lora"})
@@ -154,12 +154,12 @@ def test_qlora_is_refused_without_a_cuda_gpu_before_anything_is_written(models, 
 
 
 def _loss(backbone_spec: str, gradient_checkpointing: bool, peft: dict | None) -> tuple[float, list[torch.Tensor]]:
-    from nlpkit.adapters import apply, enable_gradient_checkpointing
-    from nlpkit.backbone import Backbone
-    from nlpkit.config import PeftConfig
-    from nlpkit.model import MultiTaskModel
-    from nlpkit.task_data import build_task
-    from nlpkit.config import TaskEntry
+    from nlpkit.engine.adapters import apply, enable_gradient_checkpointing
+    from nlpkit.engine.backbone import Backbone
+    from nlpkit.engine.config import PeftConfig
+    from nlpkit.engine.model import MultiTaskModel
+    from nlpkit.engine.task_data import build_task
+    from nlpkit.engine.config import TaskEntry
 
     torch.manual_seed(0)
     backbone = Backbone.from_pretrained(backbone_spec)
@@ -199,12 +199,12 @@ def test_gradient_checkpointing_trains_a_lora_run_end_to_end(models, tmp_path):
 def test_merged_export_loads_in_transformers_without_peft_and_matches_the_adapters(models, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    from nlpkit.cli import main
+    from nlpkit.apps.cli import main
 
     spec = decoder_folder(models, "llama")
     train_run(tmp_path, spec, [{"type": "causal-lm", "options": {"max_length": 32}}],
               peft={"method": "lora", "target_modules": "all-linear"})
-    from nlpkit.export import export
+    from nlpkit.apps.export import export
 
     with pytest.raises(ConfigError, match="--merge"):
         export(tmp_path / "run", "transformers", tmp_path / "plain")
@@ -221,7 +221,7 @@ def test_merged_export_loads_in_transformers_without_peft_and_matches_the_adapte
 def test_a_merged_multi_head_export_is_backbone_plus_heads(models, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    from nlpkit.export import export
+    from nlpkit.apps.export import export
 
     re_file = str(_re_file(tmp_path))  # relation markers: added tokens, whose trained rows are merged too
     train_run(tmp_path, decoder_folder(models, "gpt2"), [{"type": "sentiment", "options": {"max_length": 64}},
@@ -289,7 +289,7 @@ def test_half_precision_weights_load_and_train(models, tmp_path):
 
 
 def test_the_cli_peft_flag_and_the_log_line(models, tmp_path, capsys):
-    from nlpkit.cli import main
+    from nlpkit.apps.cli import main
 
     rc = main(["train", "--task", "sentiment", "--backbone", decoder_folder(models, "gpt2"), "--peft", "lora",
                "--max-steps", "2", "--batch-size", "4", "--option", "max_length=64", "--output-dir",
@@ -313,8 +313,8 @@ def test_a_max_length_beyond_the_backbone_positions_is_cut_to_them_and_said(mode
 
 
 def test_a_gguf_path_splits_into_its_folder_and_file_also_when_the_file_is_named_again(tmp_path):
-    from nlpkit.backbone import resolve_source
-    from nlpkit.errors import BackboneError
+    from nlpkit.engine.backbone import resolve_source
+    from nlpkit.sdk.errors import BackboneError
 
     (tmp_path / "m.gguf").write_bytes(b"GGUF")
     assert resolve_source(str(tmp_path / "m.gguf")) == (str(tmp_path), "m.gguf")

@@ -12,8 +12,8 @@ import torch
 
 import nlpkit
 from nlpkit import ConfigError, DataError
-from nlpkit.backbone import PRESETS, Backbone, train_tokenizer
-from nlpkit.corpus import TextCorpus
+from nlpkit.engine.backbone import PRESETS, Backbone, train_tokenizer
+from nlpkit.sdk.corpus import TextCorpus
 from nlpkit_tasks.masked_lm import (MaskedLmHead, MaskedLmOptions, MaskedLmTask, choose_masks, eval_draws,
                                     special_ids)
 

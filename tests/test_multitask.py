@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 import nlpkit
-from nlpkit.cli import main
-from nlpkit.trainer import TaskSampler
+from nlpkit.apps.cli import main
+from nlpkit.engine.task_data import TaskSampler
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -196,7 +196,7 @@ def test_selection_by_one_task(tmp_path):
 def test_decoder_only_backbone_trains_ner_within_its_positions(tmp_path, capsys):
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from nlpkit.backbone import train_tokenizer
+    from nlpkit.engine.backbone import train_tokenizer
 
     folder = tmp_path / "gpt2"
     tok = train_tokenizer(["a small decoder only model ."] * 20, vocab_size=300)
@@ -252,7 +252,7 @@ def _lrs(schedule, opt, order):
 def test_per_task_schedule_gives_each_task_its_single_task_curve():
     import torch
 
-    from nlpkit.optim import RUN, TaskSchedule, make_scheduler
+    from nlpkit.engine.optim import RUN, TaskSchedule, make_scheduler
 
     p = torch.nn.Parameter(torch.zeros(1))
     opt = torch.optim.SGD([p], lr=1.0)
@@ -285,7 +285,7 @@ def test_per_task_schedule_gives_each_task_its_single_task_curve():
 
 
 def test_uncertainty_weighting_divides_by_running_loss_and_averages_one():
-    from nlpkit.task_weighting import TaskWeighting
+    from nlpkit.engine.task_weighting import TaskWeighting
 
     means: dict = {}
     w = TaskWeighting("uncertainty", {"ner": 1.0, "re": 1.0}, means)
@@ -304,8 +304,8 @@ def test_uncertainty_weighting_divides_by_running_loss_and_averages_one():
 def test_head_lr_scale_gives_heads_their_own_rate():
     import torch
 
-    from nlpkit.model import MultiTaskModel
-    from nlpkit.optim import make_optimizer
+    from nlpkit.engine.model import MultiTaskModel
+    from nlpkit.engine.optim import make_optimizer
 
     class Backbone(torch.nn.Module):
         def __init__(self):
@@ -322,7 +322,7 @@ def test_head_lr_scale_gives_heads_their_own_rate():
 
 
 def test_head_lr_scale_default_is_ten_only_with_several_tasks():
-    from nlpkit.optim import MULTITASK_HEAD_LR_SCALE, resolve_head_lr_scale
+    from nlpkit.engine.optim import MULTITASK_HEAD_LR_SCALE, resolve_head_lr_scale
 
     assert resolve_head_lr_scale(None, 1) == 1.0
     assert resolve_head_lr_scale(None, 2) == MULTITASK_HEAD_LR_SCALE == 10.0
@@ -330,8 +330,8 @@ def test_head_lr_scale_default_is_ten_only_with_several_tasks():
 
 
 def test_max_train_examples_keeps_a_seeded_sample_in_file_order(tmp_path):
-    from nlpkit.config import TaskEntry
-    from nlpkit.task_data import build_task, read_splits
+    from nlpkit.engine.config import TaskEntry
+    from nlpkit.engine.task_data import build_task, read_splits
 
     ner = _ner_slice(tmp_path, 50)
     entry = TaskEntry(type="ner", data={"train": str(ner)}, options={"max_train_examples": 12, "dev_split": 0.2})
@@ -375,7 +375,7 @@ def test_per_task_adamw_keeps_each_tasks_moments_apart():
 
     import torch
 
-    from nlpkit.optim import PerTaskAdamW, RUN, TaskSchedule
+    from nlpkit.engine.optim import PerTaskAdamW, RUN, TaskSchedule
 
     p = torch.nn.Parameter(torch.zeros(2))
     opt = PerTaskAdamW([{"params": [p], "weight_decay": 0.0}], ["a", "b"], lr=0.1)

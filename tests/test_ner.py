@@ -4,7 +4,7 @@ import pytest
 
 from conftest import benchmark_dir
 from nlpkit import DataError
-from nlpkit.backbone import train_tokenizer
+from nlpkit.engine.backbone import train_tokenizer
 from nlpkit_tasks.ner import NerTask, detect_scheme, read_conll, spans, to_iob2
 
 
@@ -162,7 +162,7 @@ def test_hub_rows_with_class_label_tags_are_read():
 
 
 def test_bad_hub_spec_and_offline_hub_are_clear_errors():
-    from nlpkit.data import load_hub_split
+    from nlpkit.sdk.data import load_hub_split
 
     with pytest.raises(DataError, match="expected hub:DATASET:SPLIT"):
         load_hub_split("hub:only-a-name")

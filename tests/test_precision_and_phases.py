@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from nlpkit.distributed import choose_precision, cpu_bf16, cpu_flags
+from nlpkit.engine.distributed import choose_precision, cpu_bf16, cpu_flags
 
 
 def _no_gpu(monkeypatch):
@@ -22,7 +22,7 @@ def _no_gpu(monkeypatch):
 def test_auto_precision_on_cpu_follows_native_bf16(monkeypatch, flags, expected):
     _no_gpu(monkeypatch)
     monkeypatch.delenv("NLPKIT_CPU_BF16", raising=False)
-    monkeypatch.setattr("nlpkit.distributed.cpu_flags", lambda path="/proc/cpuinfo": flags)
+    monkeypatch.setattr("nlpkit.engine.distributed.cpu_flags", lambda path="/proc/cpuinfo": flags)
     chosen, why = choose_precision()
     assert chosen == expected
     assert ("no native bf16" in why) == (expected == "no")
@@ -31,16 +31,16 @@ def test_auto_precision_on_cpu_follows_native_bf16(monkeypatch, flags, expected)
 def test_auto_precision_without_cpu_flags_is_fp32(monkeypatch):
     _no_gpu(monkeypatch)
     monkeypatch.delenv("NLPKIT_CPU_BF16", raising=False)
-    monkeypatch.setattr("nlpkit.distributed.cpu_flags", lambda path="/proc/cpuinfo": None)
+    monkeypatch.setattr("nlpkit.engine.distributed.cpu_flags", lambda path="/proc/cpuinfo": None)
     assert choose_precision() == ("no", "this system does not list CPU flags")
 
 
 def test_environment_overrides_detection_both_ways(monkeypatch):
     _no_gpu(monkeypatch)
-    monkeypatch.setattr("nlpkit.distributed.cpu_flags", lambda path="/proc/cpuinfo": {"avx512_bf16"})
+    monkeypatch.setattr("nlpkit.engine.distributed.cpu_flags", lambda path="/proc/cpuinfo": {"avx512_bf16"})
     monkeypatch.setenv("NLPKIT_CPU_BF16", "0")
     assert choose_precision()[0] == "no"
-    monkeypatch.setattr("nlpkit.distributed.cpu_flags", lambda path="/proc/cpuinfo": set())
+    monkeypatch.setattr("nlpkit.engine.distributed.cpu_flags", lambda path="/proc/cpuinfo": set())
     monkeypatch.setenv("NLPKIT_CPU_BF16", "1")
     assert choose_precision() == ("bf16", "NLPKIT_CPU_BF16=1")
 
@@ -61,12 +61,12 @@ def test_trainer_picks_and_logs_cpu_bf16(monkeypatch, tmp_path):
     import accelerate
     from types import SimpleNamespace
 
-    from nlpkit.config import RunConfig
-    from nlpkit.trainer import Trainer
+    from nlpkit.engine.config import RunConfig
+    from nlpkit.engine.trainer import Trainer
 
     _no_gpu(monkeypatch)
     monkeypatch.delenv("NLPKIT_CPU_BF16", raising=False)
-    monkeypatch.setattr("nlpkit.distributed.cpu_flags", lambda path="/proc/cpuinfo": {"avx512_bf16"})
+    monkeypatch.setattr("nlpkit.engine.distributed.cpu_flags", lambda path="/proc/cpuinfo": {"avx512_bf16"})
     seen = {}
     monkeypatch.setattr(accelerate, "Accelerator", lambda **kwargs: seen.update(kwargs) or SimpleNamespace(**kwargs))
     trainer = Trainer(RunConfig.from_dict({"tasks": [{"type": "ner"}], "output_dir": str(tmp_path)}))
@@ -81,7 +81,7 @@ def test_trainer_picks_and_logs_cpu_bf16(monkeypatch, tmp_path):
 
 # ---- the phase clock ------------------------------------------------------------------------------
 def test_phase_clock_nests_exclusively(monkeypatch):
-    from nlpkit import phases
+    from nlpkit.engine import phases
 
     now = [100.0]
     monkeypatch.setattr(phases.time, "perf_counter", lambda: now[0])
@@ -119,7 +119,7 @@ def test_metrics_have_a_phase_breakdown_and_eval_cap(tmp_path, capsys, monkeypat
     out (its seconds would land in "other") or a total that starts late all fail one of these."""
     import time
 
-    from nlpkit.trainer import Trainer
+    from nlpkit.engine.trainer import Trainer
 
     spent: dict[str, float] = {}
 
@@ -185,7 +185,7 @@ def test_bf16_and_int8_inference_agree_with_fp32(ner_checkpoint):
     """Per-token labels of the three ways to run one checkpoint: low precision moves probabilities a little and
     may flip a near tie, not more."""
     import nlpkit
-    from nlpkit.evaluation import predict_features
+    from nlpkit.engine.evaluation import predict_features
 
     fp32 = nlpkit.load(ner_checkpoint)
     bf16 = nlpkit.load(ner_checkpoint, precision="bf16")
@@ -214,7 +214,7 @@ def test_bf16_and_int8_inference_agree_with_fp32(ner_checkpoint):
 
 def test_bad_inference_settings_are_refused_before_loading(ner_checkpoint):
     import nlpkit
-    from nlpkit.errors import ConfigError
+    from nlpkit.sdk.errors import ConfigError
 
     with pytest.raises(ConfigError, match="precision must be one of"):
         nlpkit.load(ner_checkpoint, precision="fp8")

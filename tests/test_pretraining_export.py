@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import nlpkit
-from nlpkit.cli import main
+from nlpkit.apps.cli import main
 
 WORDS = ("the river runs past old mills where millers ground wheat into flour while children watched "
          "boats drift slowly toward the harbour under grey northern skies").split()
@@ -227,7 +227,7 @@ def test_masked_lm_on_another_encoder_falls_back_to_backbone_and_heads(tmp_path,
     from safetensors.torch import load_file
     from transformers import RobertaConfig, RobertaModel
 
-    from nlpkit.backbone import train_tokenizer
+    from nlpkit.engine.backbone import train_tokenizer
 
     tokenizer = train_tokenizer(sentences(100), 300)
     config = RobertaConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
@@ -249,8 +249,8 @@ def test_the_activation_of_the_backbone_goes_into_the_export(tmp_path):
     from nlpkit_tasks.masked_lm import MaskedLmTask
     from transformers import BertConfig, BertModel
 
-    from nlpkit.backbone import Backbone, train_tokenizer
-    from nlpkit.export import _compare_logits
+    from nlpkit.engine.backbone import Backbone, train_tokenizer
+    from nlpkit.apps.export import _compare_logits
 
     tokenizer = train_tokenizer(sentences(100), 300)
     config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
@@ -273,8 +273,8 @@ def test_the_activation_of_the_backbone_goes_into_the_export(tmp_path):
 def test_onnx_export_of_a_masked_lm_run_is_refused_with_the_reason(mlm_run, tmp_path):
     """The masking head draws masks inside forward: not one graph of its inputs. A clear error, no traceback."""
     pytest.importorskip("onnxruntime")
-    from nlpkit.errors import ConfigError
-    from nlpkit.export import export as run_export
+    from nlpkit.sdk.errors import ConfigError
+    from nlpkit.apps.export import export as run_export
 
     with pytest.raises(ConfigError, match="nothing to export as ONNX: masked-lm: its head does not run"):
         run_export(mlm_run, "onnx", tmp_path / "onnx")

@@ -9,8 +9,8 @@ import pytest
 
 import nlpkit
 from nlpkit import ConfigError, DataError
-from nlpkit.backbone import train_tokenizer
-from nlpkit.cli import main
+from nlpkit.engine.backbone import train_tokenizer
+from nlpkit.apps.cli import main
 from nlpkit_tasks.qa import QaTask
 from nlpkit_tasks.qa.squad import f1, normalize_answer, read_hub_rows, read_squad, squad_scores
 

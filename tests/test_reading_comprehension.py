@@ -9,8 +9,8 @@ import torch
 
 import nlpkit
 from nlpkit import DataError
-from nlpkit.backbone import PRESETS, Backbone, train_tokenizer
-from nlpkit.cli import main
+from nlpkit.engine.backbone import PRESETS, Backbone, train_tokenizer
+from nlpkit.apps.cli import main
 from nlpkit_tasks.reading_comprehension import ReadingComprehensionTask, pair_text, read_rc
 
 PASSAGE = "Anna Okafor was born in Lisbon. Boris Novak was born in Osaka. Anna plays the violin."

@@ -8,11 +8,11 @@ import pytest
 import yaml
 
 from conftest import benchmark_dir
-from nlpkit.cli import RecipeData, _parser, build_config, main
-from nlpkit.config import RunConfig, load_recipe
-from nlpkit.data import parse_hub_spec
-from nlpkit.errors import ConfigError, DataError
-from nlpkit.registry import get_task_class
+from nlpkit.apps.cli import RecipeData, _parser, build_config, main
+from nlpkit.engine.config import RunConfig, load_recipe
+from nlpkit.sdk.data import parse_hub_spec
+from nlpkit.sdk.errors import ConfigError, DataError
+from nlpkit.sdk.registry import get_task_class
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = sorted((ROOT / "recipes").glob("*.yaml"))
@@ -231,7 +231,7 @@ def test_old_recipes_with_data_dir_and_local_files_still_work(tmp_path):
 def test_hub_spec_with_a_revision(tmp_path, monkeypatch, hf_cache):
     import datasets
 
-    from nlpkit.data import HubLoadError, load_hub_split
+    from nlpkit.sdk.data import HubLoadError, load_hub_split
 
     hub = parse_hub_spec("hub:CogComp/trec@refs/convert/parquet:test")
     assert (hub.dataset, hub.revision, hub.config, hub.split) == ("CogComp/trec", "refs/convert/parquet", None, "test")
@@ -254,7 +254,7 @@ def test_hub_spec_with_a_revision(tmp_path, monkeypatch, hf_cache):
 def test_local_copy_as_a_saved_dataset_dict_and_with_config_folders(tmp_path, hf_cache):
     import datasets
 
-    from nlpkit.data import load_hub_split
+    from nlpkit.sdk.data import load_hub_split
 
     rows = datasets.Dataset.from_list([{"sentence": "good", "label": 1}, {"sentence": "bad", "label": 0}])
     datasets.DatasetDict({"train": rows, "validation": rows}).save_to_disk(str(tmp_path / "saved"))
@@ -270,7 +270,7 @@ def test_task_readers_take_the_chosen_hub_datasets_columns():
     """TREC's hub columns (text, coarse_label, fine_label) with the recipe's label-first options; Multi30k's en/de."""
     import datasets
 
-    from nlpkit.config import load_recipe as load
+    from nlpkit.engine.config import load_recipe as load
 
     trec = load(ROOT / "recipes" / "trec.yaml")["tasks"][0]
     task = get_task_class("classification")("trec", trec["options"])

@@ -1,8 +1,8 @@
 import pytest
 
 from nlpkit import NlpkitError, Task, UnknownTaskError, register_task
-from nlpkit.cli import main
-from nlpkit.registry import get_task_class, list_tasks, unregister_task
+from nlpkit.apps.cli import main
+from nlpkit.sdk.registry import get_task_class, list_tasks, unregister_task
 
 
 def test_register_and_look_up():

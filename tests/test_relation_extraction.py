@@ -10,10 +10,10 @@ import pytest
 from conftest import GOLDEN, benchmark_dir, tiny_config
 import nlpkit
 from nlpkit import ConfigError, DataError
-from nlpkit.backbone import train_tokenizer
-from nlpkit.cli import main
-from nlpkit.data import carve_dev_split
-from nlpkit.heads import EntityPairHead
+from nlpkit.engine.backbone import train_tokenizer
+from nlpkit.apps.cli import main
+from nlpkit.sdk.data import carve_dev_split
+from nlpkit.sdk.heads import EntityPairHead
 from nlpkit_tasks.relation_extraction import (RelationExtractionTask, marked_text, official_scores, parse_marked,
                                               read_answer_file, read_semeval)
 

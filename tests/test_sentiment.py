@@ -6,7 +6,7 @@ import pytest
 from conftest import benchmark_dir, tiny_config
 import nlpkit
 from nlpkit import ConfigError, DataError, get_task_class
-from nlpkit.cli import main
+from nlpkit.apps.cli import main
 from nlpkit_tasks.classification import ClassificationTask
 from nlpkit_tasks.sentiment import SentimentTask
 

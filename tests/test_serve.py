@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 import nlpkit
-from nlpkit.cli import main
+from nlpkit.apps.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -115,7 +115,7 @@ def run_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(run_dir):
-    from nlpkit.serve import Limits, create_app
+    from nlpkit.apps.serve import Limits, create_app
 
     app = create_app(run_dir, max_batch_size=16, max_wait_ms=30,
                      limits=Limits(max_body_bytes=20_000, max_items=10, max_text_chars=500))
@@ -191,7 +191,7 @@ def test_hf_parameters_num_beams_is_what_predict_num_beams_gives(server, run_dir
 def test_inputs_with_other_options_share_a_batch_but_not_a_model_call():
     import asyncio
 
-    from nlpkit.serve import TaskBatcher
+    from nlpkit.apps.serve import TaskBatcher
 
     class Pipe:
         calls: list = []
@@ -218,7 +218,7 @@ def test_inputs_with_other_options_share_a_batch_but_not_a_model_call():
 def test_which_objects_are_the_hf_body():
     from types import SimpleNamespace
 
-    from nlpkit.serve import RequestError, read_request
+    from nlpkit.apps.serve import RequestError, read_request
 
     qa = SimpleNamespace(name="qa", type_name="qa", generative=False, input_fields=("question", "context"))
     record = {"question": "q?", "context": "c"}
@@ -316,7 +316,7 @@ def test_bad_requests_get_4xx_naming_the_field_and_the_server_keeps_answering(se
 
 
 def test_an_input_the_task_cannot_read_is_422_even_without_a_data_error():
-    from nlpkit.serve import RequestError, _check_input
+    from nlpkit.apps.serve import RequestError, _check_input
 
     class Fragile:
         type_name = "fragile"
@@ -341,7 +341,7 @@ def test_body_limit_applies_to_chunked_bodies_without_content_length(server):
 
 # ---- auth and readiness -----------------------------------------------------------------------------
 def test_api_key_is_required_on_v1_routes_only(run_dir):
-    from nlpkit.serve import create_app
+    from nlpkit.apps.serve import create_app
 
     with ThreadServer(create_app(run_dir, api_key="s3cret")) as s:
         url = f"{s.url}/v1/ner/predict"
@@ -355,7 +355,7 @@ def test_api_key_is_required_on_v1_routes_only(run_dir):
 
 
 def test_readyz_is_503_until_the_model_is_loaded(run_dir, monkeypatch):
-    import nlpkit.serve as serve
+    import nlpkit.apps.serve as serve
 
     gate = threading.Event()
     real = serve._load

@@ -21,9 +21,9 @@ import pytest
 import torch
 
 import nlpkit
-from nlpkit import checkpoint, sharding
-from nlpkit.cli import main
-from nlpkit.errors import CheckpointError, ConfigError
+from nlpkit.engine import checkpoint, sharding
+from nlpkit.apps.cli import main
+from nlpkit.sdk.errors import CheckpointError, ConfigError
 from test_distributed import EVAL_BATCH, STEPS, _train_args, write_ner_files
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -263,7 +263,7 @@ def test_fsdp_with_lora_gradient_checkpointing_and_generation_matches_one_proces
     stdout = _finish(fsdp)
     assert "sharding: FSDP2" in stdout and "peft: lora" in stdout
     # two shards sum gradients in another order than one process: the drift over 8 steps depends on the batches
-    # drawn (with the numpy batch order of nlpkit.data the last translation loss differed by 1.0004e-4 relative)
+    # drawn (with the numpy batch order of nlpkit.sdk.data the last translation loss differed by 1.0004e-4 relative)
     for task in ("sentiment", "translation"):
         assert _losses(tmp_path / "fsdp", task) == pytest.approx(_losses(tmp_path / "one", task), rel=2e-4)
     assert _evals(tmp_path / "fsdp") == _evals(tmp_path / "one") and len(_evals(tmp_path / "one")) == 3
@@ -314,7 +314,7 @@ def test_zero3_config_parses_and_is_refused_without_cuda_or_deepspeed(monkeypatc
 
     import yaml
 
-    from nlpkit.config import RunConfig
+    from nlpkit.engine.config import RunConfig
 
     config = RunConfig.from_dict({"tasks": [{"type": "ner"}], "distributed": {"sharding": "zero3"}})
     assert config.distributed.sharding == "zero3" and config.to_dict()["distributed"] == {"sharding": "zero3"}

@@ -12,7 +12,7 @@ import pytest
 
 import nlpkit
 from nlpkit import DataError
-from nlpkit.cli import main as cli
+from nlpkit.apps.cli import main as cli
 
 from conftest import benchmark_dir
 
@@ -96,7 +96,7 @@ def test_bad_records_name_file_and_line(tmp_path, caplog):
 
 
 def test_long_documents_and_summaries_are_truncated_with_counts(caplog):
-    from nlpkit.backbone import Backbone
+    from nlpkit.engine.backbone import Backbone
 
     t = task(max_length=12, max_target_length=5)
     examples = [{"source": "word " * 30, "target": "a b c d e f g h", "line": 1},

@@ -1,4 +1,4 @@
-"""The data engine (nlpkit.tables): examples and features in memory-mapped Arrow tables, cached by what made them.
+"""The data engine (nlpkit.engine.tables): examples and features in memory-mapped Arrow tables, cached by what made them.
 
 Cache hits and misses (a changed file, tokenizer or option re-encodes), batch-wise encoding equal to one call,
 Parquet / Arrow / datasets-folder sources for each task family, exact resume on cached features, and the
@@ -13,13 +13,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from nlpkit import DataError, checkpoint
-from nlpkit.cli import main
-from nlpkit.config import DataSettings, TaskEntry
-from nlpkit.data import LengthGroupedBatches
-from nlpkit.registry import get_task_class
-from nlpkit.tables import ArrowRows, FeatureRows, encode_split, load_examples
-from nlpkit.task_data import data_fingerprint, read_splits
+from nlpkit import DataError
+
+from nlpkit.engine import checkpoint
+from nlpkit.apps.cli import main
+from nlpkit.engine.config import DataSettings, TaskEntry
+from nlpkit.sdk.data import LengthGroupedBatches
+from nlpkit.sdk.registry import get_task_class
+from nlpkit.engine.tables import ArrowRows, FeatureRows, encode_split, load_examples
+from nlpkit.engine.task_data import data_fingerprint, read_splits
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "tasks" / "data"
@@ -77,7 +79,7 @@ def test_every_example_reads_back_as_it_was_written_whichever_writer_stored_it(t
     writes as null) or refuses it (lone surrogates, integers beyond 64 bits): those go to the json module."""
     import math
 
-    from nlpkit.tables import _loads, example_json
+    from nlpkit.engine.tables import _loads, example_json
 
     examples = [{"tokens": ["Müller", "東京", "🙂", 'say "hi"\n'], "tags": ["B-PER", "O", "O", "O"], "line": 1},
                 {"text": "x", "score": float("nan"), "other": float("inf")},
@@ -100,7 +102,7 @@ def test_every_example_reads_back_as_it_was_written_whichever_writer_stored_it(t
 
 
 def _store(examples, folder):
-    from nlpkit.tables import _store_examples
+    from nlpkit.engine.tables import _store_examples
 
     class Task:
         name = "odd"
@@ -113,7 +115,7 @@ def test_carving_and_sampling_select_the_same_rows_as_from_a_list(tmp_path, toke
     task = get_task_class("classification")(options={"dev_split": 0.1, "max_train_examples": 50})
     data = read_splits(task, TaskEntry(type="classification", data={"train": path}),
                        settings=DataSettings(cache_dir=str(tmp_path / "cache")))
-    from nlpkit.data import carve_dev_split, sample_examples
+    from nlpkit.sdk.data import carve_dev_split, sample_examples
 
     train, dev = carve_dev_split(list(task.read(path)), 0.1, 0, path)
     assert list(data["dev"]) == dev and len(dev) == 20
@@ -185,7 +187,7 @@ def test_no_cache_keeps_nothing_and_a_damaged_entry_is_rebuilt(tmp_path, tokeniz
 def test_encoding_in_batches_equals_one_call_for_every_built_in_task(tmp_path, tokenizer, monkeypatch):
     """The engine hands encode batches of ENCODE_BATCH examples; a task whose features depended on the batch
     would train on other features than before. Checked with tiny batches on each task's embedded data."""
-    import nlpkit.tables as tables
+    import nlpkit.engine.tables as tables
 
     monkeypatch.setattr(tables, "ENCODE_BATCH", 7)
     # (translation and summarization encode through their backbone's generator: the end-to-end runs train them
@@ -303,7 +305,7 @@ def test_length_grouped_batches_cover_every_index_once_per_epoch_and_repeat_by_s
 
 
 def test_a_fitted_table_gives_its_label_state_back_without_a_pass(tmp_path, tokenizer):
-    from nlpkit.tables import fit_task
+    from nlpkit.engine.tables import fit_task
 
     path = csv_file(tmp_path / "a.csv", ROWS + [("so so", "mixed")])
     settings = DataSettings(cache_dir=str(tmp_path / "cache"))
@@ -321,7 +323,7 @@ def test_a_fitted_table_gives_its_label_state_back_without_a_pass(tmp_path, toke
 
 
 def test_a_feature_that_is_not_json_is_a_plugin_error_naming_the_task(tmp_path, tokenizer):
-    from nlpkit.errors import PluginError
+    from nlpkit.sdk.errors import PluginError
 
     path = csv_file(tmp_path / "a.csv", ROWS)
     task = prepared("classification", tokenizer)

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from nlpkit import tracking
-from nlpkit.cli import main
-from nlpkit.config import RunConfig
-from nlpkit.errors import ConfigError
+from nlpkit.engine import tracking
+from nlpkit.apps.cli import main
+from nlpkit.engine.config import RunConfig
+from nlpkit.sdk.errors import ConfigError
 
 
 def train_ner(out: Path, *flags: str) -> None:
@@ -87,7 +87,7 @@ class Broken(tracking.Tracker):
 
 
 def test_a_tracker_that_fails_while_training_is_dropped_with_one_line_and_the_others_go_on(capsys):
-    from nlpkit.run_log import RunLog
+    from nlpkit.engine.run_log import RunLog
 
     broken, quiet = Broken(), tracking.Tracker()
     tracks = tracking.Tracking([broken, quiet], RunLog(Path("."), main=True, start=False))

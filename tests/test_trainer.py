@@ -21,23 +21,15 @@ import pytest
 import torch
 
 import nlpkit
-from nlpkit import checkpoint
-from nlpkit.cli import main
-from nlpkit.config import RunConfig
-from nlpkit.errors import CheckpointError, ConfigError
-from nlpkit.trainer import (
-    LoopState,
-    RunLog,
-    TaskSampler,
-    TaskStream,
-    check_resume,
-    data_fingerprint,
-    make_optimizer,
-    make_scheduler,
-    rng_state,
-    set_rng_state,
-    train,
-)
+from nlpkit.engine import checkpoint
+from nlpkit.apps.cli import main
+from nlpkit.engine.config import RunConfig
+from nlpkit.sdk.errors import CheckpointError, ConfigError
+from nlpkit.engine.optim import make_optimizer, make_scheduler
+from nlpkit.engine.run_log import RunLog
+from nlpkit.engine.task_data import TaskSampler, TaskStream, data_fingerprint
+from nlpkit.engine.train_state import LoopState, check_resume, rng_state, set_rng_state
+from nlpkit.engine.trainer import train
 
 ROOT = Path(__file__).resolve().parents[1]
 NER_TRAIN = ROOT / "tasks" / "data" / "ner" / "train.conll"
@@ -78,7 +70,7 @@ def run_config(ner_files: Path, out: Path, **trainer) -> dict:
                     "log_every": 3, "keep_last": 2, "patience": 5, "progress": False, "cpu": True,
                     "tensorboard": False, "plots": False,
                     # seed 3: the best dev score comes after the step-4 checkpoint the kill tests resume from (with the
-                    # numpy batch order of nlpkit.data, seed 42's best was step 4 itself)
+                    # numpy batch order of nlpkit.sdk.data, seed 42's best was step 4 itself)
                     "seed": 3, **trainer},
         "output_dir": str(out),
     }
@@ -90,7 +82,7 @@ KILLER = textwrap.dedent("""
     import json, os, signal, sys
     import torch
     torch.set_num_threads(1)
-    from nlpkit import trainer
+    from nlpkit.engine import trainer
     config = json.loads(open(sys.argv[1]).read())
     mode, n = sys.argv[2], int(sys.argv[3])
     calls = {"batches": 0, "saves": 0}
@@ -289,7 +281,7 @@ def test_auto_resume_reuses_the_run_tokenizer(ner_files, tmp_path, monkeypatch, 
     cfg = run_config(ner_files, out, max_steps=2, eval_every=2, grad_accum=1)
     train(cfg)
     cfg["trainer"]["max_steps"] = 4  # extend the finished run
-    import nlpkit.backbone as backbone
+    import nlpkit.engine.backbone as backbone
 
     def no_training(*a, **k):
         raise AssertionError("the tokenizer was retrained on resume")
@@ -312,8 +304,8 @@ SIGNALLER = textwrap.dedent("""
     import os, signal, sys
     import torch
     torch.set_num_threads(1)
-    from nlpkit import trainer
-    from nlpkit.cli import main
+    from nlpkit.engine import trainer
+    from nlpkit.apps.cli import main
     recipe, sig, n, times = sys.argv[1], getattr(signal, sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
     calls = {"batches": 0}
     take = trainer.TaskStream.next_indices
@@ -723,7 +715,7 @@ def test_run_log_keeps_records_up_to_the_resumed_step(tmp_path):
 
 
 def test_check_resume_refuses_changed_data_and_warns_on_changed_lr(ner_files):
-    from nlpkit.trainer import build_task, read_splits
+    from nlpkit.engine.task_data import build_task, read_splits
 
     cfg = RunConfig.from_dict(run_config(ner_files, ner_files / "x"))
     tasks = [build_task(e) for e in cfg.tasks]
@@ -790,7 +782,7 @@ def test_run_folder_has_tensorboard_events_and_learning_curves(ner_files, tmp_pa
 
 
 def test_curves_read_a_log_without_matplotlib_state(tmp_path):
-    from nlpkit.curves import curves_from_log, plot_run
+    from nlpkit.engine.curves import curves_from_log, plot_run
 
     records = [{"step": 1, "loss/a": 2.0}, {"step": 2, "loss/a": 1.0, "loss/b": 3.0},
                {"step": 2, "eval": {"a": {"f1": 10.0}, "b": {"acc": 5.0}}},
@@ -837,7 +829,7 @@ def test_checkpoint_pruning_keeps_the_newest(tmp_path):
 # Early stopping, time-based saves, precision
 # ---------------------------------------------------------------------------------------------------
 def test_early_stopping_on_the_main_score_with_patience(ner_files, tmp_path, monkeypatch, capsys):
-    from nlpkit.trainer import Trainer
+    from nlpkit.engine.trainer import Trainer
 
     scores = iter([10.0, 30.0, 20.0, 25.0, 29.0, 99.0])  # best at the 2nd evaluation, then 3 worse
 
@@ -919,8 +911,8 @@ def test_resume_accepts_a_run_saved_before_backbone_attention_existed(ner_files,
 # What a newcomer meets: a task that needs a pretrained backbone says so at the start and the end
 # ---------------------------------------------------------------------------------------------------
 def test_tasks_that_need_a_pretrained_backbone_say_so_at_start_and_end(ner_files, tmp_path, monkeypatch, capsys):
-    from nlpkit.config import RunConfig
-    from nlpkit.trainer import Trainer
+    from nlpkit.engine.config import RunConfig
+    from nlpkit.engine.trainer import Trainer
     from nlpkit_tasks.ner import NerTask
     from nlpkit_tasks.qa import QaTask
     from nlpkit_tasks.reading_comprehension import ReadingComprehensionTask
@@ -956,7 +948,7 @@ def test_without_a_dev_set_the_closing_line_says_best_is_the_last_step(ner_files
 
 
 def test_a_score_without_its_main_score_is_a_plugin_error_naming_the_task(ner_files, tmp_path, monkeypatch):
-    from nlpkit.errors import PluginError
+    from nlpkit.sdk.errors import PluginError
     from nlpkit_tasks.ner import NerTask
 
     monkeypatch.setattr(NerTask, "score", lambda self, predictions, examples: {"acc": 1.0})
@@ -973,7 +965,7 @@ def test_a_start_over_that_fails_leaves_the_earlier_run_whole(reference, ner_fil
     run's checkpoints, log and tokenizer are untouched, so it still resumes exactly."""
     import shutil
 
-    from nlpkit.errors import DataError
+    from nlpkit.sdk.errors import DataError
     from nlpkit_tasks.ner import NerTask
 
     out = tmp_path / "run"

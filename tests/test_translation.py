@@ -11,7 +11,7 @@ import pytest
 
 import nlpkit
 from nlpkit import DataError
-from nlpkit.cli import main as cli
+from nlpkit.apps.cli import main as cli
 
 from conftest import benchmark_dir, tiny_config
 
@@ -76,7 +76,7 @@ def test_hub_reader_on_a_local_dataset_folder_and_offline_error(tmp_path):
     folder = tmp_path / "ds"
     folder.mkdir()
     (folder / "validation.jsonl").write_text(json.dumps({"translation": {"en": "Hello.", "de": "Hallo."}}) + "\n")
-    from nlpkit.data import load_hub_split
+    from nlpkit.sdk.data import load_hub_split
 
     spec = f"hub:{folder}:validation"
     got = list(task().read_hub(load_hub_split(spec), spec))
@@ -149,7 +149,7 @@ def test_cli_reports_bad_data_without_traceback(tmp_path, capsys):
 
 # ---- encoding and scoring --------------------------------------------------------------------------
 def test_long_targets_are_truncated_with_a_count(tmp_path, caplog):
-    from nlpkit.backbone import Backbone
+    from nlpkit.engine.backbone import Backbone
 
     t = task(max_target_length=6)
     examples = [{"source": "short one", "target": "kurz", "line": 1},

@@ -17,8 +17,8 @@ from typing import Any, Literal, Optional, Sequence
 import torch
 
 from nlpkit import DataError, Task, TaskOptions, register_task
-from nlpkit.data import pad_encodings
-from nlpkit.options import require
+from nlpkit.sdk.data import pad_encodings
+from nlpkit.sdk.options import require
 
 from .. import DATA_DIR
 from .squad import make_example, normalize_answer, read_hub_rows, read_squad, squad_scores
@@ -164,7 +164,7 @@ class QaTask(Task):
         return batch
 
     def build_head(self, backbone):
-        from nlpkit.heads import SpanExtractionHead
+        from nlpkit.sdk.heads import SpanExtractionHead
 
         return SpanExtractionHead(backbone.hidden_size, self.options.dropout)
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from nlpkit import DataError
-from nlpkit.data import open_text, read_jsonl
+from nlpkit.sdk.data import open_text, read_jsonl
 
 # ---- reading ---------------------------------------------------------------------------------------
 
