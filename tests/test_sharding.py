@@ -85,7 +85,7 @@ def _metrics(run: Path) -> dict:
 def _final_weights(run: Path) -> dict[str, torch.Tensor]:
     latest = checkpoint.latest_training(run)
     assert checkpoint.step_of(latest) == STEPS
-    return checkpoint._tensors(latest)
+    return checkpoint.read_tensors(latest)
 
 
 # ---- FSDP against one process ----------------------------------------------------------------------
@@ -184,7 +184,7 @@ def test_kill_9_then_resume_ends_bit_identical_to_an_uninterrupted_fsdp_run(runs
     resumed, uninterrupted = _final_weights(run), _final_weights(runs["fsdp"])
     assert resumed.keys() == uninterrupted.keys()
     assert all(torch.equal(resumed[k], uninterrupted[k]) for k in resumed)
-    a, b = checkpoint._tensors(run / "best"), checkpoint._tensors(runs["fsdp"] / "best")
+    a, b = checkpoint.read_tensors(run / "best"), checkpoint.read_tensors(runs["fsdp"] / "best")
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert _losses(run) == _losses(runs["fsdp"])
     assert _metrics(run)["tasks"] == _metrics(runs["fsdp"])["tasks"]
