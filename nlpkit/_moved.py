@@ -12,12 +12,13 @@ import warnings
 _LAYERS = {
     "sdk": ("cache", "corpus", "data", "errors", "generation", "heads", "options", "registry", "task"),
     "engine": ("adapters", "backbone", "build", "checkpoint", "config", "curves", "distributed", "evaluation",
-               "fast_dropout", "heap", "inference_precision", "model", "optim", "phases", "preemption", "run_log",
+               "fast_dropout", "heap", "model", "optim", "phases", "preemption", "run_log",
                "sharding", "tables", "task_data", "task_weighting", "tracking", "train_state", "trainer"),
     "apps": ("cli", "export", "onnx_export", "onnx_runtime", "predict", "report", "serve"),
 }
 #: old dotted name -> where the module lives now
 MOVED = {f"nlpkit.{name}": f"nlpkit.{layer}.{name}" for layer, names in _LAYERS.items() for name in names}
+MOVED["nlpkit.inference_precision"] = "nlpkit.engine.precision"  # joined with training's precision rules
 
 
 class _OldPaths(importlib.abc.MetaPathFinder, importlib.abc.Loader):

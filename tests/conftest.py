@@ -6,7 +6,7 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # precision "auto" would pick bf16 on CPUs with native bf16: the suite's numbers must not depend on the machine
-# (tests of the choice itself fake the CPU; nlpkit.engine.distributed.cpu_bf16)
+# (tests of the choice itself fake the CPU; nlpkit.engine.precision.cpu_bf16)
 os.environ.setdefault("NLPKIT_CPU_BF16", "0")
 # pretraining tasks' token caches (nlpkit.sdk.corpus) go to a folder of this session, never to ~/.cache
 if "NLPKIT_CACHE" not in os.environ:

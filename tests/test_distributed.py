@@ -275,7 +275,7 @@ def fake_gpu(monkeypatch):
 
 @pytest.mark.parametrize("major,expected", [(None, "no"), (6, "fp16"), (7, "fp16"), (8, "bf16"), (9, "bf16")])
 def test_auto_precision_bf16_only_on_gpus_with_bf16_units(fake_gpu, major, expected):
-    from nlpkit.engine.distributed import auto_precision
+    from nlpkit.engine.precision import auto_precision
 
     fake_gpu(major)
     assert auto_precision() == expected
@@ -283,7 +283,7 @@ def test_auto_precision_bf16_only_on_gpus_with_bf16_units(fake_gpu, major, expec
 
 
 def test_auto_precision_honours_accelerate_launch(fake_gpu, monkeypatch):
-    from nlpkit.engine.distributed import auto_precision
+    from nlpkit.engine.precision import auto_precision
 
     fake_gpu(9)
     monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "fp16")
@@ -477,3 +477,18 @@ def test_lora_under_two_processes_matches_one_process(ner_files, tmp_path):
     assert _metrics(tmp_path / "two")["processes"] == 2
     assert "peft: lora" in two.stdout
     assert _losses(tmp_path / "two") == pytest.approx(_losses(tmp_path / "one"), rel=1e-4)
+
+
+@pytest.mark.parametrize("major,hip,expected", [(7, None, "fp32"), (8, None, "bf16"), (9, None, "bf16"), (7, "6.0", "bf16")])
+def test_inference_auto_reads_the_same_rule_as_training(fake_gpu, monkeypatch, major, hip, expected):
+    """One rule for both "auto"s: where training picks bf16, so does inference; where training falls back to fp16
+    (a GPU without bf16 units), inference keeps fp32."""
+    from nlpkit.engine.precision import auto_precision, resolve
+
+    fake_gpu(major)
+    monkeypatch.setattr(torch.version, "hip", hip)
+    chosen, why = resolve("auto", torch.device("cuda", 0))
+    assert chosen == expected
+    assert auto_precision() == ("bf16" if expected == "bf16" else "fp16")
+    assert why.startswith("auto: ") and ("ROCm" in why if hip else f"capability {major}.0" in why)
+    assert resolve("bf16", torch.device("cuda", 0)) == ("bf16", "asked for")

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from nlpkit.engine.distributed import choose_precision, cpu_bf16, cpu_flags
+from nlpkit.engine.precision import choose_precision, cpu_bf16, cpu_flags
 
 
 def _no_gpu(monkeypatch):
@@ -22,7 +22,7 @@ def _no_gpu(monkeypatch):
 def test_auto_precision_on_cpu_follows_native_bf16(monkeypatch, flags, expected):
     _no_gpu(monkeypatch)
     monkeypatch.delenv("NLPKIT_CPU_BF16", raising=False)
-    monkeypatch.setattr("nlpkit.engine.distributed.cpu_flags", lambda path="/proc/cpuinfo": flags)
+    monkeypatch.setattr("nlpkit.engine.precision.cpu_flags", lambda path="/proc/cpuinfo": flags)
     chosen, why = choose_precision()
     assert chosen == expected
     assert ("no native bf16" in why) == (expected == "no")
@@ -31,16 +31,16 @@ def test_auto_precision_on_cpu_follows_native_bf16(monkeypatch, flags, expected)
 def test_auto_precision_without_cpu_flags_is_fp32(monkeypatch):
     _no_gpu(monkeypatch)
     monkeypatch.delenv("NLPKIT_CPU_BF16", raising=False)
-    monkeypatch.setattr("nlpkit.engine.distributed.cpu_flags", lambda path="/proc/cpuinfo": None)
+    monkeypatch.setattr("nlpkit.engine.precision.cpu_flags", lambda path="/proc/cpuinfo": None)
     assert choose_precision() == ("no", "this system does not list CPU flags")
 
 
 def test_environment_overrides_detection_both_ways(monkeypatch):
     _no_gpu(monkeypatch)
-    monkeypatch.setattr("nlpkit.engine.distributed.cpu_flags", lambda path="/proc/cpuinfo": {"avx512_bf16"})
+    monkeypatch.setattr("nlpkit.engine.precision.cpu_flags", lambda path="/proc/cpuinfo": {"avx512_bf16"})
     monkeypatch.setenv("NLPKIT_CPU_BF16", "0")
     assert choose_precision()[0] == "no"
-    monkeypatch.setattr("nlpkit.engine.distributed.cpu_flags", lambda path="/proc/cpuinfo": set())
+    monkeypatch.setattr("nlpkit.engine.precision.cpu_flags", lambda path="/proc/cpuinfo": set())
     monkeypatch.setenv("NLPKIT_CPU_BF16", "1")
     assert choose_precision() == ("bf16", "NLPKIT_CPU_BF16=1")
 
@@ -66,7 +66,7 @@ def test_trainer_picks_and_logs_cpu_bf16(monkeypatch, tmp_path):
 
     _no_gpu(monkeypatch)
     monkeypatch.delenv("NLPKIT_CPU_BF16", raising=False)
-    monkeypatch.setattr("nlpkit.engine.distributed.cpu_flags", lambda path="/proc/cpuinfo": {"avx512_bf16"})
+    monkeypatch.setattr("nlpkit.engine.precision.cpu_flags", lambda path="/proc/cpuinfo": {"avx512_bf16"})
     seen = {}
     monkeypatch.setattr(accelerate, "Accelerator", lambda **kwargs: seen.update(kwargs) or SimpleNamespace(**kwargs))
     trainer = Trainer(RunConfig.from_dict({"tasks": [{"type": "ner"}], "output_dir": str(tmp_path)}))

@@ -28,7 +28,15 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="nlpkit", description="Fine-tune one shared transformer on many NLP tasks.")
     p.add_argument("--version", action="version", version=f"nlpkit {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
+    _add_train_parser(sub)
+    _add_evaluate_predict_parsers(sub)
+    ls = sub.add_parser("tasks", help="list registered tasks and where they come from")
+    ls.add_argument("--plugin", action="append", default=[], metavar="MODULE")
+    _add_serve_export_parsers(sub)
+    return p
 
+
+def _add_train_parser(sub: Any) -> None:
     t = sub.add_parser("train", help="train one or more tasks on one backbone")
     t.add_argument("--task", action="append", default=[], metavar="TYPE[:NAME]",
                    help="task type to train (repeat for multi-task); TYPE:NAME names the instance")
@@ -75,6 +83,8 @@ def _parser() -> argparse.ArgumentParser:
                         "--task/--recipe the checkpoint's own config is used. Default auto: resume when --output-dir "
                         "already holds a checkpoint; never: start over")
 
+
+def _add_evaluate_predict_parsers(sub: Any) -> None:
     e = sub.add_parser("evaluate", help="score a checkpoint on labelled data")
     e.add_argument("checkpoint")
     e.add_argument("--data", action="append", default=[], metavar="[TASK:]SPLIT=PATH")
@@ -116,11 +126,6 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--encoding", default="utf-8",
                    help="encoding of stdin (default utf-8; a byte-order mark overrides it)")
     r.add_argument("--plugin", action="append", default=[], metavar="MODULE")
-
-    ls = sub.add_parser("tasks", help="list registered tasks and where they come from")
-    ls.add_argument("--plugin", action="append", default=[], metavar="MODULE")
-    _add_serve_export_parsers(sub)
-    return p
 
 
 def _add_serve_export_parsers(sub: Any) -> None:

@@ -6,7 +6,8 @@ from typing import Any, Sequence
 
 import torch
 
-from ..engine import build, checkpoint, inference_precision
+from ..engine import build, checkpoint
+from ..engine import precision as precisions
 from ..engine.config import DataSettings
 from ..engine.evaluation import evaluate as _evaluate
 from ..engine.evaluation import predict_features
@@ -20,8 +21,8 @@ class Pipeline:
     def __init__(self, model: Any, tasks: Sequence[Any], meta: dict[str, Any], path: Path, device: torch.device,
                  precision: str = "fp32", quantized: bool = False):
         self.model, self.tasks, self.meta, self.path, self.device = model, list(tasks), meta, path, device
-        self.precision, self.quantized = precision, quantized  # what predictions run in (nlpkit.engine.inference_precision)
-        self._autocast = inference_precision.autocast(precision, device)
+        self.precision, self.quantized = precision, quantized  # what predictions run in (nlpkit.engine.precision)
+        self._autocast = precisions.autocast(precision, device)
         self.runtime = "torch"
         self._runner: Any = model  # what computes predictions: the torch model, or nlpkit.apps.onnx_runtime.OnnxModel
 
@@ -120,13 +121,13 @@ def load(path: str | Path, device: str | None = None, tasks: Sequence[str] | Non
     from . import onnx_runtime
 
     dev = torch.device(device or ("cpu" if runtime == "onnxruntime" else "cuda" if torch.cuda.is_available() else "cpu"))
-    chosen = inference_precision.settle(precision, quantize, dev)  # before the weights are read
+    chosen = precisions.settle(precision, quantize, dev)  # before the weights are read
     onnx_runtime.check(runtime, precision, quantize, dev)
     folder = checkpoint.resolve(path)
     model, task_objs, meta = build.load(folder, only=tasks)
     model.to(dev)
     if quantize:
-        inference_precision.quantize_int8(model)
+        precisions.quantize_int8(model)
     pipe = Pipeline(model, task_objs, meta, folder, dev, chosen, bool(quantize))
     if runtime == "onnxruntime":
         pipe.use_onnxruntime()

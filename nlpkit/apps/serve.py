@@ -39,8 +39,8 @@ from typing import Any, Sequence
 from .._version import __version__
 from ..sdk.errors import ConfigError, NlpkitError
 
-log = logging.getLogger("nlpkit.apps.serve")
-access_log = logging.getLogger("nlpkit.apps.serve.access")
+log = logging.getLogger("nlpkit.serve")
+access_log = logging.getLogger("nlpkit.serve.access")
 
 #: paths that answer without the API key and while draining (health checks, docs)
 #: features per forward pass inside one batch, as ``nlpkit predict`` (its --batch-size default), so a
@@ -353,8 +353,7 @@ def create_app(run_dir: str | Path, *, max_batch_size: int = 32, max_wait_ms: fl
     require_serve_extra()
     from contextlib import asynccontextmanager
 
-    from fastapi import FastAPI, Request
-    from fastapi.responses import JSONResponse
+    from fastapi import FastAPI
 
     if max_batch_size < 1:
         raise ConfigError(f"--max-batch-size must be >= 1, got {max_batch_size}")
@@ -397,6 +396,16 @@ def create_app(run_dir: str | Path, *, max_batch_size: int = 32, max_wait_ms: fl
                   version=__version__, lifespan=lifespan)
     app.state.nlpkit = state
     app.state.limits = limits
+    _add_guard(app, state, key)
+    _add_routes(app, state, limits)
+    return app
+
+
+def _add_guard(app: Any, state: ServerState, key: bytes | None) -> None:
+    """Errors as JSON, and what every request goes through: draining, authentication, the in-flight count and
+    the access log."""
+    from fastapi import Request
+    from fastapi.responses import JSONResponse
 
     @app.exception_handler(RequestError)
     async def _request_error(request: Request, exc: RequestError):
@@ -429,6 +438,11 @@ def create_app(run_dir: str | Path, *, max_batch_size: int = 32, max_wait_ms: fl
                         + (f" items={items}" if items is not None else "")
                         + (f" batch={max(batch)}" if batch else ""))
         return response
+
+
+def _add_routes(app: Any, state: ServerState, limits: Limits) -> None:
+    from fastapi import Request
+    from fastapi.responses import JSONResponse
 
     @app.get("/healthz", summary="the process is up")
     async def healthz() -> dict[str, Any]:
@@ -476,8 +490,6 @@ def create_app(run_dir: str | Path, *, max_batch_size: int = 32, max_wait_ms: fl
         request.state.batch_sizes = [size for _, size in results]
         answers = [{"input": item, "prediction": pred} for item, (pred, _) in zip(items, results)]
         return JSONResponse(answers[0] if single else answers)
-
-    return app
 
 
 _PREDICT_OPENAPI = {
@@ -552,7 +564,7 @@ def _task_info(task: Any) -> dict[str, Any]:
 def serve(run_dir: str | Path, *, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
           max_batch_size: int = 32, max_wait_ms: float = 5.0, limits: Limits | None = None,
           drain_timeout: float = 30.0, keep_alive: float = 30.0, log_level: str = "info") -> None:
-    """Run the server until SIGTERM/SIGINT, then drain (see ``DrainingServer``)."""
+    """Run the server until SIGTERM/SIGINT, then drain (``_make_draining_server``)."""
     require_serve_extra()
     import uvicorn
 
@@ -600,17 +612,10 @@ def _make_draining_server():
     return _DrainingServer
 
 
-def __getattr__(name: str) -> Any:
-    """``nlpkit.apps.serve.DrainingServer``, built on first use so importing this module needs no uvicorn."""
-    if name == "DrainingServer":
-        return _make_draining_server()
-    raise AttributeError(name)
-
-
 def _setup_logging(level: str) -> None:
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
-    for name in ("nlpkit.apps.serve", "nlpkit.apps.serve.access"):
+    for name in ("nlpkit.serve", "nlpkit.serve.access"):
         logger = logging.getLogger(name)
         if not logger.handlers:
             logger.addHandler(handler)

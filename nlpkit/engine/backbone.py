@@ -7,7 +7,6 @@ so the same head works on BERT-style encoders and on the encoder half of T5/BART
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -530,14 +529,10 @@ class _quiet_transformers:
 
 
 def _takes_pooling(config: Any) -> bool:
-    return config.model_type in {"bert", "roberta", "xlm-roberta", "electra", "camembert", "ernie"} and config.model_type != "electra"
+    return config.model_type in {"bert", "roberta", "xlm-roberta", "camembert", "ernie"}
 
 
 def _accepts_replace(tokenizer: Any) -> bool:
     import inspect
 
     return "replace_extra_special_tokens" in inspect.signature(tokenizer.add_special_tokens).parameters
-
-
-def dump_json(obj: Any, path: str | Path) -> None:
-    Path(path).write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n")

@@ -3,10 +3,8 @@
 nlpkit never builds its own distributed scheme: processes are started by ``torchrun`` or
 ``accelerate launch`` (or by ``nlpkit train --num-processes N``, which calls torchrun), and
 Accelerate sets up torch.distributed (gloo on CPU, NCCL on GPUs), DDP, FSDP or DeepSpeed.
-What lives here is what Accelerate leaves to the training loop:
+What lives here is what Accelerate leaves to the training loop (precision: nlpkit.engine.precision):
 
-- the precision "auto" picks (bf16 where the GPU has bf16 units, else fp16 with loss scaling; on CPU bf16
-  where the CPU multiplies it natively, else fp32);
 - one all-reduce per micro-batch that tells every process whether any loss was non-finite and gives
   the loss averaged over processes and the number of real tokens of the whole global batch;
 - catching the launch that silently starts one process instead of N.
@@ -23,76 +21,6 @@ from ..sdk.errors import ConfigError
 
 #: environment variables a multi-process launcher sets in every process it starts
 _LAUNCHED = ("WORLD_SIZE", "LOCAL_RANK", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
-
-
-# ---- precision -------------------------------------------------------------------------------------
-#: /proc/cpuinfo flags of x86 CPUs that multiply bf16 natively (AMX tiles; AVX-512 BF16 dot products)
-CPU_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
-
-
-def cpu_flags(path: str = "/proc/cpuinfo") -> set[str] | None:
-    """The CPU's feature flags, or None where the system does not list them (macOS, Windows)."""
-    try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            for line in f:
-                if line.startswith(("flags", "Features")):
-                    return set(line.partition(":")[2].split())
-    except OSError:
-        return None
-    return None
-
-
-def cpu_bf16(flags: set[str] | None = None) -> tuple[bool, str]:
-    """(has native bf16, why), for precision "auto" on CPU.
-
-    Without native instructions bf16 autocast on CPU is emulated and slower than fp32, so "auto" only picks
-    it where the CPU lists AMX-BF16 or AVX512-BF16. ``NLPKIT_CPU_BF16=0|1`` overrides the detection (the test
-    suite sets 0 so that its numbers do not depend on the machine that runs it).
-    """
-    forced = os.environ.get("NLPKIT_CPU_BF16", "").strip()
-    if forced in ("0", "1"):
-        return forced == "1", f"NLPKIT_CPU_BF16={forced}"
-    flags = cpu_flags() if flags is None else flags
-    if flags is None:
-        return False, "this system does not list CPU flags"
-    found = [f for f in CPU_BF16_FLAGS if f in flags]
-    if found:
-        return True, f"the CPU has native bf16 ({', '.join(found)})"
-    return False, "the CPU has no native bf16 (neither amx_bf16 nor avx512_bf16)"
-
-
-def choose_precision(cpu: bool = False) -> tuple[str, str]:
-    """(Accelerate's ``mixed_precision``, why) for nlpkit's precision "auto".
-
-    On GPUs bf16 autocast needs bf16 tensor units (compute capability 8.0+: A100, H100, RTX 30xx/40xx; or ROCm).
-    ``torch.cuda.is_bf16_supported()`` alone is not enough: by default it also answers True on
-    V100/T4 (capability 7.x), where bf16 is only emulated and far slower than fp16, so the capability
-    is checked. Older GPUs get fp16, for which Accelerate adds a gradient scaler (loss scaling).
-    On CPU, bf16 where the CPU multiplies it natively (measured 1.87x faster at equal F1, docs/performance.md),
-    else fp32. A precision given to ``accelerate launch`` (``--mixed_precision`` or its config file) is honoured.
-    """
-    import torch
-
-    on_gpu = not cpu and torch.cuda.is_available()
-    launcher = os.environ.get("ACCELERATE_MIXED_PRECISION", "no").lower()
-    if launcher == "bf16" or launcher == "fp16" and on_gpu:
-        return launcher, "accelerate launch asked for it"
-    if launcher == "fp16":
-        raise ConfigError("accelerate launch asked for fp16, which needs a GPU; on CPU use bf16 or no mixed precision")
-    if not on_gpu:
-        native, why = cpu_bf16()
-        return ("bf16" if native else "no"), why
-    if getattr(torch.version, "hip", None):
-        return "bf16", "ROCm GPU"
-    major, minor = torch.cuda.get_device_capability(torch.cuda.current_device())
-    if major >= 8:
-        return "bf16", f"GPU compute capability {major}.{minor} has bf16 units"
-    return "fp16", f"GPU compute capability {major}.{minor} has no bf16 units (fp16 with loss scaling)"
-
-
-def auto_precision(cpu: bool = False) -> str:
-    """Accelerate's ``mixed_precision`` for precision "auto" (see choose_precision)."""
-    return choose_precision(cpu)[0]
 
 
 # ---- launch checks ---------------------------------------------------------------------------------

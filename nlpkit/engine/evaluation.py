@@ -22,7 +22,7 @@ def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
 def predict_features(task: Any, model: Any, features: Sequence[dict], batch_size: int, accelerator: Any = None,
                      progress: bool = False, desc: str = "", autocast: Callable[[], Any] | None = None) -> list[Any]:
     """One raw output per feature, in feature order. ``autocast``: the context of a loaded model's predictions
-    (nlpkit.engine.inference_precision); during training the accelerator's."""
+    (nlpkit.engine.precision); during training the accelerator's."""
     device = accelerator.device if accelerator is not None else next(model.parameters()).device
     rank = accelerator.process_index if accelerator is not None else 0
     world = accelerator.num_processes if accelerator is not None else 1

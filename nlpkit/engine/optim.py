@@ -181,9 +181,6 @@ class TaskSchedule:
         for c in {self._clock(t) for t in tasks}:
             self.done[c] += 1
 
-    def get_last_lr(self) -> list[float]:
-        return [group["lr"] for group in self.optimizer.param_groups]
-
     def state_dict(self) -> dict[str, dict[str, int]]:
         return {"done": dict(self.done)}
 

@@ -39,7 +39,6 @@ from ..sdk.errors import CheckpointError, ConfigError
 SHARDED_DIR = "sharded"
 #: the same for DeepSpeed ZeRO-3 (its own checkpoint format); the weights are also gathered into safetensors
 DEEPSPEED_DIR = "deepspeed"
-CHOICES = ("none", "fsdp", "zero3")
 
 
 # ---- which engine ----------------------------------------------------------------------------------

@@ -43,7 +43,7 @@ from ..sdk.data import HUB_PREFIX, load_hub_split, parse_hub_spec
 from ..sdk.errors import DataError, PluginError
 from .config import DataSettings
 
-log = logging.getLogger("nlpkit.engine.tables")
+log = logging.getLogger("nlpkit.tables")
 
 #: bump when the layout of the cached tables changes: old entries are then simply not found
 FORMAT = 2

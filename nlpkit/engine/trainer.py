@@ -38,11 +38,12 @@ from ..sdk.task import Task, replace_options
 from . import adapters, build, checkpoint, fast_dropout, heap, sharding, tracking
 from .backbone import PRESETS, Backbone, train_tokenizer
 from .config import RunConfig
-from .distributed import check_engine, check_launch, choose_precision, describe, step_stats
+from .distributed import check_engine, check_launch, describe, step_stats
 from .evaluation import evaluate, to_device
 from .model import MultiTaskModel
 from .optim import RUN, TaskSchedule, default_lr, make_optimizer, resolve_head_lr_scale
 from .phases import PhaseClock
+from .precision import choose_precision
 from .preemption import Preemption, exit_code
 from .run_log import RunLog, _mean_all, peak_memory_mb, write_curves
 from .tables import encode_split, fit_task, rows_at, set_progress

@@ -39,7 +39,7 @@ from .data import read_jsonl, read_text_lines
 from .errors import DataError
 from .task import Task, TaskOptions
 
-log = logging.getLogger("nlpkit.sdk.corpus")
+log = logging.getLogger("nlpkit.corpus")
 
 Documents = Literal["auto", "line", "blank-line"]
 #: bump when the cache layout changes: old caches are then simply not found

@@ -33,7 +33,7 @@ import torch
 
 from .errors import ConfigError, DataError
 
-log = logging.getLogger("nlpkit.sdk.data")
+log = logging.getLogger("nlpkit.data")
 
 GZIP_MAGIC = b"\x1f\x8b"
 #: longest first: the UTF-32 LE mark begins with the UTF-16 LE one

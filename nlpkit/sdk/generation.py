@@ -24,7 +24,7 @@ from . import options as _options
 from .errors import ConfigError, DataError
 from .task import Task, TaskOptions
 
-log = logging.getLogger("nlpkit.sdk.generation")
+log = logging.getLogger("nlpkit.generation")
 
 #: warn when the mean output length reaches this share of ``max_new_tokens``
 LIMIT_WARN_SHARE = 0.9

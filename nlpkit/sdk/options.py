@@ -106,49 +106,63 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
                 for k, v in value.items()}
     if dataclasses.is_dataclass(tp):
         return build(tp, value, key)
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
-            return value.lower() in ("true", "yes", "1")
-        raise ConfigError(f"{key}: expected true or false, got {show(value)}")
-    if tp is int:
-        if isinstance(value, bool):
-            raise ConfigError(f"{key}: expected an integer, got {show(value)}")
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                return int(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{key}: expected an integer, got {show(value)}")
-    if tp is float:
-        if isinstance(value, bool):
-            raise ConfigError(f"{key}: expected a number, got {show(value)}")
-        number = None
-        if isinstance(value, (int, float)):
-            number = float(value)
-        elif isinstance(value, str):
-            try:
-                number = float(value)
-            except ValueError:
-                pass
-        if number is not None and math.isfinite(number):
-            return number
-        raise ConfigError(f"{key}: expected a finite number, got {show(value)}")
-    if tp is str:
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            return str(value)
-        raise ConfigError(f"{key}: expected a string, got {show(value)}")
+    if tp in _SCALARS:
+        return _SCALARS[tp](value, key)
     if origin is not None or not isinstance(tp, type):  # a field type this checker does not know: a bug
         raise TypeError(f"nlpkit.sdk.options cannot check {tp!r} (key {key}); field types are bool, int, float, "
                         "str, Any, Optional, Literal, list, tuple, dict, Annotated[..., Range] or a dataclass")
     if not isinstance(value, tp):
         raise ConfigError(f"{key}: expected {_type_name(tp)}, got {show(value)}")
     return value
+
+
+def _bool(value: Any, key: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+        return value.lower() in ("true", "yes", "1")
+    raise ConfigError(f"{key}: expected true or false, got {show(value)}")
+
+
+def _int(value: Any, key: str) -> int:
+    if isinstance(value, bool):
+        raise ConfigError(f"{key}: expected an integer, got {show(value)}")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str):
+        try:
+            return int(value)
+        except ValueError:
+            pass
+    raise ConfigError(f"{key}: expected an integer, got {show(value)}")
+
+
+def _float(value: Any, key: str) -> float:
+    if isinstance(value, bool):
+        raise ConfigError(f"{key}: expected a number, got {show(value)}")
+    number = None
+    if isinstance(value, (int, float)):
+        number = float(value)
+    elif isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            pass
+    if number is not None and math.isfinite(number):
+        return number
+    raise ConfigError(f"{key}: expected a finite number, got {show(value)}")
+
+
+def _str(value: Any, key: str) -> str:
+    if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        return str(value)
+    raise ConfigError(f"{key}: expected a string, got {show(value)}")
+
+
+#: the scalar field types and their checks (a command-line string converts: "3" -> 3, "yes" -> True)
+_SCALARS = {bool: _bool, int: _int, float: _float, str: _str}
 
 
 def _sequence(value: Any, tp: Any, key: str) -> list[Any]:
