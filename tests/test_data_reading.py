@@ -128,19 +128,19 @@ def test_damaged_gzip_is_a_data_error(tmp_path):
 def test_bom_only_lines_are_skipped_with_one_warning(tmp_path, caplog):
     bom = "\ufeff"
     path = write(tmp_path, "a.conll", f"EU B-ORG\n{bom}\nx O\n \t{bom}{bom} \r\n\ny O\n".encode())
-    with caplog.at_level(logging.WARNING, logger="nlpkit.sdk.data"):
+    with caplog.at_level(logging.WARNING, logger="nlpkit.data"):
         numbered = list(read_text_lines(path))
     assert numbered == [(1, "EU B-ORG"), (3, "x O"), (5, ""), (6, "y O")]  # line numbers stay the file's
-    warnings = [r.getMessage() for r in caplog.records if r.name == "nlpkit.sdk.data"]
+    warnings = [r.getMessage() for r in caplog.records if r.name == "nlpkit.data"]
     assert warnings == [f"{path}: skipped 2 line(s) holding only a byte-order mark (U+FEFF), first at line 2"]
 
 
 def test_open_text_reads_bom_only_lines_as_blank_so_csv_line_numbers_hold(tmp_path, caplog):
     path = write(tmp_path, "a.csv", "text,label\n\ufeff\ngood,pos\n\"bad,\nvery\",neg\n".encode())
-    with caplog.at_level(logging.WARNING, logger="nlpkit.sdk.data"), open_text(path) as f:
+    with caplog.at_level(logging.WARNING, logger="nlpkit.data"), open_text(path) as f:
         rows = list(csv_rows(f, path))
     assert rows == [(1, ["text", "label"]), (2, []), (3, ["good", "pos"]), (4, ["bad,\nvery", "neg"])]
-    assert len([r for r in caplog.records if r.name == "nlpkit.sdk.data"]) == 1
+    assert len([r for r in caplog.records if r.name == "nlpkit.data"]) == 1
 
 
 def test_a_bom_inside_a_line_is_text_not_skipped(tmp_path):
