@@ -159,7 +159,7 @@ def report(root: Path = ROOT) -> tuple[list[str], dict[str, int]]:
     found = imports(root / "nlpkit")
     problems = [f"{i.source} (line {i.line}) imports {i.target}: {layer(i.source)} may not import {layer(i.target)}"
                 for i in upward(found)]
-    problems += [f"import cycle: {' -> '.join(group)}" for group in cycles(found)]
+    problems += [f"import cycle: {', '.join(group)} import each other" for group in cycles(found)]
     problems += [f"plugin imports past nlpkit.sdk: {line}" for line in plugin_imports(root / "tasks")]
     counts = {"modules": len(modules(root / "nlpkit")), "import statements": len(found),
               "inside functions": sum(i.in_function for i in found),
