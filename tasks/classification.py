@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Iterable, Iterator, Literal, Sequence
 
 from nlpkit import DataError, Task, TaskOptions, register_task
-from nlpkit.sdk.data import csv_rows, input_text, open_text, pad_encodings, read_jsonl, read_text_lines
+from nlpkit.sdk.data import csv_rows, input_text, open_text, read_jsonl, read_text_lines
+from nlpkit.sdk.modeling import SequenceClassifier
 from nlpkit.sdk.options import require
 
 from . import DATA_DIR
@@ -345,65 +346,19 @@ class ClassificationTask(Task):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.labels, self.label_map, self.pair = list(state["labels"]), dict(state["label_map"]), bool(state["pair"])
 
-    # ---- encoding ------------------------------------------------------------------------------------
-    def encode(self, examples: Sequence[dict]) -> list[dict]:
-        texts = [ex["text"] for ex in examples]
-        pairs = [ex["pair"] for ex in examples] if self.pair else None
-        # segment ids tell the two texts apart (not every tokenizer returns them unasked); one text needs none, and
-        # the collator builds the attention mask: asking for ids alone makes encoding a third faster
-        enc = self.tokenizer(texts, pairs, truncation=True, max_length=self.options.max_length,
-                             return_token_type_ids=self.pair, return_attention_mask=False)
+    # ---- the model: a classifier on the pooled text (or pair) ------------------------------------------
+    def modeling(self) -> SequenceClassifier:
+        o = self.options
+        return SequenceClassifier(self.labels, max_length=o.max_length, pair=self.pair, multi_label=o.multi_label,
+                                  threshold=o.threshold, pooling=o.pooling, dropout=o.dropout,
+                                  label_ids=self.label_ids)
+
+    def label_ids(self, example: dict) -> list[int]:
+        """The classes of an example, raw labels mapped to class names (sentiment's ``pos`` is ``positive``)."""
         index = {lab: i for i, lab in enumerate(self.labels)}
-        features = []
-        for i, ex in enumerate(examples):
-            feature = {"example_index": i, "input_ids": enc["input_ids"][i]}
-            if "token_type_ids" in enc:
-                feature["token_type_ids"] = enc["token_type_ids"][i]
-            if "label" in ex:
-                ids = [index[self.canonical(raw)] for raw in self.raw_labels(ex)]
-                if self.options.multi_label:
-                    feature["labels"] = [1.0 if j in ids else 0.0 for j in range(len(self.labels))]
-                else:
-                    feature["labels"] = ids[0]
-            features.append(feature)
-        return features
+        return [index[self.canonical(raw)] for raw in self.raw_labels(example)]
 
-    def collate(self, features: Sequence[dict]) -> dict:
-        import torch
-
-        batch = pad_encodings(features, self.tokenizer.pad_token_id, keys=("input_ids", "token_type_ids"))
-        if "labels" in features[0]:
-            dtype = torch.float if self.options.multi_label else torch.long
-            batch["labels"] = torch.tensor([f["labels"] for f in features], dtype=dtype)
-        return batch
-
-    def build_head(self, backbone):
-        from nlpkit.sdk.heads import SequenceClassificationHead
-        from nlpkit.sdk.heads.classification import resolve_pooling
-
-        pooling = resolve_pooling(self.options.pooling, backbone.kind)
-        return SequenceClassificationHead(backbone.hidden_size, len(self.labels), self.options.dropout,
-                                          pooling, multi_label=self.options.multi_label)
-
-    def predict_batch(self, head, backbone, batch) -> list[list[float]]:
-        logits = head(backbone, batch)["logits"].float()
-        probs = logits.sigmoid() if self.options.multi_label else logits.softmax(-1)
-        return probs.cpu().tolist()
-
-    # ---- decoding and scoring ------------------------------------------------------------------------
-    def decode(self, examples, features, outputs) -> list[dict]:
-        preds = []
-        for probs in outputs:
-            table = {lab: round(p, 4) for lab, p in zip(self.labels, probs)}
-            if self.options.multi_label:
-                chosen = [lab for lab, p in zip(self.labels, probs) if p >= self.options.threshold]
-                chosen.sort(key=lambda lab: -table[lab])
-                preds.append({"labels": chosen, "probabilities": table})
-            else:
-                best = max(range(len(probs)), key=probs.__getitem__)
-                preds.append({"label": self.labels[best], "probability": round(probs[best], 4), "probabilities": table})
-        return preds
-
+    # ---- scoring -------------------------------------------------------------------------------------
     def score(self, predictions, examples) -> dict[str, Any]:
         import numpy as np
         from sklearn.metrics import precision_recall_fscore_support

@@ -5,7 +5,7 @@ default conlleval-compatible mode (``strict: true`` switches to seqeval's strict
 
 Two modes (option ``mode``). ``head``: a tag per word from a classifier on the backbone's states.
 ``generative``: the model writes the sentence with its entities bracketed inline
-(``[ John Smith | PER ] lives in [ Paris | LOC ] .``), on any backbone kind a ``TextGenerator`` supports
+(``[ John Smith | PER ] lives in [ Paris | LOC ] .``), on any backbone kind text generation supports
 (causal-LM fine-tuning on a decoder, a seq2seq head on an encoder or encoder-decoder); the text is
 parsed back to one tag per source word and goes through the same decoding and scoring as the head's
 tags, so both modes are compared on the same data.
@@ -19,9 +19,10 @@ from dataclasses import dataclass
 from operator import itemgetter
 from typing import Any, Iterable, Iterator, Literal, Sequence
 
-from nlpkit import DataError, NotStandard, Task, register_task
-from nlpkit.sdk.data import encode_words, input_text, pad_encodings, read_text_blocks
-from nlpkit.sdk.generation import GenerativeModeOptions, TextGenerator
+from nlpkit import DataError, Task, register_task
+from nlpkit.sdk.data import input_text, read_text_blocks
+from nlpkit.sdk.generation import GenerativeModeOptions, Generated, TextGeneration
+from nlpkit.sdk.modeling import Modeling, WordTagger
 
 from . import DATA_DIR
 
@@ -349,6 +350,12 @@ def ner_instruction(types: Sequence[str]) -> str:
     return f"Copy the sentence, marking entities ({', '.join(types)}) as [ words | TYPE ]."
 
 
+def render_sentence(sentence: dict) -> tuple[str, str | None]:
+    """Generative mode's (source, target): the sentence, and the same with its entities marked inline."""
+    tags = sentence.get("tags")
+    return " ".join(sentence["tokens"]), render_inline(sentence["tokens"], tags) if tags is not None else None
+
+
 def parse_generated(text: str, tokens: Sequence[str], types: Sequence[str]) -> dict[str, Any]:
     """IOB2 tags for the source ``tokens`` from a generated text, and what the parse had to forgive."""
     words, marks, malformed = parse_inline(text, types)
@@ -369,9 +376,6 @@ class NerTask(Task):
     def __init__(self, name=None, options=None):
         super().__init__(name, options)
         self.labels: list[str] = []
-        if self.options.mode == "generative":  # a text-generation task, on every backbone kind a generator takes
-            self.generative = True
-            self.backbone_kinds = ("encoder", "encoder-decoder", "decoder")
 
     def default_data(self) -> dict[str, str]:
         return {"train": str(DATA_DIR / "ner" / "train.conll"), "dev": str(DATA_DIR / "ner" / "dev.conll")}
@@ -434,7 +438,7 @@ class NerTask(Task):
                         f"known tags: {', '.join(self.labels)}", path, s["line"] + i if s.get("line") else None)
 
     def texts(self, examples: Sequence[dict]):
-        if self.generative:  # a from-scratch tokenizer also learns the prompt, the targets' markup and type names
+        if self.options.mode == "generative":  # a from-scratch tokenizer also learns the prompt, the markup, type names
             return self._generative_texts(examples)
         return (" ".join(s["tokens"]) for s in examples)
 
@@ -450,14 +454,6 @@ class NerTask(Task):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.labels = list(state["labels"])
 
-    # ---- encoding ------------------------------------------------------------------------------------
-    def setup(self, backbone) -> None:
-        super().setup(backbone)
-        if self.generative:  # after fit / load_state_dict: the instruction names the types
-            self._generator = TextGenerator(self.name, self.options.generation_options(), self.instruction(),
-                                            response_cue="Marked:")
-            self._generator.setup(backbone)
-
     @property
     def types(self) -> list[str]:
         return sorted({t[2:] for t in self.labels if t != "O"})
@@ -465,101 +461,27 @@ class NerTask(Task):
     def instruction(self) -> str:
         return ner_instruction(self.types)
 
-    @property
-    def generator(self) -> TextGenerator:
-        """The TextGenerator of generative mode, given the current options (``predict --num-beams`` swaps them)."""
-        self._generator.options = self.options.generation_options()
-        return self._generator
+    # ---- the model: a tag per word, or the sentence rewritten with its entities marked -----------------
+    def modeling(self) -> Modeling:
+        o = self.options
+        if o.mode == "generative":
+            return TextGeneration(self.name, o.generation_options(), instruction=self.instruction(),
+                                  response_cue="Marked:", render=render_sentence, parse=self.parse_output,
+                                  not_standard="generative NER writes nlpkit's inline markup, which only nlpkit parses "
+                                               "back to entities; no standard transformers class does that")
+        return WordTagger(self.labels, max_length=o.max_length, dropout=o.dropout, task_name=self.name,
+                          prediction=tagged_prediction, log=log)
 
-    def encode(self, examples: Sequence[dict]) -> list[dict]:
-        if self.generative:
-            return self.generator.encode([" ".join(s["tokens"]) for s in examples],
-                                         [render_inline(s["tokens"], s["tags"]) if "tags" in s else None
-                                          for s in examples], [s.get("line") for s in examples])
-        label_id = {t: i for i, t in enumerate(self.labels)}
-        # ids and word ids only: the collator builds the attention mask (a third fewer lists to make)
-        all_ids, all_word_ids = encode_words(self.tokenizer, [s["tokens"] for s in examples], self.options.max_length)
-        features, cut = [], []
-        for i, (s, ids, word_ids) in enumerate(zip(examples, all_ids, all_word_ids)):
-            if self._was_cut(s, word_ids, len(ids)):
-                cut.append(i)
-            feature = {"example_index": i, "input_ids": ids, "word_ids": word_ids}
-            if "tags" in s:  # a word's tag on its first piece; -100 (not trained on) elsewhere
-                tag_ids = [label_id[t] for t in s["tags"]]
-                feature["labels"] = [tag_ids[w] if w is not None and w != prev else -100
-                                     for w, prev in zip(word_ids, [None, *word_ids])]
-            features.append(feature)
-        if cut:
-            line = examples[cut[0]].get("line")
-            log.warning(f"{self.name}: {len(cut)} of {len(examples)} sentence(s) longer than max_length="
-                        f"{self.options.max_length} tokens were cut: their last words are not trained on and "
-                        f"are predicted O" + (f" (first at line {line})" if line is not None else "")
-                        + "; raise the option max_length")
-        return features
-
-    def _was_cut(self, sentence: dict, word_ids: Sequence[int | None], length: int) -> bool:
-        """Truncation dropped words: the encoding is full and its last word is not the sentence's last."""
-        if length < self.options.max_length:
-            return False
-        return max((w for w in word_ids if w is not None), default=-1) < len(sentence["tokens"]) - 1
-
-    def collate(self, features: Sequence[dict]) -> dict:
-        if self.generative:
-            return self.generator.collate(features)
-        batch = pad_encodings(features, self.tokenizer.pad_token_id)
-        if "labels" in features[0]:
-            from nlpkit.sdk.data import pad
-
-            batch["labels"] = pad([f["labels"] for f in features], -100)
-        return batch
-
-    def feature_length(self, feature: dict) -> int:
-        return self.generator.feature_length(feature) if self.generative else len(feature["input_ids"])
-
-    def build_head(self, backbone):
-        from nlpkit.sdk.heads import TokenClassificationHead
-
-        if self.generative:
-            return self.generator.build_head(backbone)
-        return TokenClassificationHead(backbone.hidden_size, len(self.labels), self.options.dropout)
-
-    def predict_batch(self, head, backbone, batch) -> list:
-        if self.generative:
-            return self.generator.predict_batch(head, backbone, batch)
-        logits = head(backbone, batch)["logits"].float()
-        probs, ids = logits.softmax(-1).max(-1)
-        lengths = batch["attention_mask"].sum(1).tolist()
-        ids, probs = ids.cpu().tolist(), probs.cpu().tolist()
-        return [(ids[i][:n], probs[i][:n]) for i, n in enumerate(lengths)]
-
-    # ---- decoding and scoring ------------------------------------------------------------------------
-    def decode(self, examples, features, outputs) -> list[dict]:
-        if self.generative:
-            return self.decode_generated(examples, outputs)
-        preds = []
-        for ex, feat, (ids, probs) in zip(examples, features, outputs):
-            n = len(ex["tokens"])
-            tags, scores, prev = ["O"] * n, [1.0] * n, None
-            for pos, w in enumerate(feat["word_ids"]):
-                if w is not None and w != prev:  # words cut by truncation stay "O"
-                    tags[w], scores[w] = self.labels[ids[pos]], probs[pos]
-                prev = w
-            preds.append(tagged_prediction(ex, tags, scores))
-        return preds
-
-    def decode_generated(self, examples, outputs) -> list[dict]:
+    def parse_output(self, example: dict, out: Generated) -> dict:
         """Generative mode: the generated text parsed back to tags, then the head mode's prediction (entity
         spans with character offsets; no score, a generated text has no per-word probability)."""
-        preds = []
-        for ex, (ids, at_limit) in zip(examples, outputs):
-            text = self.generator.decode_text(ids)
-            parsed = parse_generated(text, ex["tokens"], self.types)
-            pred = tagged_prediction(ex, parsed["tags"], None)
-            pred.update(output=text, malformed=parsed["malformed"], words_changed=parsed["words_changed"],
-                        at_limit=at_limit)
-            preds.append(pred)
-        return preds
+        parsed = parse_generated(out.text, example["tokens"], self.types)
+        pred = tagged_prediction(example, parsed["tags"], None)
+        pred.update(output=out.text, malformed=parsed["malformed"], words_changed=parsed["words_changed"],
+                    at_limit=out.at_limit)
+        return pred
 
+    # ---- scoring -------------------------------------------------------------------------------------
     def score(self, predictions, examples) -> dict[str, Any]:
         from seqeval.metrics import accuracy_score, classification_report
         from seqeval.scheme import IOB2
@@ -597,13 +519,6 @@ class NerTask(Task):
             return "(no entities)"
         return "\n".join(f"{e['start']:>5}-{e['end']:<5} {e['type']:<6} {e['text']}"
                          + (f"  ({e['score']:.2f})" if "score" in e else "") for e in prediction["entities"])
-
-    # ---- export --------------------------------------------------------------------------------------
-    def export_model(self, backbone, head):
-        if self.generative:
-            raise NotStandard("generative NER writes nlpkit's inline markup, which only nlpkit parses back to "
-                              "entities; no standard transformers class does that")
-        return None
 
 
 def tagged_prediction(ex: dict, tags: Sequence[str], scores: Sequence[float] | None) -> dict:

@@ -21,9 +21,10 @@ import re
 from dataclasses import dataclass
 from typing import Any, Iterator, Mapping, Sequence
 
-from nlpkit import DataError, NotStandard, Task, register_task
+from nlpkit import DataError, Task, register_task
 from nlpkit.sdk.data import pad_encodings, read_jsonl, read_text_lines
-from nlpkit.sdk.generation import GenerativeModeOptions, TextGenerator
+from nlpkit.sdk.generation import GenerativeModeOptions, Generated, TextGeneration
+from nlpkit.sdk.modeling import Modeling
 from nlpkit.sdk.options import require
 
 MARKERS = ("[E1]", "[/E1]", "[E2]", "[/E2]")
@@ -331,9 +332,6 @@ class RelationExtractionTask(Task):
     def __init__(self, name=None, options=None):
         super().__init__(name, options)
         self.labels: list[str] = []
-        if self.options.mode == "generative":  # a text-generation task, on every backbone kind a generator takes
-            self.generative = True
-            self.backbone_kinds = ("encoder", "encoder-decoder", "decoder")
 
     def read(self, path: str) -> list[dict]:
         fmt = self.options.format
@@ -369,7 +367,7 @@ class RelationExtractionTask(Task):
         self.check_labels(examples, self.labels, "label", path, what="relation")
 
     def texts(self, examples: Sequence[dict]) -> Iterator[str]:
-        if self.generative:  # a from-scratch tokenizer also learns the prompt, the markup and the labels
+        if self.options.mode == "generative":  # a from-scratch tokenizer also learns the prompt, markup and labels
             return self._generative_texts(examples)
         return (ex["text"] for ex in examples)
 
@@ -387,114 +385,31 @@ class RelationExtractionTask(Task):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.labels = list(state["labels"])
 
-    # ---- encoding ------------------------------------------------------------------------------------
+    # ---- the model: a classifier over the two marked entities, or the label written as text -------------
     def special_tokens(self) -> list[str]:
-        return [] if self.generative else list(MARKERS)  # the generative prompt marks entities in plain text
-
-    def setup(self, backbone) -> None:
-        super().setup(backbone)
-        if self.generative:  # after fit / load_state_dict: the instruction names the labels
-            self._generator = TextGenerator(self.name, self.options.generation_options(), self.instruction(),
-                                            response_cue="Relation:")
-            self._generator.setup(backbone)
-            return
-        self.marker_ids = self.tokenizer.convert_tokens_to_ids(list(MARKERS))
+        return [] if self.options.mode == "generative" else list(MARKERS)  # the prompt marks entities in plain text
 
     def instruction(self) -> str:
         return relation_instruction(self.labels)
 
-    @property
-    def generator(self) -> TextGenerator:
-        """The TextGenerator of generative mode, given the current options (``predict --num-beams`` swaps them)."""
-        self._generator.options = self.options.generation_options()
-        return self._generator
+    def modeling(self) -> Modeling:
+        o = self.options
+        if o.mode == "generative":
+            return TextGeneration(self.name, o.generation_options(), instruction=self.instruction(),
+                                  response_cue="Relation:", render=render_relation, parse=self.parse_output,
+                                  not_standard="generative relation extraction writes a label as text, which nlpkit "
+                                               "parses back; no standard transformers class does that")
+        return EntityPairClassifier(self.labels, max_length=o.max_length, dropout=o.dropout)
 
-    def encode(self, examples: Sequence[dict]) -> list[dict]:
-        if self.generative:
-            return self.generator.encode([inline_marked_text(ex) for ex in examples],
-                                         [ex.get("label") for ex in examples], [ex.get("line") for ex in examples])
-        enc = self.tokenizer([marked_text(ex) for ex in examples])
-        label_id = {lab: i for i, lab in enumerate(self.labels)}
-        e1, e2 = self.marker_ids[0], self.marker_ids[2]
-        features = []
-        for i, ex in enumerate(examples):
-            ids = enc["input_ids"][i]
-            ids = self.fit_length(ids, (ids_index(ids, e1), ids_index(ids, e2)))
-            feature = {"example_index": i, "input_ids": ids, "entity_positions": [ids.index(e1), ids.index(e2)]}
-            if "label" in ex:
-                feature["labels"] = label_id[ex["label"]]
-            features.append(feature)
-        return features
-
-    def fit_length(self, ids: list[int], starts: tuple[int, int]) -> list[int]:
-        """Cut a long sequence to ``max_length`` around the two start markers, keeping both, and keep
-        the tokenizer's special tokens at both ends."""
-        limit = self.options.max_length
-        if len(ids) <= limit:
-            return ids
-        special = set(self.tokenizer.all_special_ids) - set(self.marker_ids)
-        lead = 1 if ids[0] in special else 0
-        trail = 1 if ids[-1] in special else 0
-        body = ids[lead:len(ids) - trail]
-        a, b = sorted(s - lead for s in starts)
-        budget = limit - lead - trail
-        if b - a < budget:  # one window holding both markers, centred on them
-            start = max(0, min(a - (budget - (b - a)) // 2, len(body) - budget))
-            window = body[start:start + budget]
-        else:  # entities too far apart: a window from each marker (the second one ends the text at most)
-            half = budget // 2
-            second = min(b, len(body) - (budget - half))
-            window = body[a:a + half] + body[second:second + budget - half]
-        return ids[:lead] + window + (ids[-trail:] if trail else [])
-
-    def collate(self, features: Sequence[dict]) -> dict:
-        import torch
-
-        if self.generative:
-            return self.generator.collate(features)
-        batch = pad_encodings(features, self.tokenizer.pad_token_id)
-        batch["entity_positions"] = torch.tensor([f["entity_positions"] for f in features], dtype=torch.long)
-        if "labels" in features[0]:
-            batch["labels"] = torch.tensor([f["labels"] for f in features], dtype=torch.long)
-        return batch
-
-    def feature_length(self, feature: dict) -> int:
-        return self.generator.feature_length(feature) if self.generative else len(feature["input_ids"])
-
-    def build_head(self, backbone):
-        from nlpkit.sdk.heads import EntityPairHead
-
-        if self.generative:
-            return self.generator.build_head(backbone)
-        representation = "last" if backbone.kind == "decoder" else "entity-start"
-        return EntityPairHead(backbone.hidden_size, len(self.labels), num_entities=2, dropout=self.options.dropout,
-                              representation=representation)
-
-    def predict_batch(self, head, backbone, batch) -> list[tuple[int, float]]:
-        if self.generative:
-            return self.generator.predict_batch(head, backbone, batch)
-        probs, ids = head(backbone, batch)["logits"].float().softmax(-1).max(-1)
-        return list(zip(ids.cpu().tolist(), probs.cpu().tolist()))
-
-    # ---- decoding and scoring ------------------------------------------------------------------------
-    def decode(self, examples, features, outputs) -> list[dict]:
-        if self.generative:
-            return self.decode_generated(examples, outputs)
-        return [relation_prediction(ex, self.labels[label_index], round(prob, 4))
-                for ex, (label_index, prob) in zip(examples, outputs)]
-
-    def decode_generated(self, examples, outputs) -> list[dict]:
+    def parse_output(self, example: dict, out: Generated) -> dict:
         """Generative mode: the generated text parsed to a label (the negative label when it names none), then
         the head mode's prediction without a probability (a generated label has none of the classifier's)."""
-        preds = []
-        for ex, (ids, at_limit) in zip(examples, outputs):
-            text = self.generator.decode_text(ids)
-            label, parsed = parse_relation(text, self.labels, self.options.negative_label)
-            pred = relation_prediction(ex, label, None)
-            pred.update(output=text, parsed=parsed, at_limit=at_limit)
-            preds.append(pred)
-        return preds
+        label, parsed = parse_relation(out.text, self.labels, self.options.negative_label)
+        pred = relation_prediction(example, label, None)
+        pred.update(output=out.text, parsed=parsed, at_limit=out.at_limit)
+        return pred
 
+    # ---- scoring -------------------------------------------------------------------------------------
     def score(self, predictions, examples) -> dict[str, Any]:
         key = {i: ex["label"] for i, ex in enumerate(examples)}
         proposed = {i: p["relation"] for i, p in enumerate(predictions)}
@@ -530,12 +445,81 @@ class RelationExtractionTask(Task):
         return (f'{rel}: {role1 or "first"} = "{words[first]}" ({first}) -> {role2 or "second"} = '
                 f'"{words[second]}" ({second}){shown}')
 
-    # ---- export --------------------------------------------------------------------------------------
-    def export_model(self, backbone, head):
-        if self.generative:
-            raise NotStandard("generative relation extraction writes a label as text, which nlpkit parses back; "
-                              "no standard transformers class does that")
-        return None
+
+class EntityPairClassifier(Modeling):
+    """The head mode: the sentence with its entities marked by <e1> </e1> <e2> </e2> tokens, a classifier over the
+    states at the two start markers (over the last real token on a decoder, the one that saw both)."""
+
+    def __init__(self, labels: Sequence[str], max_length: int, dropout: float):
+        self.labels, self.max_length, self.dropout = list(labels), max_length, dropout
+
+    def setup(self, backbone) -> None:
+        super().setup(backbone)
+        self.marker_ids = self.tokenizer.convert_tokens_to_ids(list(MARKERS))
+
+    def encode(self, examples: Sequence[dict]) -> list[dict]:
+        enc = self.tokenizer([marked_text(ex) for ex in examples])
+        label_id = {lab: i for i, lab in enumerate(self.labels)}
+        e1, e2 = self.marker_ids[0], self.marker_ids[2]
+        features = []
+        for i, ex in enumerate(examples):
+            ids = enc["input_ids"][i]
+            ids = self.fit_length(ids, (ids_index(ids, e1), ids_index(ids, e2)))
+            feature = {"example_index": i, "input_ids": ids, "entity_positions": [ids.index(e1), ids.index(e2)]}
+            if "label" in ex:
+                feature["labels"] = label_id[ex["label"]]
+            features.append(feature)
+        return features
+
+    def fit_length(self, ids: list[int], starts: tuple[int, int]) -> list[int]:
+        """Cut a long sequence to ``max_length`` around the two start markers, keeping both, and keep
+        the tokenizer's special tokens at both ends."""
+        limit = self.max_length
+        if len(ids) <= limit:
+            return ids
+        special = set(self.tokenizer.all_special_ids) - set(self.marker_ids)
+        lead = 1 if ids[0] in special else 0
+        trail = 1 if ids[-1] in special else 0
+        body = ids[lead:len(ids) - trail]
+        a, b = sorted(s - lead for s in starts)
+        budget = limit - lead - trail
+        if b - a < budget:  # one window holding both markers, centred on them
+            start = max(0, min(a - (budget - (b - a)) // 2, len(body) - budget))
+            window = body[start:start + budget]
+        else:  # entities too far apart: a window from each marker (the second one ends the text at most)
+            half = budget // 2
+            second = min(b, len(body) - (budget - half))
+            window = body[a:a + half] + body[second:second + budget - half]
+        return ids[:lead] + window + (ids[-trail:] if trail else [])
+
+    def collate(self, features: Sequence[dict]) -> dict:
+        import torch
+
+        batch = pad_encodings(features, self.tokenizer.pad_token_id)
+        batch["entity_positions"] = torch.tensor([f["entity_positions"] for f in features], dtype=torch.long)
+        if "labels" in features[0]:
+            batch["labels"] = torch.tensor([f["labels"] for f in features], dtype=torch.long)
+        return batch
+
+    def build_head(self, backbone):
+        from nlpkit.sdk.heads import EntityPairHead
+
+        representation = "last" if backbone.kind == "decoder" else "entity-start"
+        return EntityPairHead(backbone.hidden_size, len(self.labels), num_entities=2, dropout=self.dropout,
+                              representation=representation)
+
+    def predict_batch(self, head, backbone, batch) -> list[tuple[int, float]]:
+        probs, ids = head(backbone, batch)["logits"].float().softmax(-1).max(-1)
+        return list(zip(ids.cpu().tolist(), probs.cpu().tolist()))
+
+    def decode(self, examples, features, outputs) -> list[dict]:
+        return [relation_prediction(ex, self.labels[label_index], round(prob, 4))
+                for ex, (label_index, prob) in zip(examples, outputs)]
+
+
+def render_relation(example: dict) -> tuple[str, str | None]:
+    """Generative mode's (source, target): the sentence with its entities marked in plain text, and the label."""
+    return inline_marked_text(example), example.get("label")
 
 
 def relation_prediction(ex: dict, label: str, probability: float | None) -> dict:

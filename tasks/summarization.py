@@ -15,11 +15,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Optional, Sequence
+from typing import Any, Iterator, Literal, Optional, Sequence
 
-from nlpkit import DataError, register_task
+from nlpkit import DataError, Task, register_task
 from nlpkit.sdk.data import csv_rows, input_text, open_text, read_jsonl
-from nlpkit.sdk.generation import GenerationOptions, Seq2SeqTask, hub_records, pair, warn_skipped
+from nlpkit.sdk.generation import (GenerationOptions, TextGeneration, hub_records, pair, pair_texts, source_input,
+                                   warn_skipped)
 
 from . import DATA_DIR
 
@@ -69,7 +70,7 @@ def rouge(predictions: Sequence[str], references: Sequence[str]) -> dict[str, fl
 
 # ---- the plugin ------------------------------------------------------------------------------------
 @register_task("summarization")
-class SummarizationTask(Seq2SeqTask):
+class SummarizationTask(Task):
     sample_inputs = ["The city council met on Tuesday and agreed to build a new bridge over the river . "
                      "Work will start next year and should take three years ."]
     description = "abstractive summarization (JSONL / CSV; ROUGE-1/2/L/Lsum)"
@@ -127,6 +128,14 @@ class SummarizationTask(Seq2SeqTask):
         warn_skipped(self.name, skipped, path)
         return examples
 
+    def texts(self, examples: Sequence[dict]) -> Iterator[str]:
+        return pair_texts(examples)
+
+    # ---- the model: it writes the target text -----------------------------------------------------------
+    def modeling(self) -> TextGeneration:
+        return TextGeneration(self.name, self.options, instruction=self.instruction(),
+                              response_cue=self.response_cue(), default_prefix=self.default_prefix)
+
     def default_prefix(self, model_config: Any) -> str:
         params = getattr(model_config, "task_specific_params", None) or {}
         known = params.get("summarization", {}).get("prefix")
@@ -145,7 +154,7 @@ class SummarizationTask(Seq2SeqTask):
     def score(self, predictions: Sequence[dict], examples: Sequence[dict]) -> dict[str, Any]:
         scores = rouge([p["text"] for p in predictions], [ex["target"] for ex in examples])
         return {**scores, "rouge": "rouge-score F-measure, Porter stemmer, Lsum on newline-split sentences",
-                **self.generation_stats(predictions)}
+                **self.strategy.stats(predictions)}
 
     def parse_input(self, item: str | dict) -> dict:
         if isinstance(item, dict):
@@ -154,7 +163,10 @@ class SummarizationTask(Seq2SeqTask):
                 if key and key in item:
                     item = input_text(item[key], key)
                     break
-        return super().parse_input(item)
+        return source_input(item)
+
+    def format_prediction(self, prediction: dict) -> str:
+        return prediction["text"]
 
 
 def read_csv(path: str, delimiter: str = ",", encoding: str = "utf-8"):

@@ -16,9 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence
 
-from nlpkit import ConfigError, DataError, register_task
+from nlpkit import ConfigError, DataError, Task, register_task
 from nlpkit.sdk.data import open_text, read_jsonl, read_text_lines
-from nlpkit.sdk.generation import GenerationOptions, Seq2SeqTask, hub_records, pair, warn_skipped
+from nlpkit.sdk.generation import (GenerationOptions, TextGeneration, hub_records, pair, pair_texts, source_input,
+                                   warn_skipped)
 
 from . import DATA_DIR
 
@@ -157,7 +158,7 @@ def read_records(records, path: str, src: str, tgt: str, skip_empty: bool,
 
 # ---- the plugin ------------------------------------------------------------------------------------
 @register_task("translation")
-class TranslationTask(Seq2SeqTask):
+class TranslationTask(Task):
     sample_inputs = ["A man is walking his dog in the park .", "Two children play football ."]
     description = "machine translation (parallel text / TSV / JSONL; sacreBLEU BLEU and chrF)"
     Options = TranslationOptions
@@ -194,6 +195,14 @@ class TranslationTask(Seq2SeqTask):
         yield from read_records(hub_records(rows), spec, o.source_lang, o.target_lang, o.skip_empty, skipped)
         warn_skipped(self.name, skipped[0], spec)
 
+    def texts(self, examples: Sequence[dict]) -> Iterator[str]:
+        return pair_texts(examples)
+
+    # ---- the model: it writes the target text -----------------------------------------------------------
+    def modeling(self) -> TextGeneration:
+        return TextGeneration(self.name, self.options, instruction=self.instruction(),
+                              response_cue=self.response_cue(), default_prefix=self.default_prefix)
+
     def default_prefix(self, model_config: Any) -> str:
         src, tgt = self.options.source_lang, self.options.target_lang
         params = getattr(model_config, "task_specific_params", None) or {}
@@ -225,11 +234,14 @@ class TranslationTask(Seq2SeqTask):
         b, c = bleu.corpus_score(hyps, refs), chrf.corpus_score(hyps, refs)
         return {"bleu": b.score, "chrf": c.score, "bleu_brevity_penalty": b.bp,
                 "bleu_signature": str(bleu.get_signature()), "chrf_signature": str(chrf.get_signature()),
-                **self.generation_stats(predictions)}
+                **self.strategy.stats(predictions)}
 
     def parse_input(self, item: str | dict) -> dict:
         if isinstance(item, dict) and isinstance(item.get("translation"), dict):
             item = item["translation"].get(self.options.source_lang, "")
         elif isinstance(item, dict) and self.options.source_lang in item:
             item = item[self.options.source_lang]
-        return super().parse_input(item)
+        return source_input(item)
+
+    def format_prediction(self, prediction: dict) -> str:
+        return prediction["text"]

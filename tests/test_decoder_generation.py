@@ -199,14 +199,14 @@ def test_the_plain_prompt_is_bos_instruction_source_and_cue():
     backbone = backbone_of("llama")
     tok = backbone.tokenizer
     task = task_on(backbone, prefix="translate: ")  # a T5 prefix: not used on a decoder
-    assert task.generator.format == "plain" and task.prefix == ""
+    assert task.strategy.generator.format == "plain" and task.strategy.prefix == ""
     text = "Translate English to German.\nthe cat sleeps\nGerman:"
     ids = task.encode(examples())[0]["input_ids"]
     assert ids == [tok.bos_token_id] + tok(text, add_special_tokens=False)["input_ids"]
     french = task_on(backbone, "translation", source_lang="fr", target_lang="en")
-    assert french.generator.prompt("x").endswith("Translate French to English.\nx\nEnglish:")
+    assert french.strategy.generator.prompt("x").endswith("Translate French to English.\nx\nEnglish:")
     summary = task_on(backbone, "summarization")
-    assert summary.generator.prompt("A long text.") == "<|endoftext|>Summarize the text.\nA long text.\nSummary:"
+    assert summary.strategy.generator.prompt("A long text.") == "<|endoftext|>Summarize the text.\nA long text.\nSummary:"
     qwen = task_on(backbone_of("qwen2"))  # no BOS token: the prompt starts with the instruction
     assert qwen.encode(examples())[0]["input_ids"] == tok(text, add_special_tokens=False)["input_ids"]
 
@@ -215,11 +215,11 @@ def test_the_chat_template_frames_the_prompt_when_the_tokenizer_has_one():
     backbone = backbone_of("qwen2", chat=True)
     tok = backbone.tokenizer
     task = task_on(backbone)
-    assert task.generator.format == "chat"  # prompt_format auto
+    assert task.strategy.generator.format == "chat"  # prompt_format auto
     messages = [{"role": "user", "content": "Translate English to German.\n\nthe cat sleeps"}]
     expected = tok.apply_chat_template(messages, add_generation_prompt=True)["input_ids"]
     assert task.encode(examples())[0]["input_ids"] == list(expected)
-    assert task_on(backbone, prompt_format="plain").generator.prompt("x").endswith("\nx\nGerman:")
+    assert task_on(backbone, prompt_format="plain").strategy.generator.prompt("x").endswith("\nx\nGerman:")
     with pytest.raises(ConfigError, match="prompt_format: chat.*no chat_template"):
         task_on(backbone_of("qwen2"), prompt_format="chat")
 
@@ -229,7 +229,7 @@ def test_a_long_source_is_cut_and_the_template_kept(chat, caplog):
     backbone = backbone_of("llama", chat=chat)
     tok = backbone.tokenizer
     task = task_on(backbone, max_length=40)
-    gen = task.generator
+    gen = task.strategy.generator
     long = " ".join(["the cat sleeps and the dog runs"] * 20)
     with caplog.at_level(logging.WARNING):
         ids = task.encode(examples([("short", "kurz"), (long, "lang")]))[1]["input_ids"]
@@ -282,7 +282,7 @@ def test_generation_stops_at_eos_and_pads_the_finished_rows():
     free = head.generate(backbone, batch, max_new_tokens=6)[0].tolist()
     pad = backbone.tokenizer.pad_token_id
     k = next(k for k in range(1, 6) if free[k] not in free[:k])  # make a token the first row writes the EOS
-    head.stop_ids = task.generator.stop_ids = [free[k]]
+    head.stop_ids = task.strategy.generator.stop_ids = [free[k]]
     out = head.generate(backbone, batch, max_new_tokens=6)
     assert out[0, :k + 1].tolist() == free[:k + 1] and out[0, k + 1:].eq(pad).all()
     ids, at_limit = task.predict_batch(head, backbone, batch)[0]
@@ -324,7 +324,7 @@ def test_a_decoder_learns_translation_saves_reloads_and_predicts_the_same(tmp_pa
     recorded = result.metrics["tasks"]["translation"]
     assert recorded["bleu"] == pytest.approx(100) and recorded["outputs_at_limit"] == 0, recorded  # stops at EOS
     first, again = nlpkit.load(result.output_dir), nlpkit.load(result.output_dir)
-    gen = first.task("translation").generator
+    gen = first.task("translation").strategy.generator
     assert (first.model.backbone.kind, gen.format) == ("decoder", "chat" if chat else "plain")
     scores = first.evaluate(str(train))
     assert {k: scores[k] for k in NUMERIC} == pytest.approx({k: recorded[k] for k in NUMERIC}, rel=1e-6)
@@ -355,7 +355,7 @@ def test_encoder_runs_keep_seq2seq_head_and_prefix():
 
     backbone = Backbone.create("mini", TEXTS, vocab_size=300)
     task = task_on(backbone, prefix="translate: ")
-    assert isinstance(task.build_head(backbone), Seq2SeqHead) and task.prefix == "translate: "
+    assert isinstance(task.build_head(backbone), Seq2SeqHead) and task.strategy.prefix == "translate: "
     ids = task.encode(examples())[0]["input_ids"]
     assert ids == backbone.tokenizer("translate: the cat sleeps")["input_ids"]  # as before: prefix + source
 

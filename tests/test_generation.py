@@ -100,12 +100,12 @@ def test_output_length_limit_is_logged_and_warned(caplog):
     t = nlpkit.get_task_class("translation")(options={"max_new_tokens": 10})
     at_limit = [{"text": "x", "tokens": 10, "at_limit": True}, {"text": "y", "tokens": 9, "at_limit": False}]
     with caplog.at_level(logging.WARNING):
-        stats = t.generation_stats(at_limit)
+        stats = t.strategy.stats(at_limit)
     assert stats == {"num_beams": 1, "max_new_tokens": 10, "mean_output_tokens": 9.5, "outputs_at_limit": 50.0}
     assert "at the limit max_new_tokens=10" in caplog.text
     caplog.clear()
     with caplog.at_level(logging.WARNING):
-        t.generation_stats([{"text": "x", "tokens": 4, "at_limit": False}])
+        t.strategy.stats([{"text": "x", "tokens": 4, "at_limit": False}])
     assert caplog.text == ""
 
 
@@ -173,7 +173,7 @@ def test_t5_folder_trains_and_generates_through_its_own_decoder(t5_run):
     pipe = nlpkit.load(result.output_dir)
     task = pipe.task()
     assert pipe.model.backbone.kind == "encoder-decoder" and pipe.model.heads["translation"].decoder is None
-    assert task.prefix == "translate English to German: "
+    assert task.strategy.prefix == "translate English to German: "
     assert task.encode([{"source": "the dog"}])[0]["input_ids"][:4] == \
         pipe.model.backbone.tokenizer("translate English to German: the dog")["input_ids"][:4]
     greedy = pipe.predict([en for en, _ in pairs])
@@ -199,6 +199,6 @@ def test_prefix_option_auto_explicit_or_none(backbone):
     for value, expected in (("auto", ""), ("translate: ", "translate: "), (None, ""), ("", "")):
         t = cls(options={"prefix": value})
         t.setup(backbone)
-        assert t.prefix == expected
+        assert t.strategy.prefix == expected
     args, _ = _parser().parse_known_args(["train", "--task", "translation", "--option", "prefix="])
     assert build_config(args).tasks[0].options == {"prefix": None}

@@ -291,7 +291,7 @@ def test_ner_on_a_tiny_llama_folder_with_a_chat_template_saves_and_reloads(tmp_p
     result = run(tmp_path, "ner", data, {**GENERATIVE_NER, "prompt_format": "chat"}, {"spec": folder}, 4)
     recorded = result.metrics["tasks"]["ner"]
     first, again = nlpkit.load(result.output_dir), nlpkit.load(result.output_dir)
-    gen = first.task("ner").generator
+    gen = first.task("ner").strategy.generator
     assert (gen.kind, gen.format) == ("decoder", "chat")
     assert gen.prompt("A b .").startswith("<s><|user|>\nCopy the sentence, marking entities (LOC, ORG, PER)")
     assert first.evaluate(data) == recorded == again.evaluate(data)

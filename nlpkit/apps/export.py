@@ -482,12 +482,13 @@ def _seq2seq_model(backbone: Any, task: Any) -> Any:
     import copy
 
     model = copy.deepcopy(backbone.model)
-    model.config.prefix = getattr(task, "prefix", "") or None
-    o = task.options
+    strategy = task.strategy  # TextGeneration: the prefix, special tokens and decoding settings it generates with
+    model.config.prefix = strategy.prefix or None
+    o = strategy.options
     gen = model.generation_config
-    gen.num_beams, gen.max_new_tokens, gen.do_sample = o.num_beams, task.max_new_tokens, False
-    gen.decoder_start_token_id = task.tokens.start
-    gen.eos_token_id, gen.pad_token_id = task.tokens.eos, task.tokens.pad
+    gen.num_beams, gen.max_new_tokens, gen.do_sample = o.num_beams, strategy.max_new_tokens, False
+    gen.decoder_start_token_id = strategy.tokens.start
+    gen.eos_token_id, gen.pad_token_id = strategy.tokens.eos, strategy.tokens.pad
     gen.no_repeat_ngram_size = o.no_repeat_ngram_size or None
     if o.num_beams > 1:
         gen.length_penalty, gen.early_stopping = o.length_penalty, o.early_stopping

@@ -5,14 +5,13 @@ Two layers:
   * ``TextGenerator`` does everything about (source, target) STRINGS on any backbone kind: the prompt
     (a T5 prefix, or on a decoder-only model an instruction template / the tokenizer's chat template),
     tokenisation and truncation, collation, the head (``Seq2SeqHead`` or ``CausalSftHead``), decoding
-    and turning ids back into text. It knows nothing of files, metrics or a task's examples, so any
-    task can get a generative mode by holding one (generative NER writes its entities inline as the
-    target text and parses ``decode_text`` back).
-  * ``Seq2SeqTask`` is the Task for plugins whose examples ARE such pairs (translation, summarization):
-    it hands ``{"source", "target", "line"}`` examples to its generator. A plugin adds only what is its
-    own: readers, options, the metric, the T5 prefix (``default_prefix``) and, for decoder-only
-    backbones, the ``instruction`` and ``response_cue`` of its prompt. Examples without "target" are
-    for prediction.
+    and turning ids back into text. It knows nothing of files, metrics or a task's examples.
+  * ``TextGeneration`` is the modeling strategy (nlpkit.sdk.modeling) of every task whose model answers by
+    writing text. The task gives two functions: ``render(example) -> (source, target or None)`` and
+    ``parse(example, Generated) -> prediction``. Translation and summarization keep the defaults
+    (``{"source", "target"}`` examples, the text as the prediction); generative NER renders a sentence
+    with its entities bracketed inline and parses the generated text back into tags. Examples without a
+    target are for prediction.
 """
 from __future__ import annotations
 
@@ -21,7 +20,8 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Literal, Optional, Sequence
 
 from . import options as _options
-from .errors import ConfigError, DataError
+from .errors import ConfigError, DataError, NotStandard
+from .modeling import Modeling
 from .task import Task, TaskOptions
 
 log = logging.getLogger("nlpkit.generation")
@@ -435,37 +435,49 @@ def _first_line(lines: Sequence[Any] | None, indices: Sequence[int]) -> str:
     return f" (first at line/record {line})" if line is not None else ""
 
 
-# ---- the task ----------------------------------------------------------------------------------------
-class Seq2SeqTask(Task):
-    """Shared hooks for tasks whose examples are {"source", "target"} text pairs (see ``TextGenerator``)."""
+# ---- the strategy ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Generated:
+    """One generated answer: its text, its length in tokens, and whether it ran into max_new_tokens."""
 
-    Options = GenerationOptions
-    generative = True
+    text: str
+    tokens: int
+    at_limit: bool
 
-    # ---- what subclasses may override -------------------------------------------------------------
-    def default_prefix(self, model_config: Any) -> str:
-        """The task prefix the backbone expects (T5's "translate English to German: ")."""
-        return ""
 
-    def instruction(self) -> str:
-        """What a decoder-only model is asked to do, first in its prompt ("Translate English to German.")."""
-        return ""
+def source_and_target(example: dict) -> tuple[str, Optional[str]]:
+    """The default rendering: examples are already ``{"source", "target"?}`` pairs."""
+    return example["source"], example.get("target")
 
-    def response_cue(self) -> str:
-        """The plain prompt's last line, after which the answer follows ("German:")."""
-        return ""
 
-    # ---- the generator ------------------------------------------------------------------------------
+def plain_text(example: dict, out: Generated) -> dict[str, Any]:
+    """The default parse: the text is the prediction (with its length, for ``TextGeneration.stats``)."""
+    return {"text": out.text, "tokens": out.tokens, "at_limit": out.at_limit}
+
+
+class TextGeneration(Modeling):
+    """The model writes text: a ``TextGenerator`` on the task's ``GenerationOptions``, with the task's rendering of
+    an example as (source, target) strings and its parse of the generated text back into a prediction.
+
+    ``not_standard``: why no standard transformers model answers like this task (its prediction is parsed from
+    nlpkit's own markup); None lets ``nlpkit export`` write the backbone as a standard seq2seq model.
+    """
+
+    generates_text = True
+
+    def __init__(self, task_name: str, options: GenerationOptions, *, instruction: str = "", response_cue: str = "",
+                 default_prefix: Callable[[Any], str] | None = None,
+                 render: Callable[[dict], tuple[str, Optional[str]]] = source_and_target,
+                 parse: Callable[[dict, Generated], Any] = plain_text, not_standard: str | None = None):
+        self.task_name = task_name
+        self.generator = TextGenerator(task_name, options, instruction, response_cue, default_prefix)
+        self.render, self.parse, self.not_standard = render, parse, not_standard
+
     @property
-    def generator(self) -> TextGenerator:
-        """This task's TextGenerator, given the current options (``nlpkit predict`` may replace them)."""
-        gen = self.__dict__.get("_generator")
-        if gen is None:
-            gen = self.__dict__["_generator"] = TextGenerator(self.name, self.options, self.instruction(),
-                                                              self.response_cue(), self.default_prefix)
-        gen.options = self.options
-        return gen
+    def options(self) -> GenerationOptions:
+        return self.generator.options
 
+    # what `nlpkit export` writes into a standard model's config and generation config
     @property
     def prefix(self) -> str:
         return self.generator.prefix
@@ -478,26 +490,13 @@ class Seq2SeqTask(Task):
     def max_new_tokens(self) -> int:
         return self.generator.max_new_tokens
 
-    # ---- data ---------------------------------------------------------------------------------------
-    def texts(self, examples: Sequence[dict]) -> Iterable[str]:
-        # both sides: a from-scratch tokenizer must cover the target language too (byte-level BPE covers the
-        # prompt's words without seeing them)
-        for ex in examples:
-            yield ex["source"]
-            if "target" in ex:
-                yield ex["target"]
-
-    # ---- model --------------------------------------------------------------------------------------
     def setup(self, backbone: Any) -> None:
         super().setup(backbone)
         self.generator.setup(backbone)
 
-    def build_head(self, backbone: Any) -> Any:
-        return self.generator.build_head(backbone)
-
     def encode(self, examples: Sequence[dict]) -> list[dict]:
-        return self.generator.encode([ex["source"] for ex in examples], [ex.get("target") for ex in examples],
-                                     [ex.get("line") for ex in examples])
+        pairs = [self.render(ex) for ex in examples]
+        return self.generator.encode([s for s, _ in pairs], [t for _, t in pairs], [ex.get("line") for ex in examples])
 
     def collate(self, features: Sequence[dict]) -> dict:
         return self.generator.collate(features)
@@ -505,34 +504,89 @@ class Seq2SeqTask(Task):
     def feature_length(self, feature: dict) -> int:
         return self.generator.feature_length(feature)
 
+    def build_head(self, backbone: Any) -> Any:
+        return self.generator.build_head(backbone)
+
     def predict_batch(self, head: Any, backbone: Any, batch: dict) -> list[tuple[list[int], bool]]:
         return self.generator.predict_batch(head, backbone, batch)
 
-    def decode(self, examples: Sequence[dict], features: Sequence[dict], outputs: Sequence[Any]) -> list[dict]:
-        return [{"text": self.generator.decode_text(ids), "tokens": len(ids), "at_limit": at_limit}
-                for ids, at_limit in outputs]
+    def decode(self, examples: Sequence[dict], features: Sequence[dict], outputs: Sequence[Any]) -> list[Any]:
+        return [self.parse(ex, Generated(self.generator.decode_text(ids), len(ids), at_limit))
+                for ex, (ids, at_limit) in zip(examples, outputs)]
 
-    # ---- metrics ------------------------------------------------------------------------------------
-    def generation_stats(self, predictions: Sequence[dict]) -> dict[str, Any]:
+    def export_model(self, backbone: Any, head: Any) -> None:
+        if self.not_standard:
+            raise NotStandard(self.not_standard)
+        return None
+
+    def stats(self, predictions: Sequence[dict]) -> dict[str, Any]:
         """Decoding settings and output lengths, logged with every score: cut outputs ruin BLEU/ROUGE."""
         n = max(1, len(predictions))
         mean = sum(p["tokens"] for p in predictions) / n
         at_limit = 100.0 * sum(bool(p["at_limit"]) for p in predictions) / n
         limit = self.max_new_tokens
         if predictions and mean >= LIMIT_WARN_SHARE * limit:
-            log.warning(f"{self.name}: mean output length {mean:.1f} tokens is at the limit max_new_tokens={limit} "
+            log.warning(f"{self.task_name}: mean output length {mean:.1f} tokens is at the limit max_new_tokens={limit} "
                         f"({at_limit:.1f}% of outputs were cut there); scores are likely too low: "
                         f"raise max_new_tokens / max_target_length")
         return {"num_beams": self.options.num_beams, "max_new_tokens": limit, "mean_output_tokens": mean,
                 "outputs_at_limit": at_limit}
 
-    # ---- raw input ----------------------------------------------------------------------------------
-    def parse_input(self, item: str | dict) -> dict:
-        from .data import input_text
 
-        if isinstance(item, dict):
-            item = item.get("source", item.get("text", ""))
-        return {"source": input_text(item, "source").strip()}
+# ---- hooks that text-pair tasks share ---------------------------------------------------------------
+def pair_texts(examples: Sequence[dict]) -> Iterable[str]:
+    """Both sides of each pair: a from-scratch tokenizer must cover the target language too (byte-level BPE
+    covers the prompt's words without seeing them)."""
+    for ex in examples:
+        yield ex["source"]
+        if "target" in ex:
+            yield ex["target"]
+
+
+def source_input(item: str | dict) -> dict:
+    """A prediction input (text, or a record with "source" or "text") as an example without a target."""
+    from .data import input_text
+
+    if isinstance(item, dict):
+        item = item.get("source", item.get("text", ""))
+    return {"source": input_text(item, "source").strip()}
+
+
+# ---- the older base class, kept for one release ------------------------------------------------------
+class Seq2SeqTask(Task):
+    """Deprecated: the base class of text-pair tasks before strategies. A subclass keeps working for one release;
+    write ``modeling()`` returning ``TextGeneration`` instead (tasks/translation.py shows how)."""
+
+    Options = GenerationOptions
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        import warnings
+
+        warnings.warn(f"{cls.__qualname__}: Seq2SeqTask goes in the next release; subclass Task and return "
+                      "TextGeneration from modeling() (nlpkit.sdk.generation)", DeprecationWarning, stacklevel=2)
+
+    def default_prefix(self, model_config: Any) -> str:
+        return ""
+
+    def instruction(self) -> str:
+        return ""
+
+    def response_cue(self) -> str:
+        return ""
+
+    def modeling(self) -> TextGeneration:
+        return TextGeneration(self.name, self.options, instruction=self.instruction(),
+                              response_cue=self.response_cue(), default_prefix=self.default_prefix)
+
+    def texts(self, examples: Sequence[dict]) -> Iterable[str]:
+        return pair_texts(examples)
+
+    def generation_stats(self, predictions: Sequence[dict]) -> dict[str, Any]:
+        return self.strategy.stats(predictions)
+
+    def parse_input(self, item: str | dict) -> dict:
+        return source_input(item)
 
     def format_prediction(self, prediction: dict) -> str:
         return prediction["text"]

@@ -4,7 +4,11 @@ A task TYPE is a ``Task`` subclass registered under a name (``ner``). A task INS
 run: it has its own name, options, data and label space, so two entries of the same type (two sentiment
 datasets with different labels) live side by side, each with its own head.
 
-The core calls the hooks below in this order and never looks inside examples, features or predictions:
+A plugin has two halves. Its own: files, labels, the metric, raw input. And how its model answers (encode, a head,
+decode), which is the same for every task that answers the same way, so a task usually returns a ready strategy for
+it from ``modeling()`` (nlpkit.sdk.modeling: a classifier, a word tagger, text generation) instead of writing it.
+
+The core calls these hooks, in this order, and never looks inside examples, features or predictions:
 
     read(path) -> examples              raw records (dicts) from a file, a list or a generator; errors carry
                                         file:line (the core streams them into a memory-mapped table)
@@ -12,6 +16,8 @@ The core calls the hooks below in this order and never looks inside examples, fe
     check(examples, path)               reject what training never saw (e.g. unknown labels)
     texts(examples)                     text for training a from-scratch tokenizer
     special_tokens()                    extra tokens the tokenizer must know (entity markers)
+    modeling() -> strategy              how the model answers (called after fit / load_state_dict); the hooks
+                                        below forward to it unless the task writes them itself
     setup(backbone)                     keep the tokenizer; called before encode/build_head
     encode(examples) -> features        one or more features per example, each with "example_index" (its
                                         position in the list given); called on batches of ~1,000 examples
@@ -22,15 +28,20 @@ The core calls the hooks below in this order and never looks inside examples, fe
     score(predictions, examples) -> {metric: value}; ``main_score`` names the one used for selection
     parse_input(text_or_record) -> example; format_prediction(prediction) -> str   (for `nlpkit predict`)
     export_model(backbone, head) -> (model, auto class) | None; export_logits, export_tokenizer  (`nlpkit export`)
+
+A minimal plugin writes read, fit, state_dict/load_state_dict (its labels), modeling, score and parse_input.
 """
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, ClassVar, Iterable, Optional, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Iterable, Optional, Sequence
 
 from . import options as _options
 from .errors import ConfigError, DataError
+
+if TYPE_CHECKING:
+    from .modeling import Modeling
 
 
 @dataclass
@@ -78,8 +89,6 @@ class Task:
     #: the dev metric the learning-curve PNG draws when it should not be main_score (pretraining tasks select
     #: by a bounded accuracy but are read by their perplexity); the best step marked stays main_score's
     curve_metric: ClassVar[Optional[str]] = None
-    #: True for tasks that generate text (they need a decoder from the backbone)
-    generative: ClassVar[bool] = False
     #: backbone kinds this task can run on ("encoder", "encoder-decoder", "decoder")
     backbone_kinds: ClassVar[tuple[str, ...]] = ("encoder", "encoder-decoder")
     #: True when a from-scratch preset learns next to nothing of this task on small data (span extraction,
@@ -100,6 +109,20 @@ class Task:
         self.name = name or self.type_name
         self.options = _options.build(self.Options, options, f"tasks.{self.name}.options")
         self.tokenizer: Any = None
+
+    @property
+    def options(self) -> Any:
+        return self.__dict__["_options"]
+
+    @options.setter
+    def options(self, value: Any) -> None:
+        # ``predict(..., num_beams=4)`` swaps the options for one call: the strategy, built from them, is rebuilt
+        self.__dict__["_options"] = value
+        self.__dict__.pop("_strategy", None)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # encoding in worker processes pickles the task: not the backbone it was set up with (the whole model)
+        return {k: v for k, v in self.__dict__.items() if k != "_backbone"}
 
     # ---- data -------------------------------------------------------------------------------------
     def default_data(self) -> dict[str, str]:
@@ -136,21 +159,65 @@ class Task:
     def special_tokens(self) -> list[str]:
         return []
 
+    def modeling(self) -> Optional["Modeling"]:
+        """How this task's model answers: a strategy from nlpkit.sdk.modeling (or the task's own ``Modeling``
+        subclass), built from the labels and options. None: the task writes encode ... decode itself."""
+        return None
+
+    @property
+    def strategy(self) -> Optional["Modeling"]:
+        """The strategy of ``modeling()``, set up with the backbone once ``setup`` has run."""
+        if "_strategy" in self.__dict__:
+            return self.__dict__["_strategy"]
+        strategy = self.modeling()
+        backbone = self.__dict__.get("_backbone")
+        if strategy is None or backbone is None:
+            # not set up yet: a fresh one each time (the labels may still change), with whatever tokenizer the
+            # task was given (a tool or test that encodes with a bare tokenizer)
+            if strategy is not None:
+                strategy.tokenizer, strategy.backbone_kind = self.tokenizer, getattr(self, "backbone_kind", None)
+            return strategy
+        strategy.setup(backbone)
+        self.__dict__["_strategy"] = strategy
+        return strategy
+
+    @property
+    def generative(self) -> bool:
+        """True when the model writes text (it needs a decoder; ``predict --num-beams`` applies): the strategy
+        says so, or the task itself (a class attribute ``generative = True`` of a task without a strategy)."""
+        if "_generative" in self.__dict__:
+            return self.__dict__["_generative"]
+        return bool(getattr(self.strategy, "generates_text", False))
+
+    @generative.setter
+    def generative(self, value: bool) -> None:
+        self.__dict__["_generative"] = bool(value)
+
+    def _forward(self, hook: str) -> "Modeling":
+        strategy = self.strategy
+        if strategy is None:
+            raise NotImplementedError(f"task {self.name!r}: return a strategy from modeling() or implement {hook}()")
+        return strategy
+
     def setup(self, backbone: Any) -> None:
         self.tokenizer = backbone.tokenizer
         self.backbone_kind = backbone.kind
+        self.__dict__["_backbone"] = backbone
+        self.__dict__.pop("_strategy", None)  # built anew: fit / load_state_dict may have changed the labels
+        _ = self.strategy
 
     def encode(self, examples: Sequence[Example]) -> list[Feature]:
         """Features of a batch of examples. Must not depend on which other examples share the batch: the core
         encodes a split a batch at a time (and in several processes), and caches the result."""
-        raise NotImplementedError
+        return self._forward("encode").encode(examples)
 
     def collate(self, features: Sequence[Feature]) -> dict[str, Any]:
-        raise NotImplementedError
+        return self._forward("collate").collate(features)
 
     def feature_length(self, feature: Feature) -> int:
         """Length used for length-grouped batching and token counts."""
-        return len(feature["input_ids"])
+        strategy = self.strategy
+        return strategy.feature_length(feature) if strategy is not None else len(feature["input_ids"])
 
     def feature_lengths(self, features: Sequence[Feature]) -> Sequence[int]:
         """Every feature's length at once: a task whose features are a lazy Sequence (pretraining blocks in a
@@ -167,13 +234,13 @@ class Task:
         return None
 
     def build_head(self, backbone: Any) -> Any:
-        raise NotImplementedError
+        return self._forward("build_head").build_head(backbone)
 
     def predict_batch(self, head: Any, backbone: Any, batch: dict[str, Any]) -> list[Any]:
-        raise NotImplementedError
+        return self._forward("predict_batch").predict_batch(head, backbone, batch)
 
     def decode(self, examples: Sequence[Example], features: Sequence[Feature], outputs: Sequence[Any]) -> list[Any]:
-        raise NotImplementedError
+        return self._forward("decode").decode(examples, features, outputs)
 
     def score(self, predictions: Sequence[Any], examples: Sequence[Example]) -> dict[str, Any]:
         raise NotImplementedError
@@ -195,14 +262,18 @@ class Task:
         The core knows how to map its shared heads, not a plugin's own head: a task whose head is a standard
         head in disguise says so here. None (the default) leaves the export to the core (its mapping of the
         shared heads, else the backbone + heads fallback). A task that returns a model implements
-        ``export_logits`` too: the core compares the two before anything is written.
+        ``export_logits`` too: the core compares the two before anything is written. The default asks the
+        task's strategy, if any.
         """
-        return None
+        strategy = self.strategy
+        return strategy.export_model(backbone, head) if strategy is not None else None
 
     def export_logits(self, backbone: Any, head: Any, batch: dict[str, Any]) -> Any:
         """nlpkit's own logits (batch, length, classes) for ``batch`` (``input_ids``, ``attention_mask``), at
         every position and without training-time noise such as masking: the reference that the exported
         model's ``.logits`` must match within the export tolerance at the real (unpadded) positions."""
+        if self.strategy is not None:
+            return self.strategy.export_logits(backbone, head, batch)
         raise NotImplementedError(f"task {self.name!r} returned a model from export_model but has no export_logits "
                                   "to check it against")
 
@@ -210,7 +281,8 @@ class Task:
         """The tokenizer saved beside the model of ``export_model``: the backbone's as it is (the default), or a
         changed copy (never the backbone's own) with which transformers' ``pipeline()`` turns raw input into
         the ids this task's ``encode`` gives, where the task adds or strips tokens of its own."""
-        return tokenizer
+        strategy = self.strategy
+        return strategy.export_tokenizer(tokenizer) if strategy is not None else tokenizer
 
     # ---- helpers for subclasses -------------------------------------------------------------------
     def options_dict(self) -> dict[str, Any]:
