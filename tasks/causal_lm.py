@@ -32,8 +32,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from nlpkit import register_task
-from nlpkit.sdk.errors import ConfigError
 from nlpkit.sdk.corpus import CorpusOptions, CorpusTask
+from nlpkit.sdk.errors import ConfigError
 from nlpkit.sdk.options import require
 
 from . import DATA_DIR

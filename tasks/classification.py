@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Iterable, Iterator, Literal, Sequence
 
 from nlpkit import DataError, Task, TaskOptions, register_task
-from nlpkit.sdk.data import csv_rows, input_text, open_text, read_jsonl, read_text_lines
+from nlpkit.sdk.data import (csv_rows, input_text, open_text, read_jsonl,
+                             read_text_lines)
 from nlpkit.sdk.modeling import SequenceClassifier
 from nlpkit.sdk.options import require
 

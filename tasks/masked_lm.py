@@ -37,8 +37,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from nlpkit import ConfigError, DataError, register_task
-from nlpkit.sdk.data import input_text, pad, pad_encodings
 from nlpkit.sdk.corpus import CorpusOptions, CorpusTask
+from nlpkit.sdk.data import input_text, pad, pad_encodings
 from nlpkit.sdk.options import require
 
 from . import DATA_DIR

@@ -21,7 +21,8 @@ from typing import Any, Iterable, Iterator, Literal, Sequence
 
 from nlpkit import DataError, Task, register_task
 from nlpkit.sdk.data import input_text, read_text_blocks
-from nlpkit.sdk.generation import GenerativeModeOptions, Generated, TextGeneration
+from nlpkit.sdk.generation import (Generated, GenerativeModeOptions,
+                                   TextGeneration)
 from nlpkit.sdk.modeling import Modeling, WordTagger
 
 from . import DATA_DIR

@@ -16,7 +16,9 @@ from typing import Any, Literal, Sequence
 import torch
 
 from nlpkit import DataError, Task, TaskOptions, register_task
-from nlpkit.sdk.data import load_json, open_text, pad, pad_encodings, read_jsonl
+from nlpkit.sdk.data import (load_json, open_text, pad, pad_encodings,
+                             read_jsonl)
+from nlpkit.sdk.modeling import Modeling
 
 from . import DATA_DIR
 
@@ -187,7 +189,34 @@ class ReadingComprehensionTask(Task):
             yield ex["question"]
             yield " ".join(ex["options"])
 
-    # ---- encoding ------------------------------------------------------------------------------------
+    # ---- the model: one score per option ------------------------------------------------------------
+    def modeling(self) -> Modeling:
+        return ChoiceScorer(self.options)
+
+    # ---- scoring -------------------------------------------------------------------------------------
+    def score(self, predictions, examples) -> dict[str, Any]:
+        right = sum(p["answer"] == ex["label"] for p, ex in zip(predictions, examples))
+        return {"accuracy": 100.0 * right / len(examples), "total": len(examples)}
+
+    # ---- raw input -----------------------------------------------------------------------------------
+    def parse_input(self, item) -> dict:
+        if not isinstance(item, dict):
+            raise DataError("reading-comprehension needs a passage, a question and options: nlpkit predict DIR "
+                            "--context '...' --question '...' --options 'first|second|third', or JSON lines "
+                            "{\"article\", \"question\", \"options\": [...]} on stdin")
+        return make_example(item, "<input>", None, None, str(item.get("id", "0")), labelled=False)
+
+    def format_prediction(self, prediction: dict) -> str:
+        probs = "  ".join(f"{LETTERS[k]} {p:.2f}" for k, p in enumerate(prediction["probabilities"]))
+        return f"{prediction['letter']}) {prediction['option']}    [{probs}]"
+
+
+class ChoiceScorer(Modeling):
+    """Each (passage, question + option) pair scored from one pooled vector; a softmax over a question's options."""
+
+    def __init__(self, options: ReadingComprehensionOptions):
+        self.options = options
+
     def encode(self, examples: Sequence[dict]) -> list[dict]:
         firsts = [ex["context"] for ex in examples for _ in ex["options"]]
         seconds = [pair_text(ex["question"], o) for ex in examples for o in ex["options"]]
@@ -239,7 +268,6 @@ class ReadingComprehensionTask(Task):
         counts = batch["choice_mask"].sum(1).tolist()
         return [row[:n] for row, n in zip(probs.cpu().tolist(), counts)]
 
-    # ---- decoding and scoring ------------------------------------------------------------------------
     def decode(self, examples, features, outputs) -> list[dict]:
         preds = []
         for ex, probs in zip(examples, outputs):
@@ -247,19 +275,3 @@ class ReadingComprehensionTask(Task):
             preds.append({"id": ex.get("id"), "answer": best, "letter": LETTERS[best], "option": ex["options"][best],
                           "probabilities": [round(p, 6) for p in probs]})
         return preds
-
-    def score(self, predictions, examples) -> dict[str, Any]:
-        right = sum(p["answer"] == ex["label"] for p, ex in zip(predictions, examples))
-        return {"accuracy": 100.0 * right / len(examples), "total": len(examples)}
-
-    # ---- raw input -----------------------------------------------------------------------------------
-    def parse_input(self, item) -> dict:
-        if not isinstance(item, dict):
-            raise DataError("reading-comprehension needs a passage, a question and options: nlpkit predict DIR "
-                            "--context '...' --question '...' --options 'first|second|third', or JSON lines "
-                            "{\"article\", \"question\", \"options\": [...]} on stdin")
-        return make_example(item, "<input>", None, None, str(item.get("id", "0")), labelled=False)
-
-    def format_prediction(self, prediction: dict) -> str:
-        probs = "  ".join(f"{LETTERS[k]} {p:.2f}" for k, p in enumerate(prediction["probabilities"]))
-        return f"{prediction['letter']}) {prediction['option']}    [{probs}]"

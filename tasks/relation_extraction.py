@@ -23,7 +23,8 @@ from typing import Any, Iterator, Mapping, Sequence
 
 from nlpkit import DataError, Task, register_task
 from nlpkit.sdk.data import pad_encodings, read_jsonl, read_text_lines
-from nlpkit.sdk.generation import GenerativeModeOptions, Generated, TextGeneration
+from nlpkit.sdk.generation import (Generated, GenerativeModeOptions,
+                                   TextGeneration)
 from nlpkit.sdk.modeling import Modeling
 from nlpkit.sdk.options import require
 

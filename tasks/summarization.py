@@ -19,7 +19,8 @@ from typing import Any, Iterator, Literal, Optional, Sequence
 
 from nlpkit import DataError, Task, register_task
 from nlpkit.sdk.data import csv_rows, input_text, open_text, read_jsonl
-from nlpkit.sdk.generation import (GenerationOptions, TextGeneration, hub_records, pair, pair_texts, source_input,
+from nlpkit.sdk.generation import (GenerationOptions, TextGeneration,
+                                   hub_records, pair, pair_texts, source_input,
                                    warn_skipped)
 
 from . import DATA_DIR

@@ -18,7 +18,8 @@ from typing import Any, Iterator, Optional, Sequence
 
 from nlpkit import ConfigError, DataError, Task, register_task
 from nlpkit.sdk.data import open_text, read_jsonl, read_text_lines
-from nlpkit.sdk.generation import (GenerationOptions, TextGeneration, hub_records, pair, pair_texts, source_input,
+from nlpkit.sdk.generation import (GenerationOptions, TextGeneration,
+                                   hub_records, pair, pair_texts, source_input,
                                    warn_skipped)
 
 from . import DATA_DIR

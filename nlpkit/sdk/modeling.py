@@ -122,7 +122,8 @@ class SequenceClassifier(Modeling):
         return batch
 
     def build_head(self, backbone: Any) -> Any:
-        from .heads.classification import SequenceClassificationHead, resolve_pooling
+        from .heads.classification import (SequenceClassificationHead,
+                                           resolve_pooling)
 
         return SequenceClassificationHead(backbone.hidden_size, len(self.labels), self.dropout,
                                           resolve_pooling(self.pooling, backbone.kind), multi_label=self.multi_label)

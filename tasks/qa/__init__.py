@@ -18,10 +18,12 @@ import torch
 
 from nlpkit import DataError, Task, TaskOptions, register_task
 from nlpkit.sdk.data import pad_encodings
+from nlpkit.sdk.modeling import Modeling
 from nlpkit.sdk.options import require
 
 from .. import DATA_DIR
-from .squad import make_example, normalize_answer, read_hub_rows, read_squad, squad_scores
+from .squad import (make_example, normalize_answer, read_hub_rows, read_squad,
+                    squad_scores)
 
 __all__ = ["QaTask", "QaOptions", "read_squad", "normalize_answer", "squad_scores"]
 
@@ -120,7 +122,40 @@ class QaTask(Task):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.no_answer = bool(state["no_answer"])
 
-    # ---- encoding ------------------------------------------------------------------------------------
+    # ---- the model: start and end scores per context token ---------------------------------------------
+    def modeling(self) -> Modeling:
+        return SpanPicker(self.options, self.no_answer)
+
+    # ---- scoring -------------------------------------------------------------------------------------
+    def score(self, predictions, examples) -> dict[str, Any]:
+        golds = [[a["text"] for a in ex["answers"]] for ex in examples]
+        answers = [p["answer"] for p in predictions]
+        if not self.no_answer:
+            return squad_scores(answers, golds, v2=False)
+        diffs = [math.inf if p.get("null_score_diff") is None else p["null_score_diff"] for p in predictions]
+        spans = [p["best_span"]["answer"] for p in predictions]
+        return squad_scores(answers, golds, v2=True, null_score_diffs=diffs, best_spans=spans)
+
+    # ---- raw input -----------------------------------------------------------------------------------
+    def parse_input(self, item) -> dict:
+        if not isinstance(item, dict):
+            raise DataError("qa needs a question and a context: nlpkit predict DIR --question '...' --context "
+                            "'...', or JSON lines {\"question\": ..., \"context\": ...} on stdin")
+        return make_example(item, "<input>", None, None, str(item.get("id", "0")), labelled=False)
+
+    def format_prediction(self, prediction: dict) -> str:
+        if prediction["start"] is None:
+            return f"(no answer)  ({prediction['score']:.2f})"
+        return f"{prediction['answer']}  [{prediction['start']}:{prediction['end']}]  ({prediction['score']:.2f})"
+
+
+class SpanPicker(Modeling):
+    """Question + context windows (``doc_stride`` apart) to start/end scores per context token; the best span over
+    all windows of a question, weighed against "no answer" when the model was trained with unanswerable ones."""
+
+    def __init__(self, options: QaOptions, no_answer: bool):
+        self.options, self.no_answer = options, no_answer
+
     def _clip_question(self, question: str) -> str:
         """Leading blanks dropped (some SQuAD questions have many) and cut to max_query_length tokens."""
         question = question.lstrip()
@@ -174,7 +209,6 @@ class QaTask(Task):
         starts, ends = out["start_logits"].cpu().tolist(), out["end_logits"].cpu().tolist()
         return [(starts[i][:n], ends[i][:n]) for i, n in enumerate(lengths)]
 
-    # ---- decoding and scoring ------------------------------------------------------------------------
     def decode(self, examples, features, outputs) -> list[dict]:
         per_example: dict[int, list] = defaultdict(list)
         for feature, output in zip(features, outputs):
@@ -216,27 +250,6 @@ class QaTask(Task):
             pred["null_score_diff"] = round(diff, 6) if diff is not None else None
             pred["best_span"] = best_span
         return pred
-
-    def score(self, predictions, examples) -> dict[str, Any]:
-        golds = [[a["text"] for a in ex["answers"]] for ex in examples]
-        answers = [p["answer"] for p in predictions]
-        if not self.no_answer:
-            return squad_scores(answers, golds, v2=False)
-        diffs = [math.inf if p.get("null_score_diff") is None else p["null_score_diff"] for p in predictions]
-        spans = [p["best_span"]["answer"] for p in predictions]
-        return squad_scores(answers, golds, v2=True, null_score_diffs=diffs, best_spans=spans)
-
-    # ---- raw input -----------------------------------------------------------------------------------
-    def parse_input(self, item) -> dict:
-        if not isinstance(item, dict):
-            raise DataError("qa needs a question and a context: nlpkit predict DIR --question '...' --context "
-                            "'...', or JSON lines {\"question\": ..., \"context\": ...} on stdin")
-        return make_example(item, "<input>", None, None, str(item.get("id", "0")), labelled=False)
-
-    def format_prediction(self, prediction: dict) -> str:
-        if prediction["start"] is None:
-            return f"(no answer)  ({prediction['score']:.2f})"
-        return f"{prediction['answer']}  [{prediction['start']}:{prediction['end']}]  ({prediction['score']:.2f})"
 
 
 # ---- helpers ---------------------------------------------------------------------------------------
