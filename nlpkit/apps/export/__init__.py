@@ -4,9 +4,9 @@ stack.
 transformers
     Where a task's head computes the same function as a standard ``AutoModelFor*`` head, OUT is a plain
     Hugging Face folder (``from_pretrained`` and ``pipeline()`` load it): the backbone weights are
-    copied as they are and the head weights are mapped onto the standard head. The mapping is checked
-    numerically on sample inputs (outputs within 1e-4) before anything is written, so an export never
-    silently changes predictions. A plugin whose own head is a standard head in disguise hands over the
+    copied as they are and each head puts its weights onto the standard head (``head.to_transformers``,
+    nlpkit.sdk.heads). The mapping is checked numerically on sample inputs (outputs within 1e-4) before
+    anything is written, so an export never silently changes predictions. A plugin whose own head is a standard head in disguise hands over the
     standard model itself (``Task.export_model``), checked the same way against the plugin's own logits
     (``Task.export_logits``) at every real position. Where no standard class computes the same function
     (relation extraction's entity-pair head, the tied decoder built on an encoder, mean pooling, several
@@ -48,7 +48,7 @@ __all__ = ["FORMATS", "MERGE_TOLERANCE", "PIPELINES", "TOLERANCE", "ExportResult
 FORMATS = ("transformers", "onnx")
 
 
-def export(source: "str | Path | Pipeline", fmt: str, out: str | Path, task: str | None = None,
+def export(source: str | Path | Pipeline, fmt: str, out: str | Path, task: str | None = None,
            merge: bool = False) -> ExportResult:
     """Write ``out`` (which must not exist, or be an empty folder) in ``fmt`` for the checkpoint.
 
