@@ -197,10 +197,16 @@ def test_refuses_a_folder_that_is_not_empty(run_dir, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("task", ["ner", "relation-extraction"])  # a standard class; backbone + heads
-def test_a_loaded_pipeline_exports_the_files_its_folder_exports(run_dir, pipe, tmp_path, task):
+def test_a_loaded_pipeline_exports_the_files_its_folder_exports(run_dir, pipe, tmp_path, task, monkeypatch):
+    from nlpkit.apps import predict
     from nlpkit.apps.export import export as run_export
 
     from_folder = run_export(run_dir, "transformers", tmp_path / "folder", task=task)
+
+    def no_load(*a, **k):
+        raise AssertionError("the export loaded the checkpoint again although it was given a loaded Pipeline")
+
+    monkeypatch.setattr(predict, "load", no_load)
     from_pipe = run_export(pipe, "transformers", tmp_path / "pipe", task=task)
     assert from_pipe.written == from_folder.written and from_pipe.max_diff == from_folder.max_diff
 
