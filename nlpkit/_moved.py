@@ -14,11 +14,12 @@ _LAYERS = {
     "engine": ("adapters", "backbone", "build", "checkpoint", "config", "curves", "distributed", "evaluation",
                "fast_dropout", "heap", "model", "optim", "phases", "preemption", "run_log",
                "sharding", "tables", "task_data", "task_weighting", "tracking", "train_state", "trainer"),
-    "apps": ("cli", "export", "onnx_export", "onnx_runtime", "predict", "report", "serve"),
+    "apps": ("cli", "export", "onnx_runtime", "predict", "report", "serve"),
 }
 #: old dotted name -> where the module lives now
 MOVED = {f"nlpkit.{name}": f"nlpkit.{layer}.{name}" for layer, names in _LAYERS.items() for name in names}
 MOVED["nlpkit.inference_precision"] = "nlpkit.engine.precision"  # joined with training's precision rules
+MOVED["nlpkit.onnx_export"] = MOVED["nlpkit.apps.onnx_export"] = "nlpkit.apps.export.onnx"  # export by format
 
 
 class _OldPaths(importlib.abc.MetaPathFinder, importlib.abc.Loader):

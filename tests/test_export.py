@@ -196,13 +196,45 @@ def test_refuses_a_folder_that_is_not_empty(run_dir, tmp_path, capsys):
     assert "not empty" in capsys.readouterr().err and (tmp_path / "out" / "keep.txt").is_file()
 
 
+@pytest.mark.parametrize("task", ["ner", "relation-extraction"])  # a standard class; backbone + heads
+def test_a_loaded_pipeline_exports_the_files_its_folder_exports(run_dir, pipe, tmp_path, task, monkeypatch):
+    from nlpkit.apps import predict
+    from nlpkit.apps.export import export as run_export
+
+    from_folder = run_export(run_dir, "transformers", tmp_path / "folder", task=task)
+
+    def no_load(*a, **k):
+        raise AssertionError("the export loaded the checkpoint again although it was given a loaded Pipeline")
+
+    monkeypatch.setattr(predict, "load", no_load)
+    from_pipe = run_export(pipe, "transformers", tmp_path / "pipe", task=task)
+    assert from_pipe.written == from_folder.written and from_pipe.max_diff == from_folder.max_diff
+
+    def files(root):
+        return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+    ours, theirs = files(tmp_path / "pipe"), files(tmp_path / "folder")
+    assert ours.keys() == theirs.keys() and "README.md" in ours
+    assert [name for name in ours if ours[name] != theirs[name]] == []
+
+
+def test_a_pipeline_loaded_for_other_predictions_is_refused(run_dir, tmp_path):
+    from nlpkit.apps.export import export as run_export
+    from nlpkit.sdk.errors import ConfigError
+
+    quantized = nlpkit.load(run_dir, device="cpu", tasks=["ner"], quantize="int8")
+    with pytest.raises(ConfigError, match="quantize='int8'.*nlpkit.load\\(DIR, device='cpu'\\)"):
+        run_export(quantized, "transformers", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
 # ---- onnx -------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("task", ["ner", "reading-comprehension"])
 def test_onnx_matches_torch_with_dynamic_batch_and_sequence(run_dir, pipe, tmp_path, task):
     import onnx
     import onnxruntime as ort
 
-    from nlpkit.apps.onnx_export import sample_batch
+    from nlpkit.apps.export.onnx import sample_batch
 
     info = export(run_dir, tmp_path / "onnx", fmt="onnx", task=task)
     assert info["written"] == {task: f"{task}/model.onnx"} and info["max_diff"][task] <= 1e-4
@@ -279,7 +311,7 @@ def test_onnxruntime_scores_what_torch_scores(run_dir, pipe, onnx_pipe, tmp_path
 
 
 def test_onnxruntime_graphs_are_cached_by_checkpoint_content(run_dir, onnx_pipe, monkeypatch):
-    from nlpkit.apps import onnx_export as export_module
+    from nlpkit.apps.export import onnx as export_module
     from nlpkit.apps import onnx_runtime
 
     onnx, cache = onnx_pipe

@@ -70,7 +70,9 @@ def test_a_plugin_importing_past_the_sdk_fails(copy):
     ("nlpkit.data", "nlpkit.sdk.data", "nlpkit.data moved to nlpkit.sdk.data"),
     ("nlpkit.trainer", "nlpkit.engine.trainer", "nlpkit.trainer moved to nlpkit.engine.trainer"),
     ("nlpkit.heads.classification", "nlpkit.sdk.heads.classification", "nlpkit.heads moved to nlpkit.sdk.heads"),
-    ("nlpkit.cli", "nlpkit.apps.cli", "nlpkit.cli moved to nlpkit.apps.cli")])
+    ("nlpkit.cli", "nlpkit.apps.cli", "nlpkit.cli moved to nlpkit.apps.cli"),
+    ("nlpkit.apps.onnx_export", "nlpkit.apps.export.onnx", "nlpkit.apps.onnx_export moved to nlpkit.apps.export.onnx"),
+    ("nlpkit.onnx_export", "nlpkit.apps.export.onnx", "nlpkit.onnx_export moved to nlpkit.apps.export.onnx")])
 def test_old_module_paths_are_the_new_modules_with_a_warning(old, new, moved):
     code = (f"import warnings, importlib; warnings.simplefilter('error', DeprecationWarning)\n"
             f"try:\n    importlib.import_module({old!r})\nexcept DeprecationWarning as w:\n    print(w)\n"

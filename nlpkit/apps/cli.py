@@ -812,7 +812,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from ..sdk.registry import import_plugin_module
-    from .export import export, require_onnx_extra
+    from .export import export
+    from .export.onnx import require_onnx_extra
 
     if args.format is None and not args.merge:
         raise ConfigError("nlpkit export: give --format transformers|onnx (or --merge for a merged transformers model)")

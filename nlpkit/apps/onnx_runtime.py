@@ -2,7 +2,7 @@
 
 The task plugin still parses, encodes, batches (sorted by length) and decodes; only the backbone + head
 forward pass runs as the graph ``nlpkit export --format onnx`` writes. That graph is checked against torch
-when it is exported (largest difference under 1e-4, nlpkit.apps.onnx_export.TOLERANCE), so predictions agree with
+when it is exported (largest difference under 1e-4, nlpkit.apps.export.onnx.TOLERANCE), so predictions agree with
 the torch runtime's, and onnxruntime's fused CPU kernels (attention, LayerNorm, GELU) make it faster in
 fp32 (benchmarks/predict_throughput.py measures both side by side).
 
@@ -25,8 +25,8 @@ import torch
 from .._version import __version__
 from ..sdk.cache import cache_root
 from ..sdk.errors import ConfigError, NotStandard
-from . import onnx_export
-from .onnx_export import OnnxRuntimeHead, require_onnx_extra
+from .export import onnx as onnx_export
+from .export.onnx import OnnxRuntimeHead, require_onnx_extra
 
 RUNTIMES = ("torch", "onnxruntime")
 #: bump when the exported graph's contract changes, so old cache entries are not reused
@@ -68,7 +68,7 @@ def fingerprint(folder: Path) -> str:
 
 class OnnxModel:
     """Stands where the torch model stands in ``predict_features``: ``heads[name](backbone, batch)`` runs
-    the task's graph (nlpkit.apps.onnx_export.OnnxRuntimeHead); there is no backbone module to hand over."""
+    the task's graph (nlpkit.apps.export.onnx.OnnxRuntimeHead); there is no backbone module to hand over."""
 
     training = False
     backbone = None

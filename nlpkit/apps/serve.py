@@ -522,7 +522,7 @@ _PREDICT_OPENAPI = {
 
 
 def _load(run_dir: str) -> tuple[Any, dict[str, Any]]:
-    from .export import model_card
+    from .export.card import model_card
     from .predict import load
 
     pipe = load(run_dir)

@@ -1,6 +1,8 @@
 """Heads that several tasks share. A head is an ``nn.Module`` called as ``head(backbone, batch)``
 and returns a dict with at least the outputs its task decodes, plus "loss" when the batch is labelled.
-Plugins pick one of these or bring their own module with the same call signature.
+Plugins pick one of these or bring their own module with the same call signature. A head whose function a
+standard transformers class computes builds that class with its weights (``to_transformers``, for
+``nlpkit export``; the helpers are in ``transformers_counterpart``).
 """
 from .causal_sft import CausalSftHead
 from .classification import SequenceClassificationHead

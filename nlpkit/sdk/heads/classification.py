@@ -1,9 +1,12 @@
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
+
+from ..errors import NotStandard
+from . import transformers_counterpart as hf
 
 
 def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, how: str) -> torch.Tensor:
@@ -59,3 +62,15 @@ class SequenceClassificationHead(nn.Module):
             else:
                 out["loss"] = nn.functional.cross_entropy(logits.float(), batch["labels"])
         return out
+
+    def to_transformers(self, backbone: Any, task: Any) -> tuple[Any, str]:
+        """AutoModelForSequenceClassification, where this head pools the first token as that class does."""
+        hf.require_encoder(backbone)
+        if self.pooling != "cls":
+            raise NotStandard(f"the classification head pools by {self.pooling!r}; standard classes pool the first "
+                              "token ([CLS])")
+        problem = "multi_label_classification" if self.multi_label else "single_label_classification"
+        config = hf.head_config(backbone, problem_type=problem, **hf.label_config(task))
+        model = hf.with_backbone("AutoModelForSequenceClassification", backbone, config)
+        hf.pooler_and_classifier(model, self.dense, self.classifier)
+        return model, "AutoModelForSequenceClassification"

@@ -1,8 +1,12 @@
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
+from ..errors import NotStandard
+from . import transformers_counterpart as hf
 from .classification import pool
 
 
@@ -41,3 +45,9 @@ class EntityPairHead(nn.Module):
         if "labels" in batch:
             out["loss"] = nn.functional.cross_entropy(logits.float(), batch["labels"])
         return out
+
+    def to_transformers(self, backbone: Any, task: Any) -> tuple[Any, str]:
+        """Always NotStandard: the export writes this head's tensors beside the backbone instead, and says why."""
+        hf.require_encoder(backbone)
+        raise NotStandard("the entity-pair head reads the states of two entity-marker tokens; no standard "
+                          "transformers head does that")

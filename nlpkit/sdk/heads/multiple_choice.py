@@ -1,10 +1,12 @@
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
+from ..errors import NotStandard
+from . import transformers_counterpart as hf
 from .classification import pool
 
 
@@ -35,3 +37,15 @@ class MultipleChoiceHead(nn.Module):
         if "labels" in batch:
             out["loss"] = nn.functional.cross_entropy(logits, batch["labels"])
         return out
+
+    def to_transformers(self, backbone: Any, task: Any) -> tuple[Any, str]:
+        """AutoModelForMultipleChoice, where both this head and the task's ``pooling`` option read the first token
+        (the option names what the user chose: "option" pooling is a mean over a segment in the head)."""
+        hf.require_encoder(backbone)
+        if self.pooling != "cls" or getattr(task.options, "pooling", "cls") != "cls":
+            raise NotStandard(f"the multiple-choice head pools by {getattr(task.options, 'pooling', self.pooling)!r}; "
+                              "AutoModelForMultipleChoice pools the first token (train with --option pooling=cls "
+                              "for a standard export)")
+        model = hf.with_backbone("AutoModelForMultipleChoice", backbone, hf.head_config(backbone, num_labels=1))
+        hf.pooler_and_classifier(model, self.dense, self.scorer)
+        return model, "AutoModelForMultipleChoice"

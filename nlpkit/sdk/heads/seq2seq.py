@@ -21,7 +21,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from ..errors import BackboneError, ConfigError
+from ..errors import BackboneError, ConfigError, NotStandard
 
 
 @dataclass(frozen=True)
@@ -162,6 +162,30 @@ class Seq2SeqHead(nn.Module):
                                     encoder_hidden_states=hidden, encoder_attention_mask=batch["attention_mask"],
                                     cache=EncoderDecoderCache(DynamicCache(), DynamicCache()), **kwargs)
         return out[:, 1:]
+
+    # ---- export -----------------------------------------------------------------------------------
+    def to_transformers(self, backbone: Any, task: Any) -> tuple[Any, str]:
+        """AutoModelForSeq2SeqLM: an encoder-decoder backbone IS the standard model. The prefix and decoding
+        settings go into its config, so that ``generate`` and pipeline() write what nlpkit writes (the export
+        checks that on the sample inputs)."""
+        import copy
+
+        if not self.encoder_decoder:
+            raise NotStandard("the seq2seq head on an encoder backbone is a decoder built by nlpkit whose "
+                              "embeddings are tied to the encoder's; no Auto class loads that pair as it is")
+        model = copy.deepcopy(backbone.model)
+        strategy = task.strategy  # its TextGeneration: the prefix, tokens and decoding settings it generates with
+        model.config.prefix = strategy.prefix or None
+        o = strategy.options
+        gen = model.generation_config
+        gen.num_beams, gen.max_new_tokens, gen.do_sample = o.num_beams, strategy.max_new_tokens, False
+        gen.decoder_start_token_id = strategy.tokens.start
+        gen.eos_token_id, gen.pad_token_id = strategy.tokens.eos, strategy.tokens.pad
+        gen.no_repeat_ngram_size = o.no_repeat_ngram_size or None
+        if o.num_beams > 1:
+            gen.length_penalty, gen.early_stopping = o.length_penalty, o.early_stopping
+        gen.max_length = None
+        return model, "AutoModelForSeq2SeqLM"
 
 
 def _build_decoder(backbone: Any, tokens: TargetTokens, layers: int | None, dropout: float, max_positions: int) -> nn.Module:

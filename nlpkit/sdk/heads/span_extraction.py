@@ -1,6 +1,10 @@
 from __future__ import annotations
 
+from typing import Any
+
 from torch import nn
+
+from . import transformers_counterpart as hf
 
 
 class SpanExtractionHead(nn.Module):
@@ -31,3 +35,10 @@ class SpanExtractionHead(nn.Module):
             loss_fn = nn.CrossEntropyLoss(ignore_index=-100)
             out["loss"] = (loss_fn(start_logits, starts) + loss_fn(end_logits, ends)) / 2
         return out
+
+    def to_transformers(self, backbone: Any, task: Any) -> tuple[Any, str]:
+        """AutoModelForQuestionAnswering: its ``qa_outputs`` is this head's start/end layer."""
+        hf.require_encoder(backbone)
+        model = hf.with_backbone("AutoModelForQuestionAnswering", backbone, hf.head_config(backbone, num_labels=2))
+        hf.copy_linear(model.qa_outputs, self.qa_outputs)
+        return model, "AutoModelForQuestionAnswering"

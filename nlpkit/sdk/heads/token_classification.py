@@ -1,6 +1,10 @@
 from __future__ import annotations
 
+from typing import Any
+
 from torch import nn
+
+from . import transformers_counterpart as hf
 
 
 class TokenClassificationHead(nn.Module):
@@ -20,3 +24,11 @@ class TokenClassificationHead(nn.Module):
                 logits.reshape(-1, logits.size(-1)).float(), batch["labels"].reshape(-1), ignore_index=-100
             )
         return out
+
+    def to_transformers(self, backbone: Any, task: Any) -> tuple[Any, str]:
+        """AutoModelForTokenClassification: the same linear layer over every token's state."""
+        hf.require_encoder(backbone)
+        model = hf.with_backbone("AutoModelForTokenClassification", backbone,
+                                 hf.head_config(backbone, **hf.label_config(task)))
+        hf.copy_linear(model.classifier, self.classifier)
+        return model, "AutoModelForTokenClassification"

@@ -1,6 +1,7 @@
-"""ONNX graphs of a task's backbone + head: exported with ``torch.onnx.export``, checked with onnxruntime, and run
-in place of the head. Shared by ``nlpkit export --format onnx`` (nlpkit.apps.export) and ``runtime="onnxruntime"``
-(nlpkit.apps.onnx_runtime), so neither imports the other.
+"""The ONNX format: one graph of backbone + head per encoder task, exported with ``torch.onnx.export`` (the
+torch.export-based exporter, dynamic batch and sequence axes), checked with onnxruntime against torch, and run in
+place of the head. Shared by ``nlpkit export --format onnx`` and ``runtime="onnxruntime"`` (nlpkit.apps.onnx_runtime),
+which caches the graphs it exports here.
 """
 from __future__ import annotations
 
@@ -12,10 +13,13 @@ import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..sdk.errors import ConfigError, NlpkitError, NotStandard
+from ...sdk.errors import ConfigError, NlpkitError, NotStandard
+from .card import write_card
+from .result import TOLERANCE, ExportResult, write_export_info
+from .samples import sample_batch, sample_inputs
 
-#: outputs of an exported model and of nlpkit must agree this closely on the sample inputs
-TOLERANCE = 1e-4
+__all__ = ["TOLERANCE", "OnnxRuntimeHead", "check_onnx", "export_onnx", "export_task_onnx", "require_onnx_extra",
+           "sample_batch", "sample_inputs"]
 
 
 def require_onnx_extra() -> None:
@@ -26,26 +30,6 @@ def require_onnx_extra() -> None:
     except ImportError as exc:
         raise ConfigError(f"nlpkit export --format onnx needs onnx, onnxruntime and onnxscript ({exc.name} is "
                           "missing): pip install 'nlpkit[onnx]'") from None
-
-
-def sample_batch(task: Any, items: Sequence[Any] | None = None) -> dict[str, Any]:
-    """A collated batch (tensors, no labels) of the task's sample inputs."""
-    items = list(items) if items is not None else sample_inputs(task)
-    batch = task.collate(task.encode([task.parse_input(item) for item in items]))
-    return {k: v for k, v in batch.items() if k not in _LABEL_KEYS}
-
-
-_LABEL_KEYS = ("labels", "start_positions", "end_positions")
-
-
-def sample_inputs(task: Any) -> list[Any]:
-    if task.sample_inputs:
-        return list(task.sample_inputs)
-    dev = (task.default_data() or {}).get("dev")
-    if dev:
-        return [{k: v for k, v in ex.items() if k not in ("line", "path")} for ex in task.read(dev)[:2]]
-    raise NotStandard(f"task type {task.type_name!r} has no sample inputs to check an export with "
-                      "(Task.sample_inputs, or default dev data)")
 
 
 class OnnxHead:
@@ -153,3 +137,31 @@ class OnnxRuntimeHead:
         feed = {k: batch[k].cpu().numpy() for k in self.meta["inputs"]}
         values = self.session.run(self.meta["outputs"], feed)
         return {k: torch.from_numpy(v) for k, v in zip(self.meta["outputs"], values)}
+
+
+def export_onnx(pipe: Any, tasks: Sequence[Any], out: Path) -> ExportResult:
+    """A graph per encoder task (``<task>/model.onnx`` + ``onnx.json``), the tokenizer and the card; a task that is
+    not one graph is named with the reason, and an export with no graph at all is refused."""
+    require_onnx_extra()
+    result = ExportResult(out, "onnx")
+    pipe.model.backbone.tokenizer.save_pretrained(out / "tokenizer")
+    for t in tasks:
+        if t.generative:
+            result.notes[t.name] = "a generation task: its decoding loop (generate) is not one graph; " \
+                                   "use the transformers export"
+            continue
+        try:
+            info = export_task_onnx(pipe, t, out / t.name)
+        except NotStandard as exc:
+            result.notes[t.name] = str(exc)
+            continue
+        result.written[t.name] = f"{t.name}/model.onnx"
+        result.max_diff[t.name] = info["max_diff"]
+    if not result.written:
+        raise ConfigError("nothing to export as ONNX: " + "; ".join(f"{k}: {v}" for k, v in result.notes.items()))
+    notes = [f"`{name}`: `{path}`, inputs/outputs in `{name}/onnx.json`; onnxruntime vs torch: largest "
+             f"difference {result.max_diff[name]:.2e}" for name, path in result.written.items()]
+    notes += [f"`{name}`: not exported ({why})" for name, why in result.notes.items()]
+    write_card(pipe, tasks, out, notes)
+    write_export_info(out, result)
+    return result
