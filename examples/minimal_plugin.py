@@ -3,14 +3,18 @@
 Train it with:  nlpkit train --plugin minimal_plugin --task is-question --data train=lines.tsv
 (with this folder on PYTHONPATH), or package it with an entry point in the ``nlpkit.tasks`` group.
 Input files hold ``LABEL<TAB>TEXT`` lines.
+
+The plugin writes only what is its own: how its files read, its labels, its metric and its raw input. How the
+model answers (tokenize, a classifier head, probabilities back to labels) is the ready ``SequenceClassifier``
+strategy, returned from ``modeling()``.
 """
 from __future__ import annotations
 
 from typing import Sequence
 
 from nlpkit import DataError, Task, register_task
-from nlpkit.sdk.data import open_text, pad_encodings
-from nlpkit.sdk.heads import SequenceClassificationHead
+from nlpkit.sdk.data import open_text
+from nlpkit.sdk.modeling import SequenceClassifier
 
 
 @register_task("is-question")
@@ -40,37 +44,14 @@ class IsQuestionTask(Task):
     def check(self, examples, path):
         self.check_labels(examples, self.labels, "label", path)
 
-    def texts(self, examples):
-        return (ex["text"] for ex in examples)
-
     def state_dict(self):
         return {"labels": self.labels}
 
     def load_state_dict(self, state):
         self.labels = state["labels"]
 
-    def encode(self, examples):
-        enc = self.tokenizer([ex["text"] for ex in examples], truncation=True, max_length=self.options.max_length)
-        return [{"example_index": i, "input_ids": ids,
-                 **({"label": self.labels.index(ex["label"])} if "label" in ex else {})}
-                for i, (ex, ids) in enumerate(zip(examples, enc["input_ids"]))]
-
-    def collate(self, features):
-        import torch
-
-        batch = pad_encodings(features, self.tokenizer.pad_token_id)
-        if "label" in features[0]:
-            batch["labels"] = torch.tensor([f["label"] for f in features])
-        return batch
-
-    def build_head(self, backbone):
-        return SequenceClassificationHead(backbone.hidden_size, len(self.labels))
-
-    def predict_batch(self, head, backbone, batch):
-        return head(backbone, batch)["logits"].softmax(-1).cpu().tolist()
-
-    def decode(self, examples, features, outputs):
-        return [{"label": self.labels[max(range(len(p)), key=p.__getitem__)], "probability": max(p)} for p in outputs]
+    def modeling(self):
+        return SequenceClassifier(self.labels, max_length=self.options.max_length)
 
     def score(self, predictions, examples):
         correct = sum(p["label"] == ex["label"] for p, ex in zip(predictions, examples))

@@ -22,11 +22,12 @@ if TYPE_CHECKING:
     from .engine.trainer import TrainResult
 
 
-def train(config: Any) -> "TrainResult":
-    """Train from a RunConfig or a plain dict with the same keys as a recipe file."""
+def train(config: Any, tasks: Any = None) -> "TrainResult":
+    """Train from a RunConfig or a plain dict with the same keys as a recipe file; the result holds the run folder,
+    the final metrics, and the model and tasks in memory (``result.model``, ``result.tasks``)."""
     from .engine.trainer import train as _train
 
-    return _train(config)
+    return _train(config, tasks)
 
 
 def load(path: Any, device: str | None = None, tasks: Any = None, precision: str = "fp32",

@@ -25,19 +25,18 @@ The checks, in the order they run (``CHECKS`` holds these texts; docs/plugins.md
   as a JSON record, or ``raw_input=``), the ``nlpkit predict`` path.
 
 A plugin class that is not registered is registered under a temporary name for the check and
-unregistered afterwards. While training runs, the class's ``read`` and ``build_head`` are wrapped (and
-restored afterwards): ``read`` hands the trainer the prepared slices, ``build_head`` keeps a reference
-to the head and backbone being trained, so the model in memory at the end of training can be compared
-with the reloaded one (where it cannot be followed, a first load of the checkpoint stands in for it, and
-the two loads, under different seeds, must agree). Importing this module is cheap; torch is imported when a check runs.
+unregistered afterwards. Training runs through the engine's ``Trainer`` on a task instance whose ``read``
+(on that instance only; the plugin class is left alone) hands it the prepared slices; the trainer keeps the
+model it trained, so the model in memory at the end of training, or at the point training failed, can be
+compared with the reloaded one (where there is none, a first load of the checkpoint stands in for it, and
+the two loads, under different seeds, must agree). Importing this module is cheap; torch is imported when a
+check runs.
 """
 from __future__ import annotations
 
 import contextlib
 import copy
-import functools
 import gzip
-import inspect
 import io
 import json
 import math
@@ -202,7 +201,7 @@ class _Contract:
         self.train_examples: list[dict] = []  # after a dev_split carve, as fit() sees them
         self.dev_examples: list[dict] = []
         self.fitted: Task | None = None
-        self.captured: list[tuple[Task, Any, Any]] = []  # (task, backbone, head) per build_head call
+        self.trainer: Any = None  # the engine's Trainer of the train check: its model and task, even after a failure
         self.metrics: dict[str, Any] | None = None
         self.trainer_output = ""
         self.eval_batch_size = 16
@@ -219,12 +218,12 @@ class _Contract:
         self._run("bad_input", lambda: self.check_bad_input(bad, scratch), needs=["read"])
         config["tasks"][0]["data"] = dict(self.files)
         self._run("train", lambda: self.check_train(config), needs=["read"])
-        # the model in memory exists once build_head ran, even if training failed later (at scoring);
+        # the model in memory exists once the trainer built it, even if training failed later (at scoring);
         # without it, these checks use the saved checkpoint
-        captured = ["read"] if self.captured else ["read", "train"]
-        self._run("encode", self.check_encode, needs=captured)
-        self._run("main_score", self.check_main_score, needs=captured)
-        self._run("json", self.check_json, needs=captured)
+        needs = ["read"] if _trained_in_memory(self.trainer) is not None else ["read", "train"]
+        self._run("encode", self.check_encode, needs=needs)
+        self._run("main_score", self.check_main_score, needs=needs)
+        self._run("json", self.check_json, needs=needs)
         self._run("reload", self.check_reload, needs=["train"])
         self._run("predict", lambda: self.check_predict(raw_input), needs=["reload"])
 
@@ -258,7 +257,7 @@ class _Contract:
         tc.update(trainer or {})
         # one evaluation, at the end (best/ is the last step), in fp32 on the CPU as the reload is: same numbers
         tc.update(max_steps=max_steps, eval_every=max_steps, cpu=True, precision="fp32")
-        # the trainer gets the prepared slices through the wrapped read(): a data cache keyed by the files would
+        # the trainer gets the prepared slices through its task's read(): a data cache keyed by the files would
         # hand it a whole file read earlier
         return {"tasks": [{"type": self.type_name, "options": self.options}], "backbone": _backbone(backbone),
                 "trainer": tc, "output_dir": str(run_dir), "data": {"cache": False}}
@@ -381,7 +380,8 @@ class _Contract:
 
     # -- train ---------------------------------------------------------------------------------------
     def check_train(self, config: dict[str, Any]) -> str:
-        import nlpkit
+        from .engine.config import RunConfig
+        from .engine.trainer import Trainer
 
         kinds = tuple(self.cls.backbone_kinds)
         if config["backbone"].get("spec") == "mini" and "encoder" not in kinds:
@@ -390,10 +390,11 @@ class _Contract:
         out = io.StringIO()
         redirect = (contextlib.redirect_stdout(out), contextlib.redirect_stderr(out)) if self.quiet else ()
         try:
-            with _instrumented(self.cls, self.prepared, self.captured), contextlib.ExitStack() as stack:
+            with contextlib.ExitStack() as stack:
                 for r in redirect:
                     stack.enter_context(r)
-                result = nlpkit.train(copy.deepcopy(config))
+                self.trainer = Trainer(RunConfig.from_dict(copy.deepcopy(config)), tasks=[self.prepared_task()])
+                result = self.trainer.run()
         except Exception as exc:
             hint = (" (check_task trains on the first max_examples examples of each file: raise max_examples or "
                     "give a dev file whose labels occur in that slice)" if isinstance(exc, DataError) else "")
@@ -406,16 +407,27 @@ class _Contract:
                         f"({result.metrics.get('stop_reason')}){_tail(self.trainer_output)}")
         return f"{steps} steps, saved to {result.output_dir}"
 
+    def prepared_task(self) -> Task:
+        """The task instance training gets: its ``read`` (on this instance only) returns the slices read here,
+        so that training sees exactly the examples the checks use."""
+        task = self.new_task()
+        plain_read = task.read
+
+        def read(path: str) -> Any:
+            key = str(path)
+            return copy.deepcopy(self.prepared[key]) if key in self.prepared else plain_read(path)
+
+        task.read = read  # type: ignore[method-assign]
+        return task
+
     # -- scores and predictions of the model in memory -----------------------------------------------
     def memory(self) -> tuple[Task, Any, list[Any]]:
-        """(task, model, predictions on the dev examples) of the trained model: the one in memory, or, when
-        build_head could not be followed (a hook set on the instance), the saved checkpoint loaded once."""
+        """(task, model, predictions on the dev examples) of the trained model: the one in memory (even when
+        training failed after building it), or, without one, the saved checkpoint loaded once."""
         if self._memory is None:
-            if self.captured:
-                from .engine.model import MultiTaskModel
-
-                task, backbone, head = self.captured[-1]
-                model = MultiTaskModel(backbone, {task.name: head})
+            trained = _trained_in_memory(self.trainer)
+            if trained is not None:
+                task, model = trained
             elif self.metrics is not None:
                 pipeline = self._load(seed=12345)
                 task, model = pipeline.task(self.type_name), pipeline.model
@@ -499,7 +511,8 @@ class _Contract:
             raise _Fail(f"nlpkit.load built {type(task).__qualname__}, not {self.cls.__qualname__}")
         predictions = _predict(task, self.pipeline.model, self.dev_examples, self.eval_batch_size)
         trained_task, trained_model, trained_predictions = self.memory()
-        trained = "the trained model's in memory" if self.captured else "a first load's (no model in memory)"
+        trained = ("the trained model's in memory" if _trained_in_memory(self.trainer) is not None
+                   else "a first load's (no model in memory)")
         problems = _weight_differences(trained_model, self.pipeline.model)
         diff = _first_prediction_difference(trained_predictions, predictions, self.dev_examples)
         if diff:
@@ -578,35 +591,14 @@ def _registered(cls: type[Task]) -> Iterator[str]:
             delattr(cls, "type_name")
 
 
-@contextlib.contextmanager
-def _instrumented(cls: type[Task], prepared: dict[str, list[dict]], captured: list) -> Iterator[None]:
-    """While training: ``read`` returns the prepared slices, ``build_head`` records what it built."""
-    # the attributes as defined (function, staticmethod or classmethod), bound per call as Python would
-    original_read, original_build = inspect.getattr_static(cls, "read"), inspect.getattr_static(cls, "build_head")
+def _trained_in_memory(trainer: Any) -> tuple[Task, Any] | None:
+    """(task, model) the trainer built, or None when it never got that far."""
+    from .engine.model import MultiTaskModel
 
-    @functools.wraps(cls.read)
-    def read(self, path):
-        key = str(path)
-        if key in prepared:
-            return copy.deepcopy(prepared[key])
-        return original_read.__get__(self, type(self))(path)
-
-    @functools.wraps(cls.build_head)
-    def build_head(self, backbone):
-        head = original_build.__get__(self, type(self))(backbone)
-        captured.append((self, backbone, head))
-        return head
-
-    saved = {k: cls.__dict__[k] for k in ("read", "build_head") if k in cls.__dict__}
-    cls.read, cls.build_head = read, build_head
-    try:
-        yield
-    finally:
-        for key in ("read", "build_head"):
-            if key in saved:
-                setattr(cls, key, saved[key])
-            else:
-                delattr(cls, key)
+    model = getattr(trainer, "raw_model", None) or getattr(trainer, "model", None)
+    if not isinstance(model, MultiTaskModel):
+        return None
+    return trainer.tasks[0], model
 
 
 @contextlib.contextmanager

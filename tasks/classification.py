@@ -335,12 +335,6 @@ class ClassificationTask(Task):
             if self.pair and "pair" not in ex:
                 raise DataError("this model classifies text pairs, but the example has no pair text", path, ex.get("line"))
 
-    def texts(self, examples: Sequence[dict]) -> Iterator[str]:
-        for ex in examples:
-            yield ex["text"]
-            if "pair" in ex:
-                yield ex["pair"]
-
     def state_dict(self) -> dict[str, Any]:
         return {"labels": self.labels, "label_map": self.label_map, "pair": self.pair}
 

@@ -15,12 +15,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Literal, Optional, Sequence
+from typing import Any, Literal, Optional, Sequence
 
 from nlpkit import DataError, Task, register_task
 from nlpkit.sdk.data import csv_rows, input_text, open_text, read_jsonl
 from nlpkit.sdk.generation import (GenerationOptions, TextGeneration,
-                                   hub_records, pair, pair_texts, source_input,
+                                   hub_records, pair, source_input,
                                    warn_skipped)
 
 from . import DATA_DIR
@@ -128,9 +128,6 @@ class SummarizationTask(Task):
                 examples.append(ex)
         warn_skipped(self.name, skipped, path)
         return examples
-
-    def texts(self, examples: Sequence[dict]) -> Iterator[str]:
-        return pair_texts(examples)
 
     # ---- the model: it writes the target text -----------------------------------------------------------
     def modeling(self) -> TextGeneration:

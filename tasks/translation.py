@@ -19,7 +19,7 @@ from typing import Any, Iterator, Optional, Sequence
 from nlpkit import ConfigError, DataError, Task, register_task
 from nlpkit.sdk.data import open_text, read_jsonl, read_text_lines
 from nlpkit.sdk.generation import (GenerationOptions, TextGeneration,
-                                   hub_records, pair, pair_texts, source_input,
+                                   hub_records, pair, source_input,
                                    warn_skipped)
 
 from . import DATA_DIR
@@ -195,9 +195,6 @@ class TranslationTask(Task):
         skipped = [0]
         yield from read_records(hub_records(rows), spec, o.source_lang, o.target_lang, o.skip_empty, skipped)
         warn_skipped(self.name, skipped[0], spec)
-
-    def texts(self, examples: Sequence[dict]) -> Iterator[str]:
-        return pair_texts(examples)
 
     # ---- the model: it writes the target text -----------------------------------------------------------
     def modeling(self) -> TextGeneration:

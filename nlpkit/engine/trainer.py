@@ -74,6 +74,11 @@ def selection_score(metrics: dict[str, dict[str, Any]], tasks: Sequence[Task], h
 class TrainResult:
     output_dir: Path
     metrics: dict[str, Any]
+    #: the model in memory after the last step (a MultiTaskModel; best/ on disk may be an earlier step). In a sharded
+    #: run each process holds its own shard: load the run folder for the whole model
+    model: Any = None
+    #: the trained tasks by name, set up with the backbone (their label spaces, tokenizer and strategy)
+    tasks: dict[str, Task] = field(default_factory=dict)
 
 
 @dataclass
@@ -100,16 +105,20 @@ class StepResult:
     samples: dict[str, int] = field(default_factory=dict)  # per task
 
 
-def train(config: RunConfig | dict) -> TrainResult:
-    """Train the configured tasks; returns the run folder and the final metrics."""
+def train(config: RunConfig | dict, tasks: Sequence[Task] | None = None) -> TrainResult:
+    """Train the configured tasks; returns the run folder, the final metrics and the model in memory.
+
+    ``tasks``: task instances to train instead of building them from the config's entries (one per entry, same
+    names, same order), for a caller that prepared them (nlpkit.testing gives its tasks the data slices it read)."""
     if isinstance(config, dict):
         config = RunConfig.from_dict(config)
-    return Trainer(config).run()
+    return Trainer(config, tasks).run()
 
 
 class Trainer:
-    def __init__(self, config: RunConfig):
+    def __init__(self, config: RunConfig, tasks: Sequence[Task] | None = None):
         self.config = config
+        self.given_tasks = list(tasks) if tasks is not None else None
         self.tc = config.trainer
         self.notes: list[str] = []  # said once the log exists
         self.bar: Any = None
@@ -136,7 +145,7 @@ class Trainer:
             self._report(result)  # ends the tracker runs (Tracking.finish)
         finally:
             self.tracking.close(failed=True)  # only if _report failed before finish: then it did not finish
-        return TrainResult(self.out, result)
+        return TrainResult(self.out, result, self.raw_model, {t.name: t for t in self.tasks})
 
     # ===============================================================================================
     # Set-up: each piece reads the config and what the pieces before it built
@@ -259,7 +268,10 @@ class Trainer:
     def _setup_data(self) -> None:
         """Read every task's splits, learn label spaces, and refuse a checkpoint this data cannot continue."""
         cfg = self.config
-        self.tasks = [build_task(e) for e in cfg.tasks]
+        self.tasks = self.given_tasks or [build_task(e) for e in cfg.tasks]
+        if [t.name for t in self.tasks] != [e.name for e in cfg.tasks]:
+            raise ConfigError(f"the task instances given ({[t.name for t in self.tasks]}) are not the config's "
+                              f"entries ({[e.name for e in cfg.tasks]})")
         self.data: dict[str, dict[str, list[dict]]] = {}
         self.paths: dict[str, dict[str, str]] = {}
         set_progress(self.tc.progress and self.main)

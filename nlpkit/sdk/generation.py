@@ -490,6 +490,15 @@ class TextGeneration(Modeling):
     def max_new_tokens(self) -> int:
         return self.generator.max_new_tokens
 
+    def texts(self, examples: Sequence[dict]) -> Iterable[str]:
+        """Both sides: a from-scratch tokenizer must cover the target language too (byte-level BPE covers the
+        prompt's words without seeing them)."""
+        for ex in examples:
+            source, target = self.render(ex)
+            yield source
+            if target is not None:
+                yield target
+
     def setup(self, backbone: Any) -> None:
         super().setup(backbone)
         self.generator.setup(backbone)
@@ -534,15 +543,6 @@ class TextGeneration(Modeling):
 
 
 # ---- hooks that text-pair tasks share ---------------------------------------------------------------
-def pair_texts(examples: Sequence[dict]) -> Iterable[str]:
-    """Both sides of each pair: a from-scratch tokenizer must cover the target language too (byte-level BPE
-    covers the prompt's words without seeing them)."""
-    for ex in examples:
-        yield ex["source"]
-        if "target" in ex:
-            yield ex["target"]
-
-
 def source_input(item: str | dict) -> dict:
     """A prediction input (text, or a record with "source" or "text") as an example without a target."""
     from .data import input_text
@@ -578,9 +578,6 @@ class Seq2SeqTask(Task):
     def modeling(self) -> TextGeneration:
         return TextGeneration(self.name, self.options, instruction=self.instruction(),
                               response_cue=self.response_cue(), default_prefix=self.default_prefix)
-
-    def texts(self, examples: Sequence[dict]) -> Iterable[str]:
-        return pair_texts(examples)
 
     def generation_stats(self, predictions: Sequence[dict]) -> dict[str, Any]:
         return self.strategy.stats(predictions)

@@ -21,7 +21,7 @@ are replaced (``predict(..., num_beams=4)``), so it can take plain values and ne
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, ClassVar, Optional, Sequence
+from typing import Any, Callable, ClassVar, Iterable, Optional, Sequence
 
 Example = dict
 Feature = dict
@@ -37,6 +37,11 @@ class Modeling:
         """Keep what encoding and decoding need from the backbone (its tokenizer and kind)."""
         self.tokenizer = backbone.tokenizer
         self.backbone_kind = backbone.kind
+
+    def texts(self, examples: Sequence[Example]) -> Iterable[str]:
+        """The text the model reads, for training a from-scratch tokenizer (before any ``setup``)."""
+        raise NotImplementedError(f"{type(self).__name__} does not say which text it reads: implement the task's "
+                                  "texts()")
 
     def encode(self, examples: Sequence[Example]) -> list[Feature]:
         """Features of a batch of examples, each with "example_index" (its position in ``examples``)."""
@@ -90,6 +95,12 @@ class SequenceClassifier(Modeling):
         self.text_field, self.pair_field, self.label_field = text_field, pair_field, label_field
         index = {label: i for i, label in enumerate(self.labels)}
         self.label_ids = label_ids or (lambda ex: [index[v] for v in _as_list(ex[label_field])])
+
+    def texts(self, examples: Sequence[Example]) -> Iterable[str]:
+        for ex in examples:
+            yield ex[self.text_field]
+            if self.pair_field in ex:
+                yield ex[self.pair_field]
 
     def encode(self, examples: Sequence[Example]) -> list[Feature]:
         texts = [ex[self.text_field] for ex in examples]
@@ -168,6 +179,9 @@ class WordTagger(Modeling):
         #: where the truncation warning goes (the plugin's own logger, so its users can filter it)
         self.log = log or logging.getLogger("nlpkit.modeling")
         self.prediction = prediction or (lambda ex, tags, scores: {"tags": tags})
+
+    def texts(self, examples: Sequence[Example]) -> Iterable[str]:
+        return (" ".join(s[self.words_field]) for s in examples)
 
     def encode(self, examples: Sequence[Example]) -> list[Feature]:
         from .data import encode_words

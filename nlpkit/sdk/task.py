@@ -145,8 +145,10 @@ class Task:
         """Reject evaluation data the model cannot score (a label never seen in training)."""
 
     def texts(self, examples: Sequence[Example]) -> Iterable[str]:
-        """Text used to train a tokenizer for a from-scratch backbone."""
-        raise NotImplementedError(f"task {self.name!r} cannot train a tokenizer: texts() is not implemented")
+        """Text used to train a tokenizer for a from-scratch backbone (default: the text the strategy reads)."""
+        if self.strategy is None:
+            raise NotImplementedError(f"task {self.name!r} cannot train a tokenizer: texts() is not implemented")
+        return self.strategy.texts(examples)
 
     def state_dict(self) -> dict[str, Any]:
         """JSON-serialisable state saved in nlpkit.json (label maps)."""
