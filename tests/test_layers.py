@@ -98,3 +98,14 @@ def test_no_core_module_names_a_built_in_task_type():
         found += [f"{path.relative_to(ROOT)}:{node.lineno}: {node.value!r}" for node in ast.walk(tree)
                   if isinstance(node, ast.Constant) and node.value in types and id(node) not in docstrings]
     assert found == []
+
+
+def test_no_core_function_is_over_80_lines():
+    """A function a newcomer cannot read in one screen is split by concern (scripts/architecture_report.py
+    prints the longest ones)."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import architecture_report
+
+    long = [f"{path.relative_to(ROOT)}:{name} ({n} lines)" for path in architecture_report.python_files(ROOT)
+            for name, n in architecture_report.functions(ast.parse(path.read_text())) if n > 80]
+    assert long == []
