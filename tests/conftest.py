@@ -108,3 +108,15 @@ def tiny_config(task_type: str, tmp_path, data: dict | None = None, **trainer) -
         "trainer": {"max_steps": 4, "batch_size": 8, "progress": False, "log_every": 2, **trainer},
         "output_dir": str(tmp_path / "run"),
     }
+
+
+@pytest.fixture(scope="module")
+def lines_tsv(tmp_path_factory) -> Path:
+    """LABEL<TAB>TEXT lines for the minimal plugin (examples/minimal_plugin.py) and its variants."""
+    rows = []
+    for i in range(24):
+        rows.append(f"question\tWhere is station {i} ?")
+        rows.append(f"statement\tStation {i} is near the river .")
+    path = tmp_path_factory.mktemp("lines") / "lines.tsv"
+    path.write_text("\n".join(rows) + "\n")
+    return path

@@ -20,18 +20,6 @@ from minimal_plugin import IsQuestionTask  # noqa: E402
 
 
 # ---- data ------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def lines_tsv(tmp_path_factory) -> Path:
-    """LABEL<TAB>TEXT lines for the minimal plugin and its broken variants."""
-    rows = []
-    for i in range(24):
-        rows.append(f"question\tWhere is station {i} ?")
-        rows.append(f"statement\tStation {i} is near the river .")
-    path = tmp_path_factory.mktemp("lines") / "lines.tsv"
-    path.write_text("\n".join(rows) + "\n")
-    return path
-
-
 RELATIONS = [  # (template, label): the SemEval-2010 Task 8 format, directions as distinct classes
     ("The <e1>{a}</e1> was caused by the <e2>{b}</e2> .", "Cause-Effect(e2,e1)"),
     ("The <e1>{a}</e1> caused the <e2>{b}</e2> .", "Cause-Effect(e1,e2)"),
