@@ -206,7 +206,7 @@ def export(run_dir: str | Path, fmt: str, out: str | Path, task: str | None = No
     tasks = [pipe.task(task)] if task else list(pipe.tasks)
     merged = _merge(pipe, tasks) if merge else None
     if getattr(pipe.model.backbone, "peft", None) is not None:
-        raise ConfigError(f"{run_dir}: this checkpoint holds {pipe.model.backbone.peft['method']} adapters over its "
+        raise ConfigError(f"{run_dir}: this checkpoint holds {pipe.model.backbone.peft.method} adapters over its "
                           "base model; add --merge to fold them into the weights (a plain transformers model)")
     tmp = out.with_name(f".{out.name}.export-tmp")
     shutil.rmtree(tmp, ignore_errors=True)
