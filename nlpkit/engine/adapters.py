@@ -208,13 +208,18 @@ def quantization_name(quantization: Any) -> str | None:
 
 
 # ---- applying adapters --------------------------------------------------------------------------------
-def apply(backbone: Any, spec: AdapterSpec, gradient_checkpointing: bool = False) -> None:
+def apply(backbone: Any, spec: Any, tokens: Sequence[str] = (), gradient_checkpointing: bool = False) -> None:
     """Inject the adapters ``spec`` describes into ``backbone.model`` and freeze what peft does not train; call
-    after the tasks' tokens were added and before the heads are built. The rows of ``spec.trained_tokens`` (the
-    tokens the tasks added, entity markers) must be learned: they are trained (and saved) on their own, through
-    peft's ``trainable_token_indices``, on the input embeddings and on an output layer tied to them."""
+    after the tasks' tokens were added and before the heads are built. ``spec``: an AdapterSpec (a saved one,
+    injected again), or a run's PeftConfig with ``tokens``, the tokens its tasks added. The rows of those tokens
+    (entity markers) must be learned: they are trained (and saved) on their own, through peft's
+    ``trainable_token_indices``, on the input embeddings and on an output layer tied to them."""
     from peft import inject_adapter_in_model
 
+    if not isinstance(spec, AdapterSpec):
+        spec = spec_for(backbone, spec, tokens)
+    elif tokens:
+        raise ValueError("an AdapterSpec names its trained tokens itself")
     model = backbone.model
     if getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False):  # bitsandbytes
         from peft import prepare_model_for_kbit_training
