@@ -153,3 +153,18 @@ def test_an_adapter_only_save_refuses_a_base_with_another_fingerprint(tmp_path):
     gone = AdapterSpec(storage="adapter", base=dataclasses.replace(right, spec=str(tmp_path / "nowhere")))
     with pytest.raises(CheckpointError, match="must be loaded first"):
         build._adapter_backbone(tmp_path, gone)
+
+
+def test_the_checkpoint_format_knows_nothing_of_models():
+    """checkpoint.py reads and writes files; what a model saves is the model's (MultiTaskModel.saved_names)."""
+    import ast
+
+    import nlpkit.engine.checkpoint as module
+
+    tree = ast.parse(Path(module.__file__).read_text())
+    siblings = set()  # the engine modules it imports: "from .x import y" and "from . import x"
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.level == 1:
+            siblings |= {node.module.split(".")[0]} if node.module else {a.name for a in node.names}
+    assert "sharding" in siblings  # the check sees what it looks for
+    assert not siblings & {"adapters", "backbone", "build", "model"}
