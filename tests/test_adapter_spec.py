@@ -40,13 +40,15 @@ def test_a_spec_is_frozen():
         BASE.fingerprint = "another"
 
 
-def test_storage_and_base_go_together():
+def test_storage_and_base_go_together_and_the_method_is_one_peft_runs():
     with pytest.raises(ValueError, match="needs the base"):
         AdapterSpec(storage="adapter")
     with pytest.raises(ValueError, match="needs the base"):
         AdapterSpec(storage="full", base=BASE)
     with pytest.raises(ValueError, match="storage must be"):
         AdapterSpec(storage="merged")
+    with pytest.raises(ValueError, match="method must be"):
+        AdapterSpec(method="ia3")
 
 
 def test_from_config_keeps_the_users_settings_and_sorts_the_tokens():

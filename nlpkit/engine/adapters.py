@@ -18,12 +18,15 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Literal, Mapping, Sequence
 
 import torch
 from torch import nn
 
 from ..sdk.errors import CheckpointError, ConfigError
+
+if TYPE_CHECKING:
+    from .config import PeftConfig
 
 #: elements sampled from each tensor for the base fingerprint: enough to tell two trainings or two
 #: quantizations of one architecture apart, cheap on a billion parameters
@@ -75,6 +78,7 @@ class BaseRef:
 #: how a checkpoint stores a peft backbone: only what was trained ("adapter", over a base loaded again from
 #: its source) or every tensor ("full": a preset's random base, which exists nowhere else)
 STORAGES = ("adapter", "full")
+METHODS = ("lora", "dora")
 
 
 @dataclass(frozen=True)
@@ -87,27 +91,29 @@ class AdapterSpec:
     ``to_peft`` resolves "auto" against the model. ``base`` is set exactly when ``storage`` is "adapter".
     """
 
-    method: str = "lora"
+    method: Literal["lora", "dora"] = "lora"
     r: int = 8
     alpha: float = 16.0
     dropout: float = 0.05
     targets: str | tuple[str, ...] = "auto"
     #: the tokens the tasks added, whose embedding rows are trained beside the adapters
     trained_tokens: tuple[str, ...] = ()
-    storage: str = "full"
+    storage: Literal["adapter", "full"] = "full"
     base: BaseRef | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.targets, list):  # a list from YAML or JSON; a tuple keeps the value hashable
             object.__setattr__(self, "targets", tuple(self.targets))
         object.__setattr__(self, "trained_tokens", tuple(self.trained_tokens))
+        if self.method not in METHODS:
+            raise ValueError(f"adapter method must be one of {METHODS}, not {self.method!r}")
         if self.storage not in STORAGES:
             raise ValueError(f"adapter storage must be one of {STORAGES}, not {self.storage!r}")
         if (self.storage == "adapter") != (self.base is not None):
             raise ValueError("adapter storage needs the base it was trained on, and only adapter storage has one")
 
     @classmethod
-    def from_config(cls, config: Any, tokens: Sequence[str] = (), base: BaseRef | None = None) -> "AdapterSpec":
+    def from_config(cls, config: PeftConfig, tokens: Sequence[str] = (), base: BaseRef | None = None) -> "AdapterSpec":
         """A run's adapters: ``config`` is its backbone.peft (a PeftConfig), ``tokens`` the tokens its tasks
         added, ``base`` the loadable base under them (None: a preset, saved whole)."""
         return cls(method=config.method, r=config.r, alpha=config.alpha, dropout=config.dropout,
@@ -216,8 +222,8 @@ def apply(backbone: Any, spec: Any, tokens: Sequence[str] = (), gradient_checkpo
     ``trainable_token_indices``, on the input embeddings and on an output layer tied to them."""
     from peft import inject_adapter_in_model
 
-    if not isinstance(spec, AdapterSpec):
-        spec = spec_for(backbone, spec, tokens)
+    if not isinstance(spec, AdapterSpec):  # saved as adapters only when the base can be loaded again
+        spec = AdapterSpec.from_config(spec, tokens, base=backbone.base)
     elif tokens:
         raise ValueError("an AdapterSpec names its trained tokens itself")
     model = backbone.model
@@ -234,11 +240,6 @@ def apply(backbone: Any, spec: Any, tokens: Sequence[str] = (), gradient_checkpo
     except ValueError as exc:  # peft: "Target modules {...} not found in the base model"
         raise ConfigError(f"backbone.peft.target_modules: {str(exc).splitlines()[0][:300]}") from exc
     backbone.peft = spec
-
-
-def spec_for(backbone: Any, config: Any, tokens: Sequence[str] = ()) -> AdapterSpec:
-    """The spec of a run's adapters on ``backbone``: saved as adapters only when its base can be loaded again."""
-    return AdapterSpec.from_config(config, tokens, base=backbone.base)
 
 
 def target_modules(model: nn.Module, wanted: Any) -> Any:

@@ -62,8 +62,8 @@ def build_model(source: BackboneConfig | str | Path, tasks: Sequence[Any] | None
     added = [tok for t in tasks for tok in t.special_tokens()]
     backbone.add_special_tokens(added)
     if source.peft is not None:
-        adapters.apply(backbone, adapters.spec_for(backbone, source.peft, added),
-                       gradient_checkpointing=gradient_checkpointing)
+        spec = AdapterSpec.from_config(source.peft, added, base=backbone.base)  # adapter storage: a loadable base
+        adapters.apply(backbone, spec, gradient_checkpointing=gradient_checkpointing)
     model = _assemble(backbone, tasks)
     if gradient_checkpointing:
         adapters.enable_gradient_checkpointing(model)
