@@ -94,7 +94,7 @@ def _configured_backbone(config: BackboneConfig, device: torch.device, texts: It
                          init_from: str | Path | None) -> Backbone:
     """The backbone a training run starts with, before the tasks' tokens and the adapters."""
     spec = config.spec
-    if init_from is not None and resume is None:  # the checkpoint's architecture, tokenizer and weights
+    if init_from and resume is None:  # the checkpoint's architecture, tokenizer and weights
         backbone = _saved_backbone(resolve(init_from), weights=True)
         adapters.merge(backbone)  # a peft run's adapters become weights; this run may add its own
         return backbone
@@ -102,7 +102,7 @@ def _configured_backbone(config: BackboneConfig, device: torch.device, texts: It
     saved = adapters_of(resume) if resume is not None else None
     if saved is not None and saved.storage == "adapter":
         return Backbone.from_pretrained(spec, **load)  # its base; the adapters come with the checkpoint's weights
-    if init_from is not None or spec not in PRESETS and resume is not None and (resume / "backbone").is_dir():
+    if init_from or spec not in PRESETS and resume is not None and (resume / "backbone").is_dir():
         return Backbone.from_saved(resume, spec)
     if spec not in PRESETS:
         return Backbone.from_pretrained(spec, **load)
