@@ -212,7 +212,7 @@ def test_a_qlora_checkpoint_loads_again_and_generates(qlora_run):
     recorded its quantization, a reload compared the unquantized weights' fingerprint and would have refused.)"""
     bits, trainer = qlora_run
     loaded = nlpkit.load(trainer.out, device="cuda")
-    assert loaded.model.backbone.base["quantize"] == bits
+    assert loaded.model.backbone.base.quantize == bits
     assert isinstance(loaded.predict(["Angela Merkel visited"])[0]["text"], str)
 
 

@@ -242,12 +242,12 @@ def test_lora_on_an_encoder_over_a_loadable_base_and_on_a_preset(models, tmp_pat
     enc = train_run(tmp_path / "bert", bert, [{"type": "relation-extraction",
                                                "data": {"train": str(_re_file(tmp_path)), "dev": str(_re_file(tmp_path))}}],
                     peft={"method": "lora"})
-    assert enc.backbone.peft["storage"] == "adapter" and enc.backbone.peft["trained_tokens"]
+    assert enc.backbone.peft.storage == "adapter" and enc.backbone.peft.trained_tokens
     loaded = nlpkit.load(tmp_path / "bert" / "run")
     items = INPUTS["relation-extraction"]
     assert loaded.predict(items) == in_memory(enc).predict(items)
     preset = train_run(tmp_path / "mini", "mini", [{"type": "ner"}], peft={"method": "dora", "r": 4})
-    assert preset.backbone.peft["storage"] == "full"  # a preset's random base exists nowhere else
+    assert preset.backbone.peft.storage == "full"  # a preset's random base exists nowhere else
     again = nlpkit.load(tmp_path / "mini" / "run")
     assert again.predict(["Angela Merkel visited Paris ."]) == in_memory(preset).predict(["Angela Merkel visited Paris ."])
 

@@ -16,13 +16,17 @@ base exists nowhere else, so such a checkpoint holds every tensor ("full").
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Literal, Mapping, Sequence
 
 import torch
 from torch import nn
 
 from ..sdk.errors import CheckpointError, ConfigError
+
+if TYPE_CHECKING:
+    from .config import PeftConfig
 
 #: elements sampled from each tensor for the base fingerprint: enough to tell two trainings or two
 #: quantizations of one architecture apart, cheap on a billion parameters
@@ -40,6 +44,118 @@ def fingerprint(model: nn.Module) -> str:
             digest.update(f"{name}:{tuple(tensor.shape)}:".encode())
             digest.update(sample)
     return digest.hexdigest()[:20]
+
+
+# ---- the adapters' record --------------------------------------------------------------------------
+@dataclass(frozen=True)
+class BaseRef:
+    """The pretrained weights under an adapter-only checkpoint: where to load them from again, how (dtype, GGUF
+    file, quantization, as training loaded them), and the fingerprint that tells whether what is found there
+    now is still what the adapters were trained on."""
+
+    spec: str
+    fingerprint: str
+    gguf_file: str | None = None
+    dtype: str = "float32"
+    vocab: int | None = None
+    #: backbone.quantize of a QLoRA base: its fingerprint is of the quantized tensors, so a reload quantizes too
+    quantize: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"spec": self.spec, "gguf_file": self.gguf_file, "dtype": self.dtype, "vocab": self.vocab,
+                "fingerprint": self.fingerprint, "quantize": self.quantize}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> "BaseRef":
+        """What any nlpkit wrote (``quantize`` came later; a missing dtype was float32)."""
+        if not isinstance(data, Mapping) or not isinstance(data.get("spec"), str) \
+                or not isinstance(data.get("fingerprint"), str):
+            raise CheckpointError(f"damaged base record (needs spec and fingerprint): {str(data)[:200]}")
+        return cls(spec=data["spec"], fingerprint=data["fingerprint"], gguf_file=data.get("gguf_file"),
+                   dtype=data.get("dtype") or "float32", vocab=data.get("vocab"), quantize=data.get("quantize"))
+
+
+#: how a checkpoint stores a peft backbone: only what was trained ("adapter", over a base loaded again from
+#: its source) or every tensor ("full": a preset's random base, which exists nowhere else)
+STORAGES = ("adapter", "full")
+METHODS = ("lora", "dora")
+
+
+@dataclass(frozen=True)
+class AdapterSpec:
+    """Everything that says which adapters a backbone carries, from ``--peft lora`` to nlpkit.json and back.
+
+    One immutable value, made once (from the run's PeftConfig when adapters are injected, or from a checkpoint's
+    JSON when they are injected again for loading) and then only read: by the trainer's summary, by what a
+    checkpoint saves, by loading. ``targets`` is what the user asked for ("auto", "all-linear" or module names);
+    ``to_peft`` resolves "auto" against the model. ``base`` is set exactly when ``storage`` is "adapter".
+    """
+
+    method: Literal["lora", "dora"] = "lora"
+    r: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.05
+    targets: str | tuple[str, ...] = "auto"
+    #: the tokens the tasks added, whose embedding rows are trained beside the adapters
+    trained_tokens: tuple[str, ...] = ()
+    storage: Literal["adapter", "full"] = "full"
+    base: BaseRef | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.targets, list):  # a list from YAML or JSON; a tuple keeps the value hashable
+            object.__setattr__(self, "targets", tuple(self.targets))
+        object.__setattr__(self, "trained_tokens", tuple(self.trained_tokens))
+        if self.method not in METHODS:
+            raise ValueError(f"adapter method must be one of {METHODS}, not {self.method!r}")
+        if self.storage not in STORAGES:
+            raise ValueError(f"adapter storage must be one of {STORAGES}, not {self.storage!r}")
+        if (self.storage == "adapter") != (self.base is not None):
+            raise ValueError("adapter storage needs the base it was trained on, and only adapter storage has one")
+
+    @classmethod
+    def from_config(cls, config: PeftConfig, tokens: Sequence[str] = (), base: BaseRef | None = None) -> "AdapterSpec":
+        """A run's adapters: ``config`` is its backbone.peft (a PeftConfig), ``tokens`` the tokens its tasks
+        added, ``base`` the loadable base under them (None: a preset, saved whole)."""
+        return cls(method=config.method, r=config.r, alpha=config.alpha, dropout=config.dropout,
+                   targets=config.target_modules, trained_tokens=tuple(sorted(set(tokens))),
+                   storage="adapter" if base is not None else "full", base=base)
+
+    def to_json(self) -> dict[str, Any]:
+        """nlpkit.json's backbone.peft, in the keys every nlpkit wrote; the base goes beside it (``base_json``)."""
+        targets = list(self.targets) if isinstance(self.targets, tuple) else self.targets
+        return {"method": self.method, "r": self.r, "alpha": self.alpha, "dropout": self.dropout,
+                "target_modules": targets, "trained_tokens": list(self.trained_tokens), "storage": self.storage}
+
+    def base_json(self) -> dict[str, Any] | None:
+        return None if self.base is None else self.base.to_json()
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any], base: Mapping[str, Any] | None = None) -> "AdapterSpec":
+        """A checkpoint's backbone.peft (and backbone.base beside it). Older files lack trained_tokens and may
+        lack storage (both then mean: none, every tensor saved); damage is a CheckpointError."""
+        try:
+            storage = data.get("storage") or "full"
+            return cls(method=data["method"], r=data["r"], alpha=data["alpha"], dropout=data["dropout"],
+                       targets=data["target_modules"], trained_tokens=tuple(data.get("trained_tokens") or ()),
+                       storage=storage, base=BaseRef.from_json(base or {}) if storage == "adapter" else None)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise CheckpointError(f"damaged adapter record backbone.peft ({type(exc).__name__}: {exc})") from exc
+
+    def to_peft(self, model: nn.Module | None = None, token_ids: Sequence[int] | None = None) -> Any:
+        """peft's LoraConfig. ``model``: needed to resolve targets "auto" (peft's default for its
+        architecture); ``token_ids``: the vocabulary ids of ``trained_tokens``."""
+        from peft import LoraConfig
+
+        targets = self.targets
+        if targets == "auto":
+            if model is None:
+                raise ValueError("targets 'auto' are resolved against a model: pass it")
+            targets = target_modules(model, "auto")
+        elif isinstance(targets, tuple):
+            targets = list(targets)
+        return LoraConfig(r=self.r, lora_alpha=self.alpha, lora_dropout=self.dropout, target_modules=targets,
+                          use_dora=self.method == "dora", bias="none",
+                          trainable_token_indices=list(token_ids) if token_ids else None)
 
 
 # ---- loading options ----------------------------------------------------------------------------------
@@ -98,30 +214,32 @@ def quantization_name(quantization: Any) -> str | None:
 
 
 # ---- applying adapters --------------------------------------------------------------------------------
-def apply(backbone: Any, config: Any, tokens: Sequence[str] = (), gradient_checkpointing: bool = False) -> None:
-    """Inject the adapters into ``backbone.model`` and freeze what peft does not train; call after the tasks'
-    tokens were added and before the heads are built. ``tokens``: the tokens the tasks added (entity markers),
-    whose embedding rows must be learned: they are trained (and saved) on their own, through peft's
+def apply(backbone: Any, spec: Any, tokens: Sequence[str] = (), gradient_checkpointing: bool = False) -> None:
+    """Inject the adapters ``spec`` describes into ``backbone.model`` and freeze what peft does not train; call
+    after the tasks' tokens were added and before the heads are built. ``spec``: an AdapterSpec (a saved one,
+    injected again), or a run's PeftConfig with ``tokens``, the tokens its tasks added. The rows of those tokens
+    (entity markers) must be learned: they are trained (and saved) on their own, through peft's
     ``trainable_token_indices``, on the input embeddings and on an output layer tied to them."""
-    from peft import LoraConfig, inject_adapter_in_model
+    from peft import inject_adapter_in_model
 
+    if not isinstance(spec, AdapterSpec):  # saved as adapters only when the base can be loaded again
+        spec = AdapterSpec.from_config(spec, tokens, base=backbone.base)
+    elif tokens:
+        raise ValueError("an AdapterSpec names its trained tokens itself")
     model = backbone.model
     if getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False):  # bitsandbytes
         from peft import prepare_model_for_kbit_training
 
         prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing,
                                         gradient_checkpointing_kwargs={"use_reentrant": False})
-    targets = target_modules(model, config.target_modules)
-    token_ids = sorted({int(i) for i in backbone.tokenizer.convert_tokens_to_ids(list(tokens))}) if tokens else None
-    lora = LoraConfig(r=config.r, lora_alpha=config.alpha, lora_dropout=config.dropout, target_modules=targets,
-                      use_dora=config.method == "dora", bias="none", trainable_token_indices=token_ids)
+    tokens = list(spec.trained_tokens)
+    token_ids = sorted({int(i) for i in backbone.tokenizer.convert_tokens_to_ids(tokens)}) if tokens else None
+    lora = spec.to_peft(model, token_ids)
     try:
         inject_adapter_in_model(lora, model)
     except ValueError as exc:  # peft: "Target modules {...} not found in the base model"
         raise ConfigError(f"backbone.peft.target_modules: {str(exc).splitlines()[0][:300]}") from exc
-    backbone.peft = {"method": config.method, "r": config.r, "alpha": config.alpha, "dropout": config.dropout,
-                     "target_modules": config.target_modules, "trained_tokens": sorted(set(tokens)),
-                     "storage": "adapter" if backbone.base is not None else "full"}
+    backbone.peft = spec
 
 
 def target_modules(model: nn.Module, wanted: Any) -> Any:
@@ -138,7 +256,8 @@ def target_modules(model: nn.Module, wanted: Any) -> Any:
 
 
 def adapter_only(backbone: Any) -> bool:
-    return getattr(backbone, "peft", None) is not None and backbone.peft["storage"] == "adapter"
+    spec = getattr(backbone, "peft", None)
+    return spec is not None and spec.storage == "adapter"
 
 
 def trained_names(module: nn.Module) -> set[str]:
@@ -206,26 +325,28 @@ def _attached(model: nn.Module, name: str, module: nn.Module) -> bool:
 def summary(model: nn.Module) -> str | None:
     """The run log's line on what is trained, for a peft run (None otherwise)."""
     backbone = model.backbone
-    if getattr(backbone, "peft", None) is None:
+    spec = getattr(backbone, "peft", None)
+    if spec is None:
         return None
-    p = backbone.peft
     trained = sum(t.numel() for t in model.parameters() if t.requires_grad)
     total = sum(t.numel() for t in model.parameters())
-    targets = p["target_modules"] if p["target_modules"] != "auto" else ",".join(target_modules(backbone.model, "auto"))
-    where = "adapters + heads saved, base reloaded from its source" if p["storage"] == "adapter" \
+    targets = spec.to_json()["target_modules"]
+    targets = targets if targets != "auto" else ",".join(target_modules(backbone.model, "auto"))
+    where = "adapters + heads saved, base reloaded from its source" if spec.storage == "adapter" \
         else "every weight saved (the base cannot be loaded from anywhere else)"
-    extra = f" + the embedding rows of {len(p['trained_tokens'])} added token(s)" if p["trained_tokens"] else ""
-    return (f"peft: {p['method']} r={p['r']} alpha={p['alpha']:g} on {targets}{extra}: {trained:,} of {total:,} "
+    extra = f" + the embedding rows of {len(spec.trained_tokens)} added token(s)" if spec.trained_tokens else ""
+    return (f"peft: {spec.method} r={spec.r} alpha={spec.alpha:g} on {targets}{extra}: {trained:,} of {total:,} "
             f"parameters trained ({100 * trained / max(1, total):.2f}%); checkpoints: {where}")
 
 
 def describe(backbone: Any) -> dict[str, Any]:
-    """The checkpoint's record of the base and the adapters (absent keys: a plain backbone)."""
-    out = {}
-    if getattr(backbone, "peft", None) is not None:
-        out["peft"] = dict(backbone.peft)
-        if backbone.base is not None:
-            out["base"] = dict(backbone.base)
+    """The checkpoint's record of the adapters and, for adapter storage, their base (none: a plain backbone)."""
+    spec = getattr(backbone, "peft", None)
+    if spec is None:
+        return {}
+    out = {"peft": spec.to_json()}
+    if spec.base is not None:
+        out["base"] = spec.base_json()
     return out
 
 

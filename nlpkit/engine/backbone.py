@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ..sdk.errors import BackboneError, CheckpointError
-from .adapters import describe, fingerprint, quantization_name
+from .adapters import AdapterSpec, BaseRef, describe, fingerprint, quantization_name
 from .checkpoint import read_json
 
 #: From-scratch presets: BERT-style encoders small enough to train on a laptop CPU.
@@ -159,7 +159,7 @@ class Backbone(nn.Module):
     needs the original source.
     """
 
-    def __init__(self, model: nn.Module, tokenizer: Any, spec: str, base: dict[str, Any] | None = None):
+    def __init__(self, model: nn.Module, tokenizer: Any, spec: str, base: BaseRef | None = None):
         super().__init__()
         self.model = model
         self.tokenizer = tokenizer
@@ -169,8 +169,8 @@ class Backbone(nn.Module):
         #: weights from a folder, hub id or GGUF file; None for a preset or a checkpoint's own weights. A peft
         #: checkpoint stores only its adapters when the base can be loaded again (nlpkit.engine.adapters).
         self.base = base
-        #: the adapters' settings once nlpkit.engine.adapters.apply injected them
-        self.peft: dict[str, Any] | None = None
+        #: the adapters once nlpkit.engine.adapters.apply injected them
+        self.peft: AdapterSpec | None = None
         if self.kind == "decoder":
             _ensure_pad_token(model, tokenizer)
 
@@ -273,8 +273,8 @@ class Backbone(nn.Module):
                 if hasattr(holder, "quantization_config"):
                     del holder.quantization_config
         # the fingerprint of a quantized base is of its quantized tensors: a reload must quantize the same way
-        base = {"spec": spec, "gguf_file": gguf_file, "dtype": dtype, "vocab": len(tokenizer),
-                "fingerprint": fingerprint(model), "quantize": quantization_name(quantization)}
+        base = BaseRef(spec=spec, gguf_file=gguf_file, dtype=dtype, vocab=len(tokenizer),
+                       fingerprint=fingerprint(model), quantize=quantization_name(quantization))
         return cls(model, tokenizer, spec, base)
 
     @staticmethod

@@ -1,27 +1,131 @@
-"""Building a model from what a run saved: the one place that turns a checkpoint folder into a model.
+"""Building a model: the one place that turns a backbone config or a saved run into a MultiTaskModel.
 
-A checkpoint is a format (nlpkit.engine.checkpoint reads and writes its files and knows nothing of models); this module
-puts the pieces together: the task plugins with their saved state, the backbone (from the saved architecture and
-tokenizer, or, for adapter-only checkpoints, from its base loaded again and checked by fingerprint), the heads,
-then every tensor matched by name and shape. Any damage is a CheckpointError naming the file.
+``build_model`` covers every way a model comes to exist: a from-scratch preset, pretrained weights (hub id,
+folder, GGUF file), a saved run (its architecture and tokenizer, then its tensors), an adapter-only save (its
+base loaded again from its source and checked by fingerprint, then the adapters), and the trainer's variants
+(a resumed run, a run that starts from another's backbone with ``init_from``). ``load`` and ``load_backbone``
+are its callers for checkpoints.
+
+A checkpoint is a format (nlpkit.engine.checkpoint reads and writes its files and knows nothing of models);
+the model owns what it saves (MultiTaskModel.saved_names). Any damage found while building from a checkpoint
+is a CheckpointError naming the file.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import torch
 
 from ..sdk.errors import BackboneError, CheckpointError, ConfigError, NlpkitError, UnknownTaskError
 from ..sdk.registry import get_task_class
 from . import adapters
-from .adapters import apply, quantization_config
-from .backbone import Backbone, saved_tokenizer
+from .adapters import AdapterSpec, quantization_config
+from .backbone import PRESETS, Backbone, saved_tokenizer, train_tokenizer
 from .checkpoint import META_FILE, WEIGHTS_FILE, read_meta, read_tensors, resolve
-from .config import PeftConfig
+from .config import BackboneConfig
 from .model import MultiTaskModel
 from .sharding import SHARDED_DIR, is_sharded
+
+
+def build_model(source: BackboneConfig | str | Path, tasks: Sequence[Any] | None = None, *,
+                device: torch.device | None = None, texts: Iterable[str] | None = None,
+                preset_tokenizer: Callable[[], Any] | None = None, resume: str | Path | None = None,
+                init_from: str | Path | None = None, gradient_checkpointing: bool = False,
+                check_backbone: Callable[[Backbone], None] | None = None) -> MultiTaskModel:
+    """A model of a backbone and one head per task, from ``source``:
+
+    - a saved run (a folder): its backbone (an adapter-only one over its base, checked by fingerprint), heads
+      for ``tasks`` (default: the tasks it saved), and every tensor it saved, each matched by name and shape;
+    - a BackboneConfig (a run about to train): a preset (its tokenizer from ``preset_tokenizer``, else learned
+      from ``texts``) or pretrained weights, loaded for ``device``; or, with ``init_from``, the backbone of that
+      checkpoint with its adapters merged. Then the config's dropout and attention, the tasks' tokens, the
+      config's adapters, and the heads; with ``resume``, every tensor of that checkpoint.
+
+    ``check_backbone`` sees the backbone before any head is built (the trainer checks the tasks against it).
+    """
+    if not isinstance(source, BackboneConfig):
+        folder = resolve(source)
+        tasks = saved_tasks(folder) if tasks is None else tasks
+        return _assemble(_saved_backbone(folder, weights=False), tasks, weights=folder, damaged=folder / META_FILE)
+    if tasks is None:
+        raise ConfigError("build_model from a backbone config needs the tasks whose heads it builds")
+    backbone = _configured_backbone(source, device or torch.device("cpu"), texts, preset_tokenizer,
+                                    None if resume is None else Path(resume), init_from)
+    if check_backbone is not None:
+        check_backbone(backbone)
+    if source.dropout is not None:
+        backbone.set_dropout(source.dropout)
+    backbone.set_attention(source.attention)
+    added = [tok for t in tasks for tok in t.special_tokens()]
+    backbone.add_special_tokens(added)
+    if source.peft is not None:
+        spec = AdapterSpec.from_config(source.peft, added, base=backbone.base)  # adapter storage: a loadable base
+        adapters.apply(backbone, spec, gradient_checkpointing=gradient_checkpointing)
+    model = _assemble(backbone, tasks)
+    if gradient_checkpointing:
+        adapters.enable_gradient_checkpointing(model)
+    if resume is not None:
+        load_weights(model, resume)
+    return model
+
+
+def _assemble(backbone: Backbone, tasks: Sequence[Any], weights: Path | None = None,
+              damaged: Path | None = None) -> MultiTaskModel:
+    """Heads on ``backbone`` and the model; ``damaged``: the file a head that cannot be built blames (a saved
+    run's nlpkit.json), else the plugin's error passes as it is."""
+    heads = {}
+    for task in tasks:
+        blame = _damage(damaged, f"task {task.name!r}: its head cannot be built from the saved state") \
+            if damaged is not None else contextlib.nullcontext()
+        with blame:
+            task.setup(backbone)
+            heads[task.name] = task.build_head(backbone)
+    model = MultiTaskModel(backbone, heads)
+    if weights is not None:
+        load_weights(model, weights)
+    return model
+
+
+def _configured_backbone(config: BackboneConfig, device: torch.device, texts: Iterable[str] | None,
+                         preset_tokenizer: Callable[[], Any] | None, resume: Path | None,
+                         init_from: str | Path | None) -> Backbone:
+    """The backbone a training run starts with, before the tasks' tokens and the adapters."""
+    spec = config.spec
+    if init_from and resume is None:  # the checkpoint's architecture, tokenizer and weights
+        backbone = _saved_backbone(resolve(init_from), weights=True)
+        adapters.merge(backbone)  # a peft run's adapters become weights; this run may add its own
+        return backbone
+    load = adapters.load_options(config, device)
+    saved = adapters_of(resume) if resume is not None else None
+    if saved is not None and saved.storage == "adapter":
+        return Backbone.from_pretrained(spec, **load)  # its base; the adapters come with the checkpoint's weights
+    if init_from or spec not in PRESETS and resume is not None and (resume / "backbone").is_dir():
+        return Backbone.from_saved(resume, spec)
+    if spec not in PRESETS:
+        return Backbone.from_pretrained(spec, **load)
+    if preset_tokenizer is not None:
+        tokenizer = preset_tokenizer()
+    elif texts is not None:
+        tokenizer = train_tokenizer(texts, config.vocab_size or PRESETS[spec]["vocab_size"])
+    else:
+        raise BackboneError(f"the from-scratch preset {spec!r} needs training text for its tokenizer")
+    preset = {k: v for k, v in PRESETS[spec].items() if k != "vocab_size"}
+    return Backbone.from_scratch(preset, tokenizer, spec)
+
+
+def adapters_of(folder: str | Path) -> AdapterSpec | None:
+    """The adapters a checkpoint's backbone carries, read from its nlpkit.json (None: a plain backbone)."""
+    folder = resolve(folder)
+    saved = read_meta(folder)["backbone"]
+    if not saved.get("peft"):
+        return None
+    try:
+        return AdapterSpec.from_json(saved["peft"], saved.get("base"))
+    except CheckpointError as exc:
+        raise CheckpointError(f"{folder / META_FILE}: {exc}") from None
 
 
 def _task_class(entry: dict[str, Any]):
@@ -43,24 +147,22 @@ def _task_class(entry: dict[str, Any]):
         return get_task_class(entry["type"])
 
 
+def saved_tasks(folder: str | Path) -> list[Any]:
+    """The task objects a checkpoint saved, with their options and label state."""
+    folder = resolve(folder)
+    return [_saved_task(entry, folder / META_FILE) for entry in read_meta(folder)["tasks"]]
+
+
 def load(folder: str | Path, only: Sequence[str] | None = None):
     """Rebuild (model, tasks, meta) from a checkpoint without any network access.
 
     This is the complete check of a checkpoint: every file is read and every tensor matched by name and
     shape, and any damage is a CheckpointError naming the file (never a traceback from a library).
     """
-
     folder = resolve(folder)
     meta = read_meta(folder)
-    tasks = [_saved_task(entry, folder / META_FILE) for entry in meta["tasks"]]
-    backbone = load_backbone(folder, weights=False)
-    heads = {}
-    for task in tasks:
-        with _damage(folder / META_FILE, f"task {task.name!r}: its head cannot be built from the saved state"):
-            task.setup(backbone)
-            heads[task.name] = task.build_head(backbone)
-    model = MultiTaskModel(backbone, heads)
-    load_weights(model, folder)
+    tasks = saved_tasks(folder)
+    model = build_model(folder, tasks)
     model.eval()
     if only:
         tasks = [t for t in tasks if t.name in only]
@@ -70,17 +172,17 @@ def load(folder: str | Path, only: Sequence[str] | None = None):
 def load_backbone(path: str | Path, weights: bool = True) -> Any:
     """The backbone of a checkpoint (architecture, tokenizer and, with ``weights``, its tensors), checked
     completely: for --init-from, call it before the run folder is touched and use what it returns."""
+    return _saved_backbone(resolve(path), weights)
 
-    folder = resolve(path)
-    meta = read_meta(folder)
-    saved = meta["backbone"]
-    if saved.get("peft", {}).get("storage") == "adapter":  # the base from its source, then the adapters
-        backbone = rebuild(folder, meta)
+
+def _saved_backbone(folder: Path, weights: bool) -> Backbone:
+    spec = adapters_of(folder)
+    if spec is not None and spec.storage == "adapter":  # the base from its source, then the adapters
+        backbone = _adapter_backbone(folder, spec)
     else:
-        backbone = Backbone.from_saved(folder, saved["spec"])
-        if saved.get("peft"):
-            adapters.apply(backbone, peft_config(saved["peft"]),
-                           tokens=saved["peft"].get("trained_tokens", ()))
+        backbone = Backbone.from_saved(folder, read_meta(folder)["backbone"]["spec"])
+        if spec is not None:
+            adapters.apply(backbone, spec)
     if weights:
         load_prefixed(backbone, folder, "backbone.", base_loaded=adapters.adapter_only(backbone))
     return backbone
@@ -202,41 +304,34 @@ def load_matching_heads(model: Any, folder: str | Path, tasks: Sequence[Any]) ->
     return reused
 
 
-def peft_config(saved: dict[str, Any]) -> PeftConfig:
-
-    return PeftConfig(**{k: saved[k] for k in ("method", "r", "alpha", "dropout", "target_modules")})
-
-
-# ---- loading a peft checkpoint ------------------------------------------------------------------------
-def rebuild(folder: Path, meta: dict[str, Any]) -> Any:
+# ---- loading an adapter-only checkpoint ---------------------------------------------------------------
+def _adapter_backbone(folder: Path, spec: AdapterSpec) -> Backbone:
     """The backbone of an adapter-only checkpoint: its base loaded again (and checked), the checkpoint's
     tokenizer, the embeddings sized to it, and empty adapters for the checkpoint's tensors."""
-
-    saved = meta["backbone"]
-    base = saved["base"]
+    base = spec.base
     quantization = None
-    if base.get("quantize"):  # QLoRA: its base fingerprint is of the quantized weights; quantize them again
+    if base.quantize:  # QLoRA: its base fingerprint is of the quantized weights; quantize them again
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         try:
-            quantization = quantization_config(base["quantize"], device)
+            quantization = quantization_config(base.quantize, device)
         except ConfigError as exc:
             raise CheckpointError(
-                f"{folder}: its {saved['peft']['method']} adapters were trained on {base['spec']!r} quantized to "
-                f"{base['quantize']}, and loading them quantizes the base the same way: {exc}") from exc
+                f"{folder}: its {spec.method} adapters were trained on {base.spec!r} quantized to "
+                f"{base.quantize}, and loading them quantizes the base the same way: {exc}") from exc
     try:
-        backbone = Backbone.from_pretrained(base["spec"], dtype=base.get("dtype") or "float32",
-                                            gguf_file=base.get("gguf_file"), quantization=quantization)
+        backbone = Backbone.from_pretrained(base.spec, dtype=base.dtype, gguf_file=base.gguf_file,
+                                            quantization=quantization)
     except BackboneError as exc:
         raise CheckpointError(
-            f"{folder}: this checkpoint holds {saved['peft']['method']} adapters for the base model "
-            f"{base['spec']!r}, which must be loaded first and cannot be: {exc}") from exc
-    if backbone.base["fingerprint"] != base["fingerprint"]:
+            f"{folder}: this checkpoint holds {spec.method} adapters for the base model "
+            f"{base.spec!r}, which must be loaded first and cannot be: {exc}") from exc
+    if backbone.base.fingerprint != base.fingerprint:
         raise CheckpointError(
-            f"{folder}: its adapters were trained on another {base['spec']!r}: the weights there now have "
-            f"fingerprint {backbone.base['fingerprint']}, the checkpoint's base had {base['fingerprint']}. Load it "
+            f"{folder}: its adapters were trained on another {base.spec!r}: the weights there now have "
+            f"fingerprint {backbone.base.fingerprint}, the checkpoint's base had {base.fingerprint}. Load it "
             "with the base it was trained on (or export a merged model from where that base exists)")
     backbone.tokenizer = saved_tokenizer(folder / "tokenizer")
     if len(backbone.tokenizer) != backbone.model.get_input_embeddings().num_embeddings:
         backbone.model.resize_token_embeddings(len(backbone.tokenizer))
-    apply(backbone, peft_config(saved["peft"]), tokens=saved["peft"].get("trained_tokens", ()))
+    adapters.apply(backbone, spec)
     return backbone

@@ -40,7 +40,6 @@ from .backbone import PRESETS, Backbone, train_tokenizer
 from .config import RunConfig
 from .distributed import check_engine, check_launch, describe, step_stats
 from .evaluation import evaluate, to_device
-from .model import MultiTaskModel
 from .optim import RUN, TaskSchedule, default_lr, make_optimizer, resolve_head_lr_scale
 from .phases import PhaseClock
 from .precision import choose_precision
@@ -308,7 +307,20 @@ class Trainer:
             for t in self.tasks:
                 yield from t.texts(self.data[t.name]["train"])
 
-        backbone = self._backbone(self.acc, self.out, texts, self.src)
+        model = build.build_model(cfg.backbone, self.tasks, device=self.acc.device,
+                                  preset_tokenizer=lambda: self._preset_tokenizer(self.acc, self.out, texts, self.src),
+                                  resume=self.src, init_from=cfg.init_from,
+                                  gradient_checkpointing=self.tc.gradient_checkpointing,
+                                  check_backbone=self._check_backbone)
+        if self.tc.fast_dropout and self.acc.device.type == "cpu" and not self.tc.compile:
+            fast_dropout.install(model)  # torch.compile draws its own masks; GPUs' dropout is cheap already
+        self.reused_heads: list[str] = []
+        if cfg.init_from and self.src is None:
+            self.reused_heads = build.load_matching_heads(model, cfg.init_from, self.tasks)
+        self.backbone, self.model = model.backbone, model
+
+    def _check_backbone(self, backbone: Backbone) -> None:
+        """Before the heads: each task can use the backbone, and its inputs fit the position table."""
         for t in self.tasks:
             if backbone.kind not in t.backbone_kinds:
                 raise ConfigError(
@@ -320,50 +332,15 @@ class Trainer:
                 self.notes.append(f"warning: tasks.{t.name}.options.max_length={t.options.max_length} is more than the "
                                   f"{limit} positions of {backbone.spec!r}: inputs are cut to {limit} tokens")
                 replace_options(t, max_length=limit)
-        if cfg.backbone.dropout is not None:
-            backbone.set_dropout(cfg.backbone.dropout)
-        backbone.set_attention(cfg.backbone.attention)
-        added = [tok for t in self.tasks for tok in t.special_tokens()]
-        backbone.add_special_tokens(added)
-        if cfg.backbone.peft is not None:
-            adapters.apply(backbone, cfg.backbone.peft, tokens=added,
-                           gradient_checkpointing=self.tc.gradient_checkpointing)
-        heads = {}
-        for t in self.tasks:
-            t.setup(backbone)
-            heads[t.name] = t.build_head(backbone)
-        model = MultiTaskModel(backbone, heads)
-        if self.tc.fast_dropout and self.acc.device.type == "cpu" and not self.tc.compile:
-            fast_dropout.install(model)  # torch.compile draws its own masks; GPUs' dropout is cheap already
-        if self.tc.gradient_checkpointing:
-            adapters.enable_gradient_checkpointing(model)
-        self.reused_heads: list[str] = []
-        if self.saved:
-            build.load_weights(model, self.src)
-        elif cfg.init_from:
-            self.reused_heads = build.load_matching_heads(model, cfg.init_from, self.tasks)
-        self.backbone, self.model = backbone, model
 
-    def _backbone(self, acc, out: Path, texts_fn, src: Path | None):
+    def _preset_tokenizer(self, acc, out: Path, texts_fn, src: Path | None):
+        """A from-scratch preset's tokenizer, learned from data before the model exists: built once on the
+        main process and shared, so every process has the same vocabulary. A resumed run reuses the run's
+        tokenizer. A new one waits beside it until _setup_folder: a start that fails must not replace the
+        tokenizer an earlier run's checkpoints resume with."""
         from transformers import AutoTokenizer
 
         spec = self.config.backbone.spec
-        init = self.config.init_from
-        if init and src is None:  # the starting checkpoint's architecture, tokenizer and (below) weights
-            backbone = build.load_backbone(init)
-            adapters.merge(backbone)  # a peft run's adapters become weights; this run may add its own
-            return backbone
-        load = adapters.load_options(self.config.backbone, acc.device)
-        if src is not None and checkpoint.read_meta(src)["backbone"].get("peft", {}).get("storage") == "adapter":
-            return Backbone.from_pretrained(spec, **load)  # its base; the adapters come with the checkpoint's weights
-        if init or spec not in PRESETS and src is not None and (src / "backbone").is_dir():
-            return Backbone.from_saved(src, spec)
-        if spec not in PRESETS:
-            return Backbone.from_pretrained(spec, **load)
-        # Learned from data before the model exists: built once on the main process and shared,
-        # so every process has the same vocabulary. A resumed run reuses the run's tokenizer. A new one
-        # waits beside it until _setup_folder: a start that fails must not replace the tokenizer an
-        # earlier run's checkpoints resume with.
         tok_dir = out / TOKENIZER_DIR
         if src is None:
             tok_dir = out / f".{TOKENIZER_DIR}.new"
@@ -378,9 +355,7 @@ class Trainer:
                     checkpoint.atomic_folder(tok_dir, tokenizer.save_pretrained)
         acc.wait_for_everyone()
         with self.clock("tokenizer"):
-            tokenizer = AutoTokenizer.from_pretrained(tok_dir)
-        preset = {k: v for k, v in PRESETS[spec].items() if k != "vocab_size"}
-        return Backbone.from_scratch(preset, tokenizer, spec)
+            return AutoTokenizer.from_pretrained(tok_dir)
 
     def _setup_batches(self) -> None:
         """Features, one endless batch stream per task, the task sampler, and the step budget."""

@@ -68,7 +68,7 @@ def export(source: str | Path | Pipeline, fmt: str, out: str | Path, task: str |
     tasks = [pipe.task(task)] if task else list(pipe.tasks)
     merged = merge_adapters(pipe, tasks) if merge else None
     if getattr(pipe.model.backbone, "peft", None) is not None:
-        raise ConfigError(f"{where}: this checkpoint holds {pipe.model.backbone.peft['method']} adapters over its "
+        raise ConfigError(f"{where}: this checkpoint holds {pipe.model.backbone.peft.method} adapters over its "
                           "base model; add --merge to fold them into the weights (a plain transformers model)")
     tmp = out.with_name(f".{out.name}.export-tmp")
     shutil.rmtree(tmp, ignore_errors=True)
