@@ -260,8 +260,12 @@ class _Contract:
         tc.update(max_steps=max_steps, eval_every=max_steps, cpu=True, precision="fp32")
         # the trainer gets the prepared slices through the wrapped read(): a data cache keyed by the files would
         # hand it a whole file read earlier
-        return {"tasks": [{"type": self.type_name, "options": self.options}], "backbone": _backbone(backbone),
-                "trainer": tc, "output_dir": str(run_dir), "data": {"cache": False}}
+        from .engine import renamed_keys
+
+        config = {"tasks": [{"type": self.type_name, "options": self.options}], "backbone": _backbone(backbone),
+                  "trainer": tc, "output_dir": str(run_dir), "data": {"cache": False}}
+        renamed_keys.upgrade(config)  # the flat keys above into their sections (logging.progress, precision.compute)
+        return config
 
     # -- read ----------------------------------------------------------------------------------------
     def check_read(self, train: Any, dev: Any) -> str:
