@@ -73,8 +73,9 @@ def test_cli_overrides_are_typed_like_the_recipe():
     for assignment in ("trainer.lr=1e-3", "trainer.eval_every=50", "trainer.patience=null", "trainer.plots=false",
                        "trainer.resume=never"):
         apply_override(data, assignment)
-    tc = RunConfig.from_dict(data).trainer
-    assert (tc.lr, tc.eval_every, tc.patience, tc.plots, tc.resume) == (1e-3, 50, None, False, "never")
+    cfg = RunConfig.from_dict(data)
+    tc = cfg.trainer
+    assert (tc.lr, tc.eval_every, tc.patience, cfg.logging.plots, cfg.checkpoint.resume) == (1e-3, 50, None, False, "never")
 
 
 def test_every_trainer_field_is_documented():
