@@ -232,7 +232,8 @@ def test_every_config_and_task_option_type_is_one_the_checker_knows():
     from nlpkit.engine.config import BackboneConfig, TaskEntry
     from nlpkit.sdk.registry import get_task_class, list_tasks
 
-    classes = [TrainerConfig, BackboneConfig] + [get_task_class(info.name).Options for info in list_tasks()]
+    sections = [RunConfig.__dataclass_fields__[s].default_factory for s in SECTIONS[1:]]
+    classes = [TrainerConfig, BackboneConfig, *sections] + [get_task_class(info.name).Options for info in list_tasks()]
     for cls in classes:
         default = cls()
         assert options.build(cls, options.to_dict(default)) == default, cls
