@@ -198,7 +198,6 @@ def _split_prefixed(value: str, names: Sequence[str], flag: str,
 
 
 def build_config(args: argparse.Namespace) -> "Any":
-    from ..engine import renamed_keys
     from ..engine.config import RunConfig, apply_override, load_recipe
 
     data: dict[str, Any] = load_recipe(args.recipe) if args.recipe is not None else {}
@@ -210,12 +209,7 @@ def build_config(args: argparse.Namespace) -> "Any":
         data = training_config(resume, lambda msg: print(f"warning: {msg}", file=sys.stderr))
         data["output_dir"] = None  # the checkpoint's run folder (a saved relative path may point elsewhere)
         source = f"{resume} (saved config)"
-    try:  # keys under their old names moved first, so that the flags below override them (a saved config: quietly)
-        renamed = renamed_keys.upgrade(data)
-    except ConfigError as exc:
-        raise ConfigError(f"{source}: {exc}" if source else str(exc)) from exc
-    if not args.recipe:
-        renamed = []  # written by an older nlpkit, not by the user: nothing for them to rename
+    renamed = _move_renamed_keys(data, source, reported=bool(args.recipe))
     if args.task:
         entries = []
         for spec in args.task:
@@ -273,6 +267,19 @@ def build_config(args: argparse.Namespace) -> "Any":
         recipe_data.drop_replaced_dev()
         recipe_data.require(("train", "dev"))
     return RunConfig.from_dict(data, source, renamed=renamed)
+
+
+def _move_renamed_keys(data: dict[str, Any], source: str | None, reported: bool) -> list[tuple[str, str]]:
+    """Keys under their old names (``trainer.sampler``) moved to their sections before any flag is merged, so
+    that a flag or ``--set`` overrides the recipe whichever name it used. The moves are returned for the
+    deprecation notice when the user wrote them (``reported``), not for a saved config older nlpkit wrote."""
+    from ..engine import renamed_keys
+
+    try:
+        moved = renamed_keys.upgrade(data)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}" if source else str(exc)) from exc
+    return moved if reported else []
 
 
 def check_tasks(data: dict[str, Any], where: str = "") -> list[dict[str, Any]]:
