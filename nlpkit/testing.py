@@ -158,8 +158,9 @@ def check_task(
     a dev file the training file doubles as dev). ``options``: the task's options, as in a recipe's
     ``tasks[].options``. ``max_examples``: examples used from each file (None: all). ``backbone``: a
     spec or a ``backbone`` config mapping (default: the from-scratch ``mini`` preset with 400 tokens).
-    ``trainer``: extra trainer keys (``max_steps``, ``eval_every``, ``cpu`` and ``precision`` are set
-    here: one evaluation, at the end, in fp32 on the CPU). ``output_dir``: keep the run there (default:
+    ``trainer``: extra run settings by key name, each put in its config section (``lr``, ``log_every``;
+    ``max_steps``, ``eval_every``, ``cpu`` and ``precision`` are set here: one evaluation, at the end, in fp32
+    on the CPU). ``output_dir``: keep the run there (default:
     a temporary folder, removed). ``bad``: ``{path: expected_line}`` files that must raise DataError at
     that line (None: any line). ``raw_input``: the input for the ``predict`` check. ``quiet``: keep the
     trainer's output out of the test log (its last lines go into a failure's message).
