@@ -327,11 +327,11 @@ def nlpkit_command(spec: dict[str, Any]) -> list[str]:
            "--set", f"trainer.eval_batch_size={spec['eval_batch_size']}",
            "--set", "trainer.warmup_ratio=0", "--set", "trainer.weight_decay=0.01",
            "--set", f"trainer.eval_every={spec['steps']}",  # one evaluation, at the end
-           "--set", "trainer.save_minutes=null",  # saving once, at the end, however long the encoding took
-           "--set", "trainer.log_every=1",  # step 1's log record has the time the start-up is read from
-           "--set", "trainer.tensorboard=false", "--set", "trainer.plots=false"]
+           "--set", "checkpoint.save_minutes=null",  # saving once, at the end, however long the encoding took
+           "--set", "logging.log_every=1",  # step 1's log record has the time the start-up is read from
+           "--set", "logging.tensorboard=false", "--set", "logging.plots=false"]
     if not spec["nlpkit_group_by_length"]:  # random batches, as the HF Trainer draws them
-        cmd += ["--set", "trainer.group_by_length=false"]
+        cmd += ["--set", "performance.group_by_length=false"]
     if spec["task"] == "translation":
         cmd += ["--option", f"max_target_length={spec['max_target_length']}", "--option", "num_beams=1"]
     keys = spec["nlpkit_data_keys"]
@@ -623,7 +623,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                                          "with --quick the smallest and largest --rows)")
     p.add_argument("--quick", action="store_true", help="tiny BERT, bundled data, 2000 rows, 2 steps: the plumbing")
     p.add_argument("--no-length-grouping", action="store_true",
-                   help="nlpkit draws random batches as the HF Trainer does (trainer.group_by_length=false); "
+                   help="nlpkit draws random batches as the HF Trainer does (performance.group_by_length=false); "
                         "default: each side's own default (nlpkit groups by length)")
     p.add_argument("--fresh", action="store_true", help="measure again what the result cache already holds")
     p.add_argument("--json", help="write the results here (default benchmarks/.cache/data_scale/last.json)")
@@ -806,9 +806,9 @@ def print_differences(args: argparse.Namespace) -> None:
         "saving at the end: nlpkit best/ + a resumable step checkpoint, HF save_model() + checkpoint-N "
         "(model + optimizer); no TensorBoard/report_to, no plots, no progress bars in the trainers",
         ("same: both sides draw random batches (--no-length-grouping)" if args.no_length_grouping else
-         "differs: nlpkit groups batches by length (its default trainer.group_by_length); the HF Trainer samples at "
+         "differs: nlpkit groups batches by length (its default performance.group_by_length); the HF Trainer samples at "
          "random (its default), so its batches pad more (--no-length-grouping: nlpkit draws random batches too)"),
-        "differs: nlpkit's own CPU default stays on (trainer.fast_dropout); the HF side is "
+        "differs: nlpkit's own CPU default stays on (performance.fast_dropout); the HF side is "
         "transformers as it comes",
         "differs: start-up is read from nlpkit's step-1 log record less its first_step phase, and from a "
         "TrainerCallback.on_step_begin on the HF side; both from the parent's launch time",

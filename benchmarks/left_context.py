@@ -64,9 +64,9 @@ def run(preset: str, causal: bool, seed: int, args: argparse.Namespace, folder: 
     PRESETS[name] = dict(PRESETS[preset], **({"is_decoder": True} if causal else {}))
     data = {"train": args.train, "dev": args.dev} if args.train else {}
     config = {"tasks": [{"type": "ner", "data": data}], "backbone": {"spec": name},
-              "trainer": {"max_steps": args.steps, "seed": seed, "progress": False, "plots": False,
-                          "tensorboard": False, "lr": args.lr,
+              "trainer": {"max_steps": args.steps, "seed": seed, "lr": args.lr,
                           **({"batch_size": args.batch_size} if args.batch_size else {})},
+              "logging": {"progress": False, "plots": False, "tensorboard": False},
               "output_dir": str(folder / f"{name}-{seed}")}
     start = time.perf_counter()
     trainer = Trainer(RunConfig.from_dict(config))

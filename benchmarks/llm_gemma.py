@@ -285,10 +285,12 @@ def nlpkit_worker(spec: dict[str, Any]) -> dict[str, Any]:
             "lr": spec["lr"], "weight_decay": spec["weight_decay"],
             # nlpkit takes int(ratio * steps) warm-up steps: half a step more never rounds below the HF count
             "warmup_ratio": (spec["warmup_steps"] + 0.5) / steps if spec["warmup_steps"] else 0.0,
-            "scheduler": "linear", "max_grad_norm": 1.0, "seed": spec["seed"], "precision": spec["precision"],
-            "eval_every": steps, "eval_at_start": spec["eval_at_start"], "log_every": steps, "progress": False,
-            "plots": False, "tensorboard": False, "gradient_checkpointing": spec["gradient_checkpointing"],
+            "scheduler": "linear", "max_grad_norm": 1.0, "seed": spec["seed"],
+            "eval_every": steps, "eval_at_start": spec["eval_at_start"],
         },
+        "precision": {"compute": spec["precision"]},
+        "logging": {"log_every": steps, "progress": False, "plots": False, "tensorboard": False},
+        "performance": {"gradient_checkpointing": spec["gradient_checkpointing"]},
         "output_dir": str(out_dir),
     }
     t0 = time.time()

@@ -98,8 +98,9 @@ def train_worker(spec: dict[str, Any]) -> dict[str, Any]:
     result = nlpkit.train({
         "tasks": [{"type": "ner", "data": {"train": spec["train"]}, "options": {"max_length": spec["max_length"]}}],
         "backbone": {"spec": spec["backbone"]},
-        "trainer": {"max_steps": spec["steps"], "batch_size": spec["batch_size"], "lr": 5e-4, "seed": 42,
-                    "precision": spec["precision"], "progress": False, "log_every": spec["steps"]},
+        "trainer": {"max_steps": spec["steps"], "batch_size": spec["batch_size"], "lr": 5e-4, "seed": 42},
+        "precision": {"compute": spec["precision"]},
+        "logging": {"progress": False, "log_every": spec["steps"]},
         "output_dir": str(out),
     })
     best = out / "best"

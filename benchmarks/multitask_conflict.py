@@ -88,6 +88,7 @@ def main() -> None:
     import yaml
 
     from nlpkit.engine.config import RunConfig
+    from nlpkit.engine.renamed_keys import upgrade
     from nlpkit.engine.trainer import Trainer
 
     root = data_root(args.data_root)
@@ -99,9 +100,10 @@ def main() -> None:
         trainer_cfg[key] = yaml.safe_load(value)
     with tempfile.TemporaryDirectory() as tmp:
         sizes = args.train_examples or PAIRS.get(args.pair, {}).get("train")
-        cfg = RunConfig.from_dict({"tasks": pair_tasks(args.pair, root, sizes),
-                                   "backbone": {"spec": args.backbone}, "trainer": trainer_cfg,
-                                   "output_dir": str(Path(tmp) / "run")})
+        config = {"tasks": pair_tasks(args.pair, root, sizes), "backbone": {"spec": args.backbone},
+                  "trainer": trainer_cfg, "output_dir": str(Path(tmp) / "run")}
+        upgrade(config)  # --set names a setting by key alone (sampler=round-robin): each into its config section
+        cfg = RunConfig.from_dict(config)
         trainer = Trainer(cfg)
         trainer.setup()
         rows = []

@@ -400,9 +400,11 @@ def worker(spec_path: str) -> None:
     C.offline()
     spec = json.loads(Path(spec_path).read_text())
     import nlpkit
+    from nlpkit.engine.renamed_keys import upgrade
 
     recipe = json.loads(Path(spec["recipe"]).read_text())
     recipe["trainer"] = {**recipe["trainer"], "progress": False}
+    upgrade(recipe)  # the settings are named by key alone (rr:sampler=round-robin): each into its config section
     nlpkit.train(recipe)
     trained = time.time()
     pipe = nlpkit.load(Path(recipe["output_dir"]) / "best")

@@ -58,7 +58,7 @@ def train_checkpoint(args: argparse.Namespace, backbone: str, root: Path) -> Pat
            "--data", f"dev={files['dev']}", "--backbone", backbone, "--max-steps", str(args.train_steps),
            "--batch-size", "32", "--lr", str(args.train_lr), "--seed", "42", "--output-dir", str(out),
            "--no-progress", "--set", f"trainer.eval_every={args.train_steps}",
-           "--set", f"trainer.log_every={args.train_steps}"]
+           "--set", f"logging.log_every={args.train_steps}"]
     print("model: training the nlpkit checkpoint once:", " ".join(cmd[1:]), flush=True)
     env = {**__import__("os").environ, **C.OFFLINE_ENV}
     subprocess.run(cmd, check=True, env=env)

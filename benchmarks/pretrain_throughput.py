@@ -87,9 +87,10 @@ def nlpkit_worker(spec: dict[str, Any]) -> dict[str, Any]:
             "max_steps": steps, "batch_size": spec["batch_size"], "lr": spec["lr"], "weight_decay": 0.01,
             # nlpkit warms up for int(ratio * steps) steps: the half step makes that exactly warmup_steps
             "warmup_ratio": (spec["warmup_steps"] + 0.5) / steps, "scheduler": "linear", "max_grad_norm": 1.0,
-            "seed": spec["seed"], "precision": spec["precision"], "eval_every": steps, "log_every": steps,
-            "progress": False, "tensorboard": False, "plots": False,
+            "seed": spec["seed"], "eval_every": steps,
         },
+        "precision": {"compute": spec["precision"]},
+        "logging": {"log_every": steps, "progress": False, "tensorboard": False, "plots": False},
         "output_dir": str(Path(spec["workdir"]) / "nlpkit-run"),
     }
     result = nlpkit.train(config)

@@ -236,9 +236,9 @@ def main(argv=None) -> int:
     block = args.block or (64 if quick else 128)
     batch = args.finetune_batch or (16 if quick else 32)
     precision = args.precision or ("fp32" if quick else "bf16")
-    common = ["--seed", str(args.seed), "--set", f"trainer.precision={precision}"]
+    common = ["--seed", str(args.seed), "--set", f"precision.compute={precision}"]
     if quick:  # no loss-curve plots: matplotlib costs a second or two per run
-        common += ["--set", "trainer.plots=false"]
+        common += ["--set", "logging.plots=false"]
     print(C.device_line(C.device_info()))
     version = code_version()
     print(f"code: {version}")

@@ -54,7 +54,7 @@ def train_checkpoint(args: argparse.Namespace, root: Path) -> Path:
     cmd = [sys.executable, "-m", "nlpkit", "train", "--task", "ner", "--data", f"train={files['train']}",
            "--data", f"dev={files['dev']}", "--backbone", backbone, "--max-steps", str(args.train_steps),
            "--batch-size", "32", "--lr", "5e-4", "--seed", "42", "--output-dir", str(out), "--no-progress",
-           "--set", f"trainer.eval_every={args.train_steps}", "--set", f"trainer.log_every={args.train_steps}"]
+           "--set", f"trainer.eval_every={args.train_steps}", "--set", f"logging.log_every={args.train_steps}"]
     print("model: training the nlpkit checkpoint once:", " ".join(cmd[1:]), flush=True)
     subprocess.run(cmd, check=True, env={**os.environ, **C.OFFLINE_ENV})
     return out / "best"

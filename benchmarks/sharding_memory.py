@@ -49,7 +49,7 @@ def run(sharding: str, args: argparse.Namespace, train: str | None, folder: Path
     cmd = [sys.executable, "-m", "nlpkit", "train", "--task", "ner", "--backbone", args.backbone,
            "--max-steps", str(args.steps), "--batch-size", str(args.batch_size), "--no-progress",
            "--output-dir", str(out), "--num-processes", "2", "--set", f"distributed.sharding={sharding}",
-           "--set", "trainer.plots=false", "--set", "trainer.tensorboard=false", "--set", "trainer.eval_every=1000000"]
+           "--set", "logging.plots=false", "--set", "logging.tensorboard=false", "--set", "trainer.eval_every=1000000"]
     if train:
         cmd += ["--data", f"train={train}"]
     start = time.perf_counter()

@@ -69,8 +69,12 @@ def nlpkit_worker(spec: dict[str, Any]) -> dict[str, Any]:
         "trainer": {
             "max_steps": steps, "batch_size": spec["batch_size"], "eval_batch_size": spec["eval_batch_size"],
             "lr": spec["lr"], "weight_decay": 0.01, "warmup_ratio": spec["warmup_steps"] / steps,
-            "scheduler": "linear", "max_grad_norm": 1.0, "seed": spec["seed"], "precision": spec["precision"],
-            "eval_every": spec.get("eval_every") or steps, "log_every": steps, "progress": False,
+            "scheduler": "linear", "max_grad_norm": 1.0, "seed": spec["seed"],
+            "eval_every": spec.get("eval_every") or steps,
+        },
+        "precision": {"compute": spec["precision"]},
+        "logging": {"log_every": steps, "progress": False},
+        "performance": {
             "group_by_length": spec["nlpkit_group"], "compile": spec["nlpkit_compile"],
             # nlpkit's own defaults unless an A/B sets them
             **{key: spec[f"nlpkit_{key}"] for key in ("fast_dropout", "heap_reuse") if f"nlpkit_{key}" in spec},
@@ -345,8 +349,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--hf-head-init", choices=["hf", "torch"], default="hf",
                    help="the HF side's new classifier layer: transformers' init (default) or torch.nn.Linear's, "
                         "which nlpkit's heads use")
-    p.add_argument("--nlpkit-compile", action="store_true", help="nlpkit trainer.compile=true")
-    p.add_argument("--nlpkit-no-group", action="store_true", help="nlpkit trainer.group_by_length=false")
+    p.add_argument("--nlpkit-compile", action="store_true", help="nlpkit performance.compile=true")
+    p.add_argument("--nlpkit-no-group", action="store_true", help="nlpkit performance.group_by_length=false")
     p.add_argument("--nlpkit-optimizer", choices=["default", "foreach", "fused"], default="default",
                    help="force nlpkit's AdamW kernel (to measure the default against the alternative)")
     p.add_argument("--ab", metavar="KEY=VALUE",

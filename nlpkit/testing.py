@@ -157,8 +157,9 @@ def check_task(
     a dev file the training file doubles as dev). ``options``: the task's options, as in a recipe's
     ``tasks[].options``. ``max_examples``: examples used from each file (None: all). ``backbone``: a
     spec or a ``backbone`` config mapping (default: the from-scratch ``mini`` preset with 400 tokens).
-    ``trainer``: extra trainer keys (``max_steps``, ``eval_every``, ``cpu`` and ``precision`` are set
-    here: one evaluation, at the end, in fp32 on the CPU). ``output_dir``: keep the run there (default:
+    ``trainer``: extra run settings by key name, each put in its config section (``lr``, ``log_every``;
+    ``max_steps``, ``eval_every``, ``cpu`` and ``precision`` are set here: one evaluation, at the end, in fp32
+    on the CPU). ``output_dir``: keep the run there (default:
     a temporary folder, removed). ``bad``: ``{path: expected_line}`` files that must raise DataError at
     that line (None: any line). ``raw_input``: the input for the ``predict`` check. ``quiet``: keep the
     trainer's output out of the test log (its last lines go into a failure's message).
@@ -259,8 +260,12 @@ class _Contract:
         tc.update(max_steps=max_steps, eval_every=max_steps, cpu=True, precision="fp32")
         # the trainer gets the prepared slices through its task's read(): a data cache keyed by the files would
         # hand it a whole file read earlier
-        return {"tasks": [{"type": self.type_name, "options": self.options}], "backbone": _backbone(backbone),
-                "trainer": tc, "output_dir": str(run_dir), "data": {"cache": False}}
+        from .engine import renamed_keys
+
+        config = {"tasks": [{"type": self.type_name, "options": self.options}], "backbone": _backbone(backbone),
+                  "trainer": tc, "output_dir": str(run_dir), "data": {"cache": False}}
+        renamed_keys.upgrade(config)  # the flat keys above into their sections (logging.progress, precision.compute)
+        return config
 
     # -- read ----------------------------------------------------------------------------------------
     def check_read(self, train: Any, dev: Any) -> str:

@@ -100,12 +100,35 @@ def one_torch_thread():
     torch.set_num_threads(before)
 
 
+def run_sections(**settings) -> dict:
+    """Run settings by key name, in their config sections: ``run_sections(lr=1e-3, log_every=2, precision="fp32")``
+    -> ``{"trainer": {"lr": 1e-3}, "logging": {"log_every": 2}, "precision": {"compute": "fp32"}}``.
+
+    Read off the section dataclasses (not the table of old names), so that tests name each key where it lives."""
+    import dataclasses
+
+    from nlpkit.engine.config import RunConfig
+
+    home = {}
+    for section in ("trainer", "precision", "multitask", "checkpoint", "logging", "performance"):
+        cls = RunConfig.__dataclass_fields__[section].default_factory
+        for f in dataclasses.fields(cls):
+            home[f.name] = (section, f.name)
+    home["precision"] = ("precision", "compute")
+    out: dict = {}
+    for key, value in settings.items():
+        section, name = home[key]
+        out.setdefault(section, {})[name] = value
+    return out
+
+
 def tiny_config(task_type: str, tmp_path, data: dict | None = None, **trainer) -> dict:
-    """A run config for a few steps of the smallest from-scratch backbone."""
+    """A run config for a few steps of the smallest from-scratch backbone; ``trainer``: run settings by key name
+    (``log_every=1``, ``precision="bf16"``), each put in its section."""
     return {
         "tasks": [{"type": task_type, "data": data or {}}],
         "backbone": {"spec": "mini", "vocab_size": 400},
-        "trainer": {"max_steps": 4, "batch_size": 8, "progress": False, "log_every": 2, **trainer},
+        **run_sections(**{"max_steps": 4, "batch_size": 8, "progress": False, "log_every": 2, **trainer}),
         "output_dir": str(tmp_path / "run"),
     }
 

@@ -45,7 +45,8 @@ def trained(tmp_path_factory):
                            # dropout off and 8 steps: the model must tag some entities for the comparisons below,
                            # and 3 steps with dropout left that to the luck of the dropout draws
                            "backbone": {"spec": str(backbone), "dropout": 0.0},
-                           "trainer": {"max_steps": 8, "batch_size": 8, "lr": 1e-2, "progress": False},
+                           "trainer": {"max_steps": 8, "batch_size": 8, "lr": 1e-2},
+                           "logging": {"progress": False},
                            "output_dir": str(tmp / "run")})
     sentences = [w for w, _ in C.read_conll_sentences(tmp / "train.conll")]
     return result.output_dir / "best", tmp, sentences

@@ -79,7 +79,8 @@ def corpus_files(tmp_path, train=TEXT * 8, dev=TEXT):
 def run_config(tmp_path, backbone, data, steps=4, **options):
     return {"tasks": [{"type": "causal-lm", "data": data, "options": {"max_length": 32, **options}}],
             "backbone": backbone,
-            "trainer": {"max_steps": steps, "batch_size": 4, "progress": False, "log_every": 2},
+            "trainer": {"max_steps": steps, "batch_size": 4},
+            "logging": {"progress": False, "log_every": 2},
             "output_dir": str(tmp_path / "run")}
 
 
@@ -308,7 +309,8 @@ def test_an_encoder_task_on_a_decoder_and_causal_lm_on_an_encoder_are_refused(tm
     folder = saved_folder(tmp_path, "llama")
     data = corpus_files(tmp_path)
     masked = {"tasks": [{"type": "masked-lm", "data": data}], "backbone": {"spec": folder},
-              "trainer": {"max_steps": 1, "progress": False}, "output_dir": str(tmp_path / "s")}
+              "trainer": {"max_steps": 1},
+              "logging": {"progress": False}, "output_dir": str(tmp_path / "s")}
     with pytest.raises(ConfigError, match=r"masked-lm.*needs a backbone of kind encoder, but.*is decoder"):
         nlpkit.train(masked)
     with pytest.raises(ConfigError, match=r"causal-lm.*needs a backbone of kind decoder.*is encoder"):

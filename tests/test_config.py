@@ -3,13 +3,17 @@ from __future__ import annotations
 
 import pytest
 
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal, Optional
 
 from nlpkit.sdk import options
 from nlpkit.apps.cli import main
 from nlpkit.engine.config import RunConfig, TrainerConfig
+from nlpkit.engine.renamed_keys import RENAMED
 from nlpkit.sdk.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize(
@@ -73,8 +77,9 @@ def test_cli_overrides_are_typed_like_the_recipe():
     for assignment in ("trainer.lr=1e-3", "trainer.eval_every=50", "trainer.patience=null", "trainer.plots=false",
                        "trainer.resume=never"):
         apply_override(data, assignment)
-    tc = RunConfig.from_dict(data).trainer
-    assert (tc.lr, tc.eval_every, tc.patience, tc.plots, tc.resume) == (1e-3, 50, None, False, "never")
+    cfg = RunConfig.from_dict(data)
+    tc = cfg.trainer
+    assert (tc.lr, tc.eval_every, tc.patience, cfg.logging.plots, cfg.checkpoint.resume) == (1e-3, 50, None, False, "never")
 
 
 def test_every_trainer_field_is_documented():
@@ -85,6 +90,18 @@ def test_every_trainer_field_is_documented():
     doc = (Path(__file__).resolve().parents[1] / "docs" / "training.md").read_text()
     missing = [f.name for f in dataclasses.fields(TrainerConfig) if f"`{f.name}`" not in doc]
     assert not missing, missing
+
+
+def test_every_field_of_the_run_sections_is_documented():
+    """docs/training.md's reference has a table per section, each listing its keys."""
+    import dataclasses
+
+    doc = (ROOT / "docs" / "training.md").read_text()
+    for section in ("precision", "multitask", "checkpoint", "logging", "performance"):
+        assert f"`{section}:`" in doc, section
+        cls = RunConfig.__dataclass_fields__[section].default_factory
+        missing = [f.name for f in dataclasses.fields(cls) if f"`{f.name}`" not in doc]
+        assert not missing, (section, missing)
 
 
 def test_python_api_rejects_the_same_mistakes():
@@ -215,7 +232,8 @@ def test_every_config_and_task_option_type_is_one_the_checker_knows():
     from nlpkit.engine.config import BackboneConfig, TaskEntry
     from nlpkit.sdk.registry import get_task_class, list_tasks
 
-    classes = [TrainerConfig, BackboneConfig] + [get_task_class(info.name).Options for info in list_tasks()]
+    sections = [RunConfig.__dataclass_fields__[s].default_factory for s in SECTIONS[1:]]
+    classes = [TrainerConfig, BackboneConfig, *sections] + [get_task_class(info.name).Options for info in list_tasks()]
     for cls in classes:
         default = cls()
         assert options.build(cls, options.to_dict(default)) == default, cls
@@ -232,3 +250,191 @@ def test_default_learning_rates_per_backbone():
     assert default_lr("small") == default_lr("small-decoder") == 3e-4
     assert default_lr("tiny") == default_lr("mini") == default_lr("tiny-decoder") == 1e-3
     assert default_lr("minilm") == default_lr("some/hub-model") == 1e-4
+
+
+# ---- sections per component, and the old flat trainer keys for one release ---------------------------------
+#: a valid value other than the default for each key that moved out of trainer:, by its new name
+MOVED_VALUES = {
+    "precision.compute": "bf16", "multitask.sampler": "annealed", "multitask.temperature": 3.0,
+    "multitask.schedule_per_task": False, "multitask.optimizer_state": "per-task", "multitask.head_lr_scale": 5.0,
+    "multitask.task_weighting": "uncertainty", "multitask.best_per_task": True, "checkpoint.keep_last": 3,
+    "checkpoint.save_every": 7, "checkpoint.save_minutes": None, "checkpoint.resume": "never",
+    "logging.log_every": 5, "logging.report_to": ["none"], "logging.tensorboard": False, "logging.plots": False,
+    "logging.progress": False, "performance.group_by_length": False, "performance.compile": True,
+    "performance.fast_dropout": False, "performance.heap_reuse": True, "performance.gradient_checkpointing": True,
+}
+SECTIONS = ("trainer", "precision", "multitask", "checkpoint", "logging", "performance")
+
+
+def _cli_config(*argv: str) -> RunConfig:
+    from nlpkit.apps.cli import _parser, build_config
+
+    args, _ = _parser().parse_known_args(["train", *argv])
+    return build_config(args)
+
+
+def _notices(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "nlpkit.config"]
+
+
+def test_the_alias_table_covers_every_moved_key_and_nothing_else():
+    import dataclasses
+
+    moved = {f"{s}.{f.name}" for s in SECTIONS[1:]
+             for f in dataclasses.fields(RunConfig.__dataclass_fields__[s].default_factory)}
+    assert set(RENAMED.values()) == moved == set(MOVED_VALUES)
+    assert all(old.startswith("trainer.") for old in RENAMED)
+    assert not {old.split(".")[1] for old in RENAMED} & {f.name for f in dataclasses.fields(TrainerConfig)}
+
+
+@pytest.mark.parametrize("old", sorted(RENAMED))
+def test_each_old_key_lands_at_its_new_place(old, caplog):
+    new = RENAMED[old]
+    value = MOVED_VALUES[new]
+    cfg = RunConfig.from_dict({"tasks": [{"type": "ner"}], "trainer": {old.split(".")[1]: value, "lr": 1e-3}})
+    section, key = new.split(".")
+    assert getattr(getattr(cfg, section), key) == value and cfg.trainer.lr == 1e-3
+    assert cfg.to_dict()[section][key] == value
+    assert _notices(caplog) == [f"renamed config keys: {old} is now {new}; the old names still work in this "
+                                "release and go in the next"]
+
+
+def test_the_notice_is_one_line_for_the_whole_config_naming_old_and_new(caplog):
+    cfg = {"tasks": [{"type": "ner"}], "trainer": {"sampler": "round-robin", "log_every": 3, "precision": "fp32"}}
+    RunConfig.from_dict(cfg, "r.yaml")
+    said = _notices(caplog)
+    assert len(said) == 1 and "\n" not in said[0], said
+    assert said[0].startswith("r.yaml: renamed config keys: ")
+    for old, new in [("trainer.sampler", "multitask.sampler"), ("trainer.log_every", "logging.log_every"),
+                     ("trainer.precision", "precision.compute")]:
+        assert f"{old} is now {new}" in said[0]
+    assert "go in the next" in said[0]
+    assert [r.levelname for r in caplog.records if r.name == "nlpkit.config"] == ["WARNING"]
+    assert cfg["trainer"] == {"sampler": "round-robin", "log_every": 3, "precision": "fp32"}  # the caller's dict kept
+    caplog.clear()
+    RunConfig.from_dict({"tasks": [{"type": "ner"}], "multitask": {"sampler": "round-robin"}})
+    assert _notices(caplog) == []  # the new names: nothing to say
+
+
+def test_old_and_new_name_of_one_key_fail_naming_both(tmp_path, capsys):
+    with pytest.raises(ConfigError, match="trainer.keep_last and checkpoint.keep_last are the same key"):
+        RunConfig.from_dict({"tasks": [{"type": "ner"}], "trainer": {"keep_last": 2}, "checkpoint": {"keep_last": 3}})
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("tasks: [{type: ner}]\ntrainer: {precision: bf16}\nprecision: {compute: fp32}\n")
+    assert main(["train", "--recipe", str(recipe), "--output-dir", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert f"{recipe}: trainer.precision and precision.compute are the same key" in err, err
+    assert not (tmp_path / "run").exists()
+
+
+def test_errors_about_an_old_key_name_it_as_written():
+    with pytest.raises(ConfigError, match=r"^trainer.log_every: must be positive"):
+        RunConfig.from_dict({"tasks": [{"type": "ner"}], "trainer": {"log_every": 0}})
+    with pytest.raises(ConfigError, match=r"^logging.log_every: must be positive"):
+        RunConfig.from_dict({"tasks": [{"type": "ner"}], "logging": {"log_every": 0}})
+    with pytest.raises(ConfigError, match=r"unknown key multitask.log_every"):  # a key in the wrong section
+        RunConfig.from_dict({"tasks": [{"type": "ner"}], "multitask": {"log_every": 1}})
+
+
+def test_to_dict_writes_the_sections_and_reads_back_equal(caplog):
+    old = {"tasks": [{"type": "ner"}], "trainer": {"lr": 1e-3, "sampler": "temperature", "keep_last": 4,
+                                                   "report_to": "none", "compile": True, "precision": "bf16"}}
+    cfg = RunConfig.from_dict(old)
+    saved = cfg.to_dict()
+    assert list(saved)[:8] == ["tasks", "backbone", *SECTIONS]
+    assert not {"sampler", "keep_last", "report_to", "compile", "precision"} & set(saved["trainer"])
+    assert (saved["multitask"]["sampler"], saved["checkpoint"]["keep_last"], saved["logging"]["report_to"],
+            saved["performance"]["compile"], saved["precision"]["compute"]) == ("temperature", 4, ["none"], True, "bf16")
+    caplog.clear()
+    import json
+
+    assert RunConfig.from_dict(json.loads(json.dumps(saved))) == cfg
+    assert _notices(caplog) == []
+
+
+def test_cli_set_with_an_old_key_still_works_and_overrides_the_recipe(tmp_path, caplog):
+    assert _cli_config("--task", "ner", "--set", "trainer.log_every=5").logging.log_every == 5
+    assert _notices(caplog) == ["renamed config keys: trainer.log_every is now logging.log_every; the old names "
+                                "still work in this release and go in the next"]
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("tasks: [{type: ner}]\nlogging: {log_every: 10}\n")
+    assert _cli_config("--recipe", str(recipe), "--set", "trainer.log_every=5").logging.log_every == 5
+    recipe.write_text("tasks: [{type: ner}]\ntrainer: {log_every: 10, precision: bf16, resume: never}\n")
+    caplog.clear()
+    cfg = _cli_config("--recipe", str(recipe), "--set", "logging.log_every=5", "--precision", "fp32",
+                      "--report-to", "none", "--no-progress", "--resume", "auto")
+    assert (cfg.logging.log_every, cfg.precision.compute, cfg.logging.report_to, cfg.logging.progress,
+            cfg.checkpoint.resume) == (5, "fp32", ["none"], False, "auto")
+    said = _notices(caplog)
+    assert len(said) == 1 and said[0].startswith(f"{recipe}: renamed config keys: ") and "trainer.resume" in said[0]
+
+
+def test_a_recipe_with_old_keys_still_trains(tmp_path, caplog, capsys):
+    import json
+
+    recipe, out = tmp_path / "old.yaml", tmp_path / "run"
+    recipe.write_text("tasks: [{type: ner}]\nbackbone: {spec: mini, vocab_size: 400}\n"
+                      "trainer: {max_steps: 3, batch_size: 8, eval_every: 3, eval_max_examples: 32, cpu: true,\n"
+                      "          log_every: 1, keep_last: 2, plots: false, report_to: none, precision: fp32,\n"
+                      "          sampler: round-robin, fast_dropout: false}\n")
+    assert main(["train", "--recipe", str(recipe), "--output-dir", str(out), "--no-progress"]) == 0
+    saved = json.loads((out / "config.json").read_text())
+    assert (saved["logging"]["log_every"], saved["checkpoint"]["keep_last"], saved["precision"]["compute"],
+            saved["multitask"]["sampler"], saved["performance"]["fast_dropout"]) == (1, 2, "fp32", "round-robin", False)
+    assert len((out / "log.jsonl").read_text().splitlines()) >= 3  # log_every 1: a record each step
+    said = _notices(caplog)
+    assert len(said) == 1 and "trainer.log_every is now logging.log_every" in said[0], said
+
+
+def _to_old_form(config: dict) -> dict:
+    """A saved config as nlpkit wrote it before the sections: their keys flat under trainer:."""
+    config = {k: (dict(v) if isinstance(v, dict) else v) for k, v in config.items()}
+    for old, new in RENAMED.items():
+        section, key = new.split(".")
+        config["trainer"][old.split(".")[1]] = config[section].pop(key)
+    for section in SECTIONS[1:]:
+        assert config.pop(section) == {}
+    return config
+
+
+def test_the_resume_check_reads_an_old_saved_config_as_the_same_settings():
+    from nlpkit.engine.train_state import run_settings
+
+    new = RunConfig.from_dict({"tasks": [{"type": "ner"}], "multitask": {"sampler": "annealed"}}).to_dict()
+    old = _to_old_form(new)
+    assert "sampler" in old["trainer"] and "multitask" not in old
+    assert run_settings(old) == run_settings(new) and run_settings(new)["multitask.sampler"] == "annealed"
+
+
+def test_a_run_written_by_older_code_resumes_evaluates_and_predicts(tmp_path, caplog, capsys):
+    """Its saved configs say trainer.log_every etc.: resuming it (with its own config or a recipe), evaluating
+    and predicting need nothing from the user, and say nothing about keys they never wrote."""
+    import json
+
+    out = tmp_path / "run"
+    base = ["--max-steps", "2", "--no-progress", "--eval-max-examples", "32", "--set", "trainer.eval_every=2",
+            "--set", "trainer.cpu=true", "--set", "backbone.vocab_size=400", "--backbone", "mini",
+            "--batch-size", "8", "--report-to", "none", "--set", "logging.plots=false"]
+    assert main(["train", "--task", "ner", "--output-dir", str(out), *base]) == 0
+    files = [out / "config.json", *out.glob("checkpoints/step-*/trainer_state.json"), out / "best" / "nlpkit.json"]
+    for path in files:
+        data = json.loads(path.read_text())
+        if "config" in data:
+            data["config"] = _to_old_form(data["config"])
+        else:
+            data = _to_old_form(data)
+        path.write_text(json.dumps(data))
+    capsys.readouterr()
+    caplog.clear()
+    assert main(["train", "--resume", str(out), "--max-steps", "4", "--no-progress"]) == 0
+    said = capsys.readouterr()
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["steps"] == 4 and metrics["resumed_from"] == [2], said.out + said.err
+    changed = [line for line in said.out.splitlines() if " was " in line and ", now " in line]
+    assert changed and all("trainer.max_steps was 2, now 4" in line for line in changed), changed
+    assert _notices(caplog) == []  # the old names were nlpkit's own, in its own files
+    dev = tmp_path / "dev.conll"
+    dev.write_text("\n\n".join((ROOT / "tasks" / "data" / "ner" / "dev.conll").read_text().split("\n\n")[:20]) + "\n")
+    assert main(["evaluate", str(out), "--data", f"dev={dev}", "--no-report"]) == 0
+    assert main(["predict", str(out), "--json", "John lives in Paris ."]) == 0
+    assert "John" in capsys.readouterr().out

@@ -307,8 +307,8 @@ def test_no_repeat_ngrams_count_the_generated_tokens_only():
 def run_config(tmp_path, spec, data, task="translation", steps=40, **options):
     return {"tasks": [{"type": task, "data": data, "options": {**OPTIONS, **options}}],
             "backbone": {"spec": spec},
-            "trainer": {"max_steps": steps, "batch_size": 4, "lr": 1e-2, "progress": False, "log_every": 20,
-                        "eval_every": steps},
+            "trainer": {"max_steps": steps, "batch_size": 4, "lr": 1e-2, "eval_every": steps},
+            "logging": {"progress": False, "log_every": 20},
             "output_dir": str(tmp_path / "run")}
 
 

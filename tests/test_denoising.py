@@ -126,8 +126,8 @@ def mini_run(data, tmp_path_factory):
     config = {"tasks": [{"type": "denoising", "data": data,
                          "options": {"max_length": 48, "decoder_layers": 1, "max_new_tokens": 12}}],
               "backbone": {"spec": "mini", "vocab_size": 400},
-              "trainer": {"max_steps": 30, "batch_size": 8, "lr": 3e-3, "eval_every": 30, "log_every": 5,
-                          "progress": False, "plots": False},
+              "trainer": {"max_steps": 30, "batch_size": 8, "lr": 3e-3, "eval_every": 30},
+              "logging": {"log_every": 5, "progress": False, "plots": False},
               "output_dir": str(out)}
     return nlpkit.train(config)
 
@@ -195,8 +195,9 @@ def test_resume_mid_corpus_corrupts_exactly_as_the_uninterrupted_run(data, tmp_p
 
     config = {"tasks": [{"type": "denoising", "data": data, "options": {"max_length": 48, "decoder_layers": 1}}],
               "backbone": {"spec": "mini", "vocab_size": 400},
-              "trainer": {"max_steps": 6, "batch_size": 8, "save_every": 3, "eval_every": 6, "keep_last": 2,
-                          "progress": False, "plots": False},
+              "trainer": {"max_steps": 6, "batch_size": 8, "eval_every": 6},
+              "checkpoint": {"save_every": 3, "keep_last": 2},
+              "logging": {"progress": False, "plots": False},
               "output_dir": str(tmp_path / "whole")}
     nlpkit.train(config)
     whole = tmp_path / "whole"
@@ -263,7 +264,8 @@ def test_bart_trains_through_its_own_decoder_and_reloads(data, tmp_path):
     make_bart(tmp_path / "bart", Path(data["train"]).read_text(encoding="utf-8").splitlines())
     config = {"tasks": [{"type": "denoising", "data": data, "options": {"max_length": 48, "max_new_tokens": 8}}],
               "backbone": {"spec": str(tmp_path / "bart")},
-              "trainer": {"max_steps": 4, "batch_size": 8, "progress": False, "plots": False},
+              "trainer": {"max_steps": 4, "batch_size": 8},
+              "logging": {"progress": False, "plots": False},
               "output_dir": str(tmp_path / "run")}
     result = nlpkit.train(config)
     scores = result.metrics["tasks"]["denoising"]
@@ -289,13 +291,13 @@ def test_a_bart_denoising_run_is_a_backbone(data, tmp_path):
     """--backbone RUN on a tied encoder-decoder: safetensors keeps one name of the tied embeddings, and
     loading must not call the others missing (it did: 'missing model.model.shared.weight')."""
     make_bart(tmp_path / "bart", Path(data["train"]).read_text(encoding="utf-8").splitlines())
-    trainer = {"max_steps": 2, "batch_size": 8, "progress": False, "plots": False}
+    trainer, quiet = {"max_steps": 2, "batch_size": 8}, {"progress": False, "plots": False}
     first = nlpkit.train({"tasks": [{"type": "denoising", "data": data, "options": {"max_length": 48}}],
-                          "backbone": {"spec": str(tmp_path / "bart")}, "trainer": trainer,
+                          "backbone": {"spec": str(tmp_path / "bart")}, "trainer": trainer, "logging": quiet,
                           "output_dir": str(tmp_path / "pre")})
     again = nlpkit.train({"tasks": [{"type": "denoising", "name": "more", "data": data, "options": {"max_length": 48}}],
                           "backbone": {"spec": str(first.output_dir)}, "trainer": {**trainer, "max_steps": 1},
-                          "output_dir": str(tmp_path / "next")})
+                          "logging": quiet, "output_dir": str(tmp_path / "next")})
     pre, nxt = nlpkit.load(first.output_dir).model.backbone, nlpkit.load(again.output_dir).model.backbone
     assert nxt.model.get_input_embeddings().weight.data_ptr() == nxt.model.get_output_embeddings().weight.data_ptr()
     assert pre.model.config.d_model == nxt.model.config.d_model
@@ -307,7 +309,8 @@ def test_t5_without_a_mask_token_gets_the_one_the_option_names(data, tmp_path):
     make_t5(tmp_path / "t5", Path(data["train"]).read_text(encoding="utf-8").splitlines())
     config = {"tasks": [{"type": "denoising", "data": data, "options": {"max_length": 48}}],
               "backbone": {"spec": str(tmp_path / "t5")},
-              "trainer": {"max_steps": 2, "batch_size": 8, "progress": False, "plots": False},
+              "trainer": {"max_steps": 2, "batch_size": 8},
+              "logging": {"progress": False, "plots": False},
               "output_dir": str(tmp_path / "run")}
     with pytest.raises(BackboneError, match="set the option mask_token"):
         nlpkit.train(config)

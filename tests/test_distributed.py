@@ -71,7 +71,7 @@ def _train_args(files: Path, out: Path) -> list[str]:
     return ["train", "--task", "ner", "--data", f"train={files / 'train.conll'}", "--data", f"dev={files / 'dev.conll'}",
             "--backbone", "mini", "--max-steps", str(STEPS), "--batch-size", str(BATCH), "--no-progress",
             "--output-dir", str(out), "--option", "dropout=0", "--set", "backbone.dropout=0",
-            "--set", "backbone.vocab_size=300", "--set", "trainer.log_every=1", "--set", "trainer.eval_every=10",
+            "--set", "backbone.vocab_size=300", "--set", "logging.log_every=1", "--set", "trainer.eval_every=10",
             "--set", f"trainer.eval_batch_size={EVAL_BATCH}"]
 
 

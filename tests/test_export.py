@@ -129,8 +129,9 @@ def test_t5_translation_through_auto_model_for_seq2seq_lm(tmp_path):
     run = nlpkit.train({"tasks": [{"type": "translation", "options": {"max_new_tokens": 8},
                                    "data": {"train": str(tmp_path / "pairs.tsv"), "dev": str(tmp_path / "pairs.tsv")}}],
                         "backbone": {"spec": str(tmp_path / "t5")},
-                        "trainer": {"max_steps": 2, "batch_size": 2, "progress": False, "plots": False,
-                                    "tensorboard": False}, "output_dir": str(tmp_path / "run")}).output_dir
+                        "trainer": {"max_steps": 2, "batch_size": 2},
+                        "logging": {"progress": False, "plots": False, "tensorboard": False},
+                        "output_dir": str(tmp_path / "run")}).output_dir
     info = export(run, tmp_path / "hf")
     assert info["written"] == {"translation": "AutoModelForSeq2SeqLM"}
     model = AutoModelForSeq2SeqLM.from_pretrained(tmp_path / "hf").eval()

@@ -193,8 +193,8 @@ def semeval(tmp_path, records=RE_RECORDS) -> str:
 def run(tmp_path, task: str, data: str, options: dict, backbone, steps: int, lr: float | None = None) -> dict:
     config = {"tasks": [{"type": task, "data": {"train": data, "dev": data}, "options": options}],
               "backbone": backbone, "output_dir": str(tmp_path / "run"),
-              "trainer": {"max_steps": steps, "batch_size": 4, "progress": False, "log_every": steps,
-                          "eval_every": steps, **({"lr": lr} if lr else {})}}
+              "trainer": {"max_steps": steps, "batch_size": 4, "eval_every": steps, **({"lr": lr} if lr else {})},
+              "logging": {"progress": False, "log_every": steps}}
     return nlpkit.train(config)
 
 

@@ -82,8 +82,8 @@ def _cli_args(out: Path, steps: int = 10) -> list[str]:
     """`nlpkit train` of a tiny NER model, dropout off (two engines must compute the same function)."""
     return ["train", "--task", "ner", "--backbone", "mini", "--max-steps", str(steps), "--batch-size", "8",
             "--no-progress", "--output-dir", str(out), "--option", "dropout=0", "--set", "backbone.dropout=0",
-            "--set", "backbone.vocab_size=300", "--set", "trainer.log_every=1", "--set", f"trainer.eval_every={steps}",
-            "--set", "trainer.plots=false", "--set", "trainer.tensorboard=false"]
+            "--set", "backbone.vocab_size=300", "--set", "logging.log_every=1", "--set", f"trainer.eval_every={steps}",
+            "--set", "logging.plots=false", "--set", "logging.tensorboard=false"]
 
 
 def _run(cmd: list[str], env: dict | None = None, timeout: int = 240) -> subprocess.CompletedProcess:
@@ -160,7 +160,7 @@ def test_a_gpu_without_bf16_units_falls_back_to_fp16(asked, tmp_path, monkeypatc
     if asked == "auto":
         assert "compute capability 7.5 has no bf16 units" in metrics["precision_reason"]
     else:
-        assert "trainer.precision bf16 is not supported by this GPU; using fp16" in said.out + said.err
+        assert "precision.compute bf16 is not supported by this GPU; using fp16" in said.out + said.err
 
 
 # ---- QLoRA ---------------------------------------------------------------------------------------------
@@ -177,8 +177,8 @@ def qlora_run(request, tmp_path_factory) -> tuple[str, Trainer]:
     config = {"tasks": [{"type": "causal-lm", "options": {"max_length": 32}}],
               "backbone": {"spec": decoder_folder(tmp / "models", "llama"), "quantize": bits,
                            "peft": {"method": "lora", "target_modules": "all-linear"}},
-              "trainer": {"max_steps": QLORA_STEPS, "batch_size": 4, "eval_every": QLORA_STEPS, "log_every": 1,
-                          "lr": 1e-2, "progress": False, "plots": False, "tensorboard": False},
+              "trainer": {"max_steps": QLORA_STEPS, "batch_size": 4, "eval_every": QLORA_STEPS, "lr": 1e-2},
+              "logging": {"log_every": 1, "progress": False, "plots": False, "tensorboard": False},
               "output_dir": str(tmp / "run")}
     trainer = Trainer(RunConfig.from_dict(config))
     trainer.run()
@@ -294,8 +294,8 @@ def test_lora_merge_on_cuda_keeps_the_outputs(tmp_path):
     spec = decoder_folder(tmp_path / "models", "llama")
     config = {"tasks": [{"type": "causal-lm", "options": {"max_length": 32}}],
               "backbone": {"spec": spec, "peft": {"method": "lora", "target_modules": "all-linear"}},
-              "trainer": {"max_steps": 10, "batch_size": 4, "eval_every": 10, "lr": 1e-2, "progress": False,
-                          "plots": False, "tensorboard": False},
+              "trainer": {"max_steps": 10, "batch_size": 4, "eval_every": 10, "lr": 1e-2},
+              "logging": {"progress": False, "plots": False, "tensorboard": False},
               "output_dir": str(tmp_path / "run")}
     run = nlpkit.train(config).output_dir
     assert _metrics(run)["device"].startswith("cuda")

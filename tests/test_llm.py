@@ -15,6 +15,7 @@ from nlpkit.sdk.errors import CheckpointError, ConfigError
 from nlpkit.apps.predict import Pipeline
 from nlpkit.engine.trainer import Trainer
 
+from conftest import run_sections
 from llm_models import KINDS, bert_folder, decoder_folder
 from test_serve import INPUTS, RE_SAMPLES
 
@@ -40,8 +41,8 @@ def all_tasks(tmp: Path) -> list[dict]:
 
 def train_run(tmp: Path, spec: str, tasks: list[dict], peft: dict | None = None, steps: int = 4, **trainer) -> Trainer:
     config = {"tasks": tasks, "backbone": {"spec": spec, **({"peft": peft} if peft else {})},
-              "trainer": {"max_steps": steps, "batch_size": 4, "eval_every": steps, "progress": False, "plots": False,
-                          "tensorboard": False, "lr": 1e-2, **trainer},
+              **run_sections(**{"max_steps": steps, "batch_size": 4, "eval_every": steps, "progress": False,
+                                "plots": False, "tensorboard": False, "lr": 1e-2, **trainer}),
               "output_dir": str(tmp / "run")}
     t = Trainer(RunConfig.from_dict(config))
     t.run()
@@ -144,7 +145,8 @@ def test_a_qlora_checkpoint_reloads_its_base_quantized_and_says_why_not_here(mod
 def test_qlora_is_refused_without_a_cuda_gpu_before_anything_is_written(models, tmp_path):
     config = {"tasks": [{"type": "sentiment"}], "output_dir": str(tmp_path / "run"),
               "backbone": {"spec": decoder_folder(models, "llama"), "quantize": "4bit", "peft": {"method": "lora"}},
-              "trainer": {"max_steps": 1, "progress": False, "cpu": True}}
+              "trainer": {"max_steps": 1, "cpu": True},
+              "logging": {"progress": False}}
     with pytest.raises(ConfigError, match="needs a CUDA GPU"):
         nlpkit.train(config)
     assert not (tmp_path / "run").exists()
@@ -279,8 +281,9 @@ def test_half_precision_weights_load_and_train(models, tmp_path):
     assert trainer.backbone.model.dtype == torch.float32  # auto on CPU: float32
     config = {"tasks": [{"type": "sentiment", "options": {"max_length": 64}}], "output_dir": str(tmp_path / "bf16"),
               "backbone": {"spec": decoder_folder(models, "llama"), "dtype": "bfloat16", "peft": {"method": "lora"}},
-              "trainer": {"max_steps": 2, "batch_size": 4, "progress": False, "plots": False, "tensorboard": False,
-                          "precision": "fp32"}}
+              "trainer": {"max_steps": 2, "batch_size": 4},
+              "logging": {"progress": False, "plots": False, "tensorboard": False},
+              "precision": {"compute": "fp32"}}
     t = Trainer(RunConfig.from_dict(config))
     t.run()
     base = [p for n, p in t.raw_model.backbone.model.named_parameters() if "lora_" not in n]
@@ -293,7 +296,7 @@ def test_the_cli_peft_flag_and_the_log_line(models, tmp_path, capsys):
 
     rc = main(["train", "--task", "sentiment", "--backbone", decoder_folder(models, "gpt2"), "--peft", "lora",
                "--max-steps", "2", "--batch-size", "4", "--option", "max_length=64", "--output-dir",
-               str(tmp_path / "run"), "--set", "trainer.plots=false", "--set", "backbone.peft.r=2"])
+               str(tmp_path / "run"), "--set", "logging.plots=false", "--set", "backbone.peft.r=2"])
     assert rc == 0
     out = capsys.readouterr().out
     assert "peft: lora r=2" in out and "c_attn" in out  # peft's default target for GPT-2
@@ -304,7 +307,8 @@ def test_the_cli_peft_flag_and_the_log_line(models, tmp_path, capsys):
 def test_a_max_length_beyond_the_backbone_positions_is_cut_to_them_and_said(models, tmp_path, capsys):
     config = {"tasks": [{"type": "sentiment", "options": {"max_length": 1024}}], "output_dir": str(tmp_path / "run"),
               "backbone": {"spec": decoder_folder(models, "gpt2")},
-              "trainer": {"max_steps": 1, "progress": False, "plots": False}}
+              "trainer": {"max_steps": 1},
+              "logging": {"progress": False, "plots": False}}
     nlpkit.train(config)
     assert "max_length=1024 is more than the 512 positions" in capsys.readouterr().out
     pipe = nlpkit.load(tmp_path / "run")

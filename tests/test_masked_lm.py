@@ -312,8 +312,8 @@ def test_train_save_reload_predict_on_a_from_scratch_preset(corpus_files, tmp_pa
     result = nlpkit.train({
         "tasks": [{"type": "masked-lm", "data": corpus_files, "options": {"max_length": 32}}],
         "backbone": {"spec": "mini", "vocab_size": 300},
-        "trainer": {"max_steps": 6, "eval_every": 6, "batch_size": 8, "progress": False, "tensorboard": False,
-                    "plots": False, "lr": 3e-3},
+        "trainer": {"max_steps": 6, "eval_every": 6, "batch_size": 8, "lr": 3e-3},
+        "logging": {"progress": False, "tensorboard": False, "plots": False},
         "output_dir": str(out)})
     recorded = result.metrics["tasks"]["masked-lm"]
     assert recorded["tokens"] > 0 and 1 < recorded["perplexity"] < 300 and 0 <= recorded["accuracy"] <= 100
@@ -364,8 +364,8 @@ def test_continued_pretraining_of_a_pretrained_bert_folder(tmp_path, corpus_file
     result = nlpkit.train({
         "tasks": [{"type": "masked-lm", "data": corpus_files, "options": {"max_length": 32, "whole_word_mask": True}}],
         "backbone": {"spec": str(folder)},
-        "trainer": {"max_steps": 3, "eval_every": 3, "batch_size": 8, "progress": False, "tensorboard": False,
-                    "plots": False},
+        "trainer": {"max_steps": 3, "eval_every": 3, "batch_size": 8},
+        "logging": {"progress": False, "tensorboard": False, "plots": False},
         "output_dir": str(out)})
     assert result.metrics["steps"] == 3 and result.metrics["tasks"]["masked-lm"]["tokens"] > 0
     pipe = nlpkit.load(out, device="cpu")
@@ -384,8 +384,9 @@ def test_resume_mid_run_masks_exactly_as_the_uninterrupted_run(corpus_files, tmp
         return nlpkit.train({
             "tasks": [{"type": "masked-lm", "data": corpus_files, "options": {"max_length": 32}}],
             "backbone": {"spec": "mini", "vocab_size": 300},
-            "trainer": {"max_steps": steps, "eval_every": 3, "keep_last": 2, "batch_size": 8, "progress": False,
-                        "tensorboard": False, "plots": False, "lr": 3e-3, "resume": resume, "save_minutes": None},
+            "trainer": {"max_steps": steps, "eval_every": 3, "batch_size": 8, "lr": 3e-3},
+            "checkpoint": {"keep_last": 2, "resume": resume, "save_minutes": None},
+            "logging": {"progress": False, "tensorboard": False, "plots": False},
             "output_dir": str(out)}).metrics
 
     whole = run(tmp_path / "whole", 6)  # keeps its step-3 checkpoint (keep_last 2)
@@ -408,14 +409,14 @@ def _ner_files(folder, lines):
 
 
 def test_a_pretraining_run_is_the_backbone_of_a_fine_tuning_run(corpus_files, tmp_path):
-    trainer = {"batch_size": 8, "progress": False, "tensorboard": False, "plots": False, "lr": 3e-3}
+    trainer, quiet = {"batch_size": 8, "lr": 3e-3}, {"progress": False, "tensorboard": False, "plots": False}
     pre = nlpkit.train({"tasks": [{"type": "masked-lm", "data": corpus_files, "options": {"max_length": 32}}],
                         "backbone": {"spec": "mini", "vocab_size": 300}, "trainer": {**trainer, "max_steps": 4},
-                        "output_dir": str(tmp_path / "pre")})
+                        "logging": quiet, "output_dir": str(tmp_path / "pre")})
     ner = _ner_files(tmp_path, Path(corpus_files["train"]).read_text().splitlines()[:40])
     config = {"tasks": [{"type": "ner", "data": {"train": ner, "dev": ner}}],
               "backbone": {"spec": str(pre.output_dir)}, "trainer": {**trainer, "max_steps": 1, "lr": 1e-9},
-              "output_dir": str(tmp_path / "ner")}
+              "logging": quiet, "output_dir": str(tmp_path / "ner")}
     nlpkit.train(config)
     pretrained, tuned = nlpkit.load(pre.output_dir), nlpkit.load(tmp_path / "ner")
     # its tokenizer came along (no new one was trained on the NER text) ...
@@ -435,8 +436,8 @@ def test_masked_lm_as_an_auxiliary_task(corpus_files, tmp_path):
         "tasks": [{"type": "ner", "data": {"train": ner, "dev": ner}},
                   {"type": "masked-lm", "data": corpus_files, "options": {"max_length": 32}}],
         "backbone": {"spec": "mini", "vocab_size": 300},
-        "trainer": {"max_steps": 6, "eval_every": 6, "batch_size": 8, "progress": False, "tensorboard": False,
-                    "plots": False},
+        "trainer": {"max_steps": 6, "eval_every": 6, "batch_size": 8},
+        "logging": {"progress": False, "tensorboard": False, "plots": False},
         "output_dir": str(tmp_path / "both")})
     assert set(result.metrics["tasks"]) == {"ner", "masked-lm"}
     assert {"f1", "perplexity"} <= set(result.metrics["tasks"]["ner"]) | set(result.metrics["tasks"]["masked-lm"])

@@ -81,8 +81,8 @@ def test_train_returns_the_model_it_trained_and_its_tasks(lines_tsv, tmp_path):
 
     config = {"tasks": [{"type": "is-question", "data": {"train": str(lines_tsv)}}],
               "backbone": {"spec": "mini", "vocab_size": 400},
-              "trainer": {"max_steps": 3, "batch_size": 8, "progress": False, "plots": False, "report_to": [],
-                          "eval_every": 3, "save_minutes": None},
+              "trainer": {"max_steps": 3, "batch_size": 8, "eval_every": 3},
+              "logging": {"progress": False, "plots": False, "report_to": []}, "checkpoint": {"save_minutes": None},
               "output_dir": str(tmp_path / "run"), "data": {"cache": False}}
     result = nlpkit.train(config)
     assert isinstance(result.model, MultiTaskModel) and set(result.tasks) == {"is-question"}

@@ -351,9 +351,9 @@ def test_joint_run_records_each_tasks_best_and_draws_all_tasks_curves(tmp_path, 
     assert main(["train", "--task", "ner:a", "--task", "ner:b", "--data", f"a:train={ner}", "--data", f"a:dev={ner}",
                  "--data", f"b:train={ner}", "--data", f"b:dev={ner}", "--backbone", "mini", "--max-steps", "6",
                  "--batch-size", "8", "--output-dir", str(out), "--no-progress", "--set", "backbone.vocab_size=400",
-                 "--set", "trainer.eval_every=2", "--set", "trainer.sampler=annealed",
-                 "--set", "trainer.task_weighting=uncertainty", "--set", "trainer.head_lr_scale=5",
-                 "--set", "trainer.best_per_task=true", "--set", "tasks.b.warmup_ratio=0.5"]) == 0
+                 "--set", "trainer.eval_every=2", "--set", "multitask.sampler=annealed",
+                 "--set", "multitask.task_weighting=uncertainty", "--set", "multitask.head_lr_scale=5",
+                 "--set", "multitask.best_per_task=true", "--set", "tasks.b.warmup_ratio=0.5"]) == 0
     said = capsys.readouterr().out
     assert "learning-rate schedule per task" in said
     metrics = json.loads((out / "metrics.json").read_text())

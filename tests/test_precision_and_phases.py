@@ -74,7 +74,7 @@ def test_trainer_picks_and_logs_cpu_bf16(monkeypatch, tmp_path):
     assert seen["mixed_precision"] == "bf16"
     assert "avx512_bf16" in trainer.precision_why and "--precision fp32" in trainer.precision_why
     explicit = Trainer(RunConfig.from_dict({"tasks": [{"type": "ner"}], "output_dir": str(tmp_path),
-                                            "trainer": {"precision": "fp32"}}))
+                                            "precision": {"compute": "fp32"}}))
     explicit._accelerator()
     assert seen["mixed_precision"] == "no" and explicit.precision_why == "asked for"
 

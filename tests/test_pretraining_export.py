@@ -17,7 +17,8 @@ from nlpkit.apps.cli import main
 
 WORDS = ("the river runs past old mills where millers ground wheat into flour while children watched "
          "boats drift slowly toward the harbour under grey northern skies").split()
-TRAINER = {"batch_size": 8, "progress": False, "tensorboard": False, "plots": False}
+TRAINER = {"batch_size": 8}
+QUIET = {"progress": False, "tensorboard": False, "plots": False}
 
 
 def sentences(n: int, seed: int = 0) -> list[str]:
@@ -38,7 +39,7 @@ def train(folder: Path, task: str, backbone: dict, corpus: dict, steps: int = 4,
           **options) -> Path:
     nlpkit.train({"tasks": [{"type": task, "data": corpus, "options": {"max_length": 32, **options}}],
                   "backbone": backbone, "trainer": {**TRAINER, "max_steps": steps, "eval_every": steps, "lr": lr},
-                  "output_dir": str(folder)})
+                  "logging": QUIET, "output_dir": str(folder)})
     return folder
 
 

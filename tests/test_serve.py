@@ -59,8 +59,9 @@ def train_all_tasks(tmp: Path, **task_options) -> Path:
     config = {"tasks": tasks, "backbone": {"spec": "mini", "vocab_size": 400},
               # heads at the backbone's rate: 4 steps at the multi-task default (10x) already push the NER
               # head to all-O, and the export tests compare scores on entities the model does tag
-              "trainer": {"max_steps": 4, "batch_size": 8, "progress": False, "log_every": 4, "plots": False,
-                          "tensorboard": False, "head_lr_scale": 1.0},
+              "trainer": {"max_steps": 4, "batch_size": 8},
+              "multitask": {"head_lr_scale": 1.0},
+              "logging": {"progress": False, "log_every": 4, "plots": False, "tensorboard": False},
               "output_dir": str(tmp / "run")}
     return nlpkit.train(config).output_dir
 

@@ -40,8 +40,8 @@ def files(tmp_path_factory) -> Path:
 
 def _args(files: Path, out: Path) -> list[str]:
     """tests/test_distributed.py's run, saving every 5 steps (for the kill -9 test), without plots."""
-    return [*_train_args(files, out), "--set", f"trainer.save_every={SAVE_EVERY}", "--set", "trainer.plots=false",
-            "--set", "trainer.tensorboard=false"]
+    return [*_train_args(files, out), "--set", f"checkpoint.save_every={SAVE_EVERY}", "--set", "logging.plots=false",
+            "--set", "logging.tensorboard=false"]
 
 
 def _start(argv: list[str]) -> subprocess.Popen:
@@ -253,11 +253,11 @@ def test_fsdp_with_lora_gradient_checkpointing_and_generation_matches_one_proces
     slightly from the global mean (~2e-5 measured), so the losses are compared at 1e-4; the evaluations exactly."""
     argv = ["train", "--task", "sentiment", "--task", "translation", "--backbone", "mini-decoder", "--peft", "lora",
             "--max-steps", "8", "--batch-size", "8", "--no-progress", "--set", "backbone.dropout=0",
-            "--set", "backbone.peft.dropout=0", "--option", "sentiment:dropout=0", "--set", "trainer.log_every=1",
-            "--set", "trainer.eval_every=4", "--set", "trainer.gradient_checkpointing=true",
+            "--set", "backbone.peft.dropout=0", "--option", "sentiment:dropout=0", "--set", "logging.log_every=1",
+            "--set", "trainer.eval_every=4", "--set", "performance.gradient_checkpointing=true",
             "--set", "trainer.grad_accum=2", "--set", "trainer.eval_at_start=true",
-            "--option", "translation:max_new_tokens=12", "--set", "trainer.plots=false",
-            "--set", "trainer.tensorboard=false"]
+            "--option", "translation:max_new_tokens=12", "--set", "logging.plots=false",
+            "--set", "logging.tensorboard=false"]
     fsdp = _start([*argv, "--output-dir", str(tmp_path / "fsdp"), "--num-processes", "2", *FSDP])
     assert main([*argv, "--output-dir", str(tmp_path / "one")]) == 0
     stdout = _finish(fsdp)

@@ -264,7 +264,7 @@ def test_resume_on_cached_features_ends_identical_to_the_uninterrupted_run(tmp_p
     def run(out: Path, *extra: str) -> str:
         args = ["train", "--task", "classification", "--backbone", "mini", "--max-steps", "8", "--batch-size", "16",
                 "--output-dir", str(out), "--no-progress", "--precision", "fp32", "--cache-dir", str(tmp_path / "cache"),
-                "--set", "trainer.save_every=4", "--set", "trainer.keep_last=3", "--set", "trainer.eval_every=4",
+                "--set", "checkpoint.save_every=4", "--set", "checkpoint.keep_last=3", "--set", "trainer.eval_every=4",
                 *extra]
         assert main(args) == 0
         return capsys.readouterr().out

@@ -27,7 +27,9 @@ def train_ner(out: Path, *flags: str) -> None:
 
 # ---- the config key ------------------------------------------------------------------------------------
 def trainer_of(**trainer):
-    return RunConfig.from_dict({"tasks": [{"type": "ner"}], "trainer": trainer}).trainer
+    """The logging section of a config that names its keys as before the split (trainer.report_to): the old
+    names still work, and errors name the key as it was written."""
+    return RunConfig.from_dict({"tasks": [{"type": "ner"}], "trainer": trainer}).logging
 
 
 def test_report_to_takes_a_list_a_name_or_a_comma_separated_string_and_tensorboard_is_the_default():
@@ -62,7 +64,7 @@ def test_a_tracker_that_is_not_installed_fails_before_the_run_folder_exists(tmp_
     monkeypatch.setitem(tracking.PACKAGES, "mlflow", ("nlpkit_no_such_module", "nlpkit[mlflow]"))
     out = tmp_path / "run"
     assert main(["train", "--task", "ner", "--output-dir", str(out), "--report-to", "mlflow", "--no-progress"]) != 0
-    assert ("trainer.report_to: mlflow needs the nlpkit_no_such_module package: pip install 'nlpkit[mlflow]'"
+    assert ("logging.report_to: mlflow needs the nlpkit_no_such_module package: pip install 'nlpkit[mlflow]'"
             in capsys.readouterr().err)
     assert not out.exists()
 
@@ -125,7 +127,7 @@ def test_mlflow_run_has_params_metric_histories_dev_scores_and_artifacts(tmp_pat
     # params: the run config, flattened
     params = run.data.params
     assert params["tasks.0.type"] == "ner" and params["trainer.max_steps"] == "4"
-    assert params["trainer.report_to"] == '["mlflow"]' and params["backbone.spec"] == "tiny"
+    assert params["logging.report_to"] == '["mlflow"]' and params["backbone.spec"] == "tiny"
     # per-step metrics: every log step, the same numbers as log.jsonl
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     steps = [r for r in log if "loss/ner" in r]
@@ -156,9 +158,9 @@ def test_a_resumed_run_continues_its_mlflow_run(tmp_path, mlflow_store):
     from mlflow.tracking import MlflowClient
 
     out = tmp_path / "run"
-    train_ner(out, "--report-to", "mlflow,tensorboard", "--max-steps", "2", "--set", "trainer.plots=false")
+    train_ner(out, "--report-to", "mlflow,tensorboard", "--max-steps", "2", "--set", "logging.plots=false")
     first = json.loads((out / "tracking.json").read_text())["mlflow"]["run_id"]
-    train_ner(out, "--report-to", "mlflow,tensorboard", "--set", "trainer.plots=false")  # resume auto: steps 3-4
+    train_ner(out, "--report-to", "mlflow,tensorboard", "--set", "logging.plots=false")  # resume auto: steps 3-4
     assert json.loads((out / "tracking.json").read_text())["mlflow"]["run_id"] == first
     client = MlflowClient(tracking_uri=mlflow_store)
     assert [m.step for m in client.get_metric_history(first, "loss")] == [1, 2, 3, 4]
@@ -221,7 +223,7 @@ def test_wandb_is_offline_by_default_and_its_run_has_config_history_and_artifact
     monkeypatch.setenv("WANDB_CACHE_DIR", str(tmp_path / "wandb-cache"))
     monkeypatch.setenv("WANDB_DATA_DIR", str(tmp_path / "wandb-data"))
     out = tmp_path / "run"
-    train_ner(out, "--report-to", "wandb", "--set", "trainer.plots=false")
+    train_ner(out, "--report-to", "wandb", "--set", "logging.plots=false")
     saved = json.loads((out / "tracking.json").read_text())["wandb"]
     run_dir = Path(saved["dir"])
     assert saved["mode"] == "offline" and run_dir.name.startswith("offline-run-")
@@ -229,7 +231,7 @@ def test_wandb_is_offline_by_default_and_its_run_has_config_history_and_artifact
     seen = read_offline_run(run_dir)
     config = seen["config"]
     assert config["tasks"][0]["type"] == "ner" and config["trainer"]["max_steps"] == 4
-    assert config["trainer"]["report_to"] == ["wandb"]
+    assert config["logging"]["report_to"] == ["wandb"]
     rows = seen["history"]
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert [r["_step"] for r in rows if "loss" in r] == [1, 2, 3, 4]
@@ -247,7 +249,7 @@ def test_wandb_dir_is_obeyed(tmp_path, monkeypatch):
     for var in ("WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR"):
         monkeypatch.setenv(var, str(tmp_path / var.lower()))
     out = tmp_path / "run"
-    train_ner(out, "--report-to", "wandb", "--max-steps", "1", "--set", "trainer.plots=false")
+    train_ner(out, "--report-to", "wandb", "--max-steps", "1", "--set", "logging.plots=false")
     run_dir = Path(json.loads((out / "tracking.json").read_text())["wandb"]["dir"])
     assert run_dir.parent == tmp_path / "wb" / "wandb" and not (out / "wandb").exists()
     assert [r["_step"] for r in read_offline_run(run_dir)["history"] if "loss" in r] == [1]

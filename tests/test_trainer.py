@@ -31,6 +31,8 @@ from nlpkit.engine.task_data import TaskSampler, TaskStream, data_fingerprint
 from nlpkit.engine.train_state import LoopState, check_resume, rng_state, set_rng_state
 from nlpkit.engine.trainer import train
 
+from conftest import run_sections
+
 ROOT = Path(__file__).resolve().parents[1]
 NER_TRAIN = ROOT / "tasks" / "data" / "ner" / "train.conll"
 
@@ -66,12 +68,12 @@ def run_config(ner_files: Path, out: Path, **trainer) -> dict:
         "tasks": [{"type": "ner", "name": "ner_a", "data": data},
                   {"type": "ner", "name": "ner_b", "data": data, "options": {"max_length": 48}}],
         "backbone": {"spec": "mini", "vocab_size": 400},
-        "trainer": {"max_steps": 12, "batch_size": 8, "grad_accum": 2, "lr": 3e-3, "eval_every": 4, "save_every": 4,
-                    "log_every": 3, "keep_last": 2, "patience": 5, "progress": False, "cpu": True,
-                    "tensorboard": False, "plots": False,
-                    # seed 3: the best dev score comes after the step-4 checkpoint the kill tests resume from (with the
-                    # numpy batch order of nlpkit.sdk.data, seed 42's best was step 4 itself)
-                    "seed": 3, **trainer},
+        **run_sections(**{"max_steps": 12, "batch_size": 8, "grad_accum": 2, "lr": 3e-3, "eval_every": 4,
+                          "save_every": 4, "log_every": 3, "keep_last": 2, "patience": 5, "progress": False, "cpu": True,
+                          "tensorboard": False, "plots": False,
+                          # seed 3: the best dev score comes after the step-4 checkpoint the kill tests resume from
+                          # (with the numpy batch order of nlpkit.sdk.data, seed 42's best was step 4 itself)
+                          "seed": 3, **trainer}),
         "output_dir": str(out),
     }
 
@@ -255,7 +257,7 @@ def test_multitask_controls_resume_exactly(ner_files, tmp_path, capsys):
 def test_resume_refuses_an_incompatible_config(reference, ner_files, tmp_path, capsys):
     for change, message in [({"backbone": {"spec": "tiny", "vocab_size": 400}}, "backbone.spec was 'mini', now 'tiny'"),
                             ({"trainer_batch_size": 16}, "trainer.batch_size was 8, now 16"),
-                            ({"per_task": True}, "trainer.optimizer_state was 'shared', now 'per-task'"),
+                            ({"per_task": True}, "multitask.optimizer_state was 'shared', now 'per-task'"),
                             ({"one_task": True}, "it was trained on tasks [ner_a (ner), ner_b (ner)]")]:
         cfg = run_config(ner_files, tmp_path / "unused", resume=str(reference))
         if "backbone" in change:
@@ -265,7 +267,7 @@ def test_resume_refuses_an_incompatible_config(reference, ner_files, tmp_path, c
         if "one_task" in change:
             cfg["tasks"] = cfg["tasks"][:1]
         if "per_task" in change:
-            cfg["trainer"]["optimizer_state"] = "per-task"
+            cfg.setdefault("multitask", {})["optimizer_state"] = "per-task"
         cfg_file = tmp_path / "recipe.json"
         cfg_file.write_text(json.dumps(cfg))  # JSON is YAML
         assert main(["train", "--recipe", str(cfg_file), "--no-progress"]) == 2
@@ -291,7 +293,7 @@ def test_auto_resume_reuses_the_run_tokenizer(ner_files, tmp_path, monkeypatch, 
     assert result.metrics["steps"] == 4 and result.metrics["resumed_from"] == [2]
     assert "trainer.max_steps was 2, now 4" in capsys.readouterr().out  # said, not silently inexact
     monkeypatch.undo()
-    cfg["trainer"]["resume"] = "never"
+    cfg["checkpoint"]["resume"] = "never"
     result = train(cfg)
     assert result.metrics["resumed_from"] == [] and "starting over" in capsys.readouterr().out
 
@@ -516,8 +518,8 @@ def nan_config(ner_files: Path, out: Path, plugin: str, options: dict, **trainer
     return {
         "tasks": [{"type": "nan-ner", "name": "nan", "data": data, "options": options}],
         "backbone": {"spec": "mini", "vocab_size": 400},
-        "trainer": {"max_steps": 6, "batch_size": 8, "eval_every": 6, "log_every": 2, "progress": False,
-                    "cpu": True, "tensorboard": False, "plots": False, **trainer},
+        **run_sections(**{"max_steps": 6, "batch_size": 8, "eval_every": 6, "log_every": 2, "progress": False,
+                          "cpu": True, "tensorboard": False, "plots": False, **trainer}),
         "output_dir": str(out),
         "plugins": [plugin],
     }
@@ -864,7 +866,7 @@ def test_precision_bf16_on_cpu_and_fp16_falls_back_with_a_note(ner_files, tmp_pa
     assert result.metrics["precision"] == "bf16"
     result = train(run_config(ner_files, tmp_path / "fp16", max_steps=1, grad_accum=1, precision="fp16"))
     assert result.metrics["precision"] == "fp32"
-    assert "trainer.precision fp16 needs a CUDA GPU; training in fp32" in capsys.readouterr().out
+    assert "precision.compute fp16 needs a CUDA GPU; training in fp32" in capsys.readouterr().out
 
 
 def test_replayed_steps_appear_once_in_log_and_tensorboard(ner_files, tmp_path):

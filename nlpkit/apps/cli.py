@@ -58,17 +58,18 @@ def _add_train_parser(sub: Any) -> None:
     t.add_argument("--lr", type=float)
     t.add_argument("--seed", type=int)
     t.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"],
-                   help="default auto: bf16 on GPUs with bf16 units and on CPUs with native bf16, else fp32 (fp16 on "
-                        "older GPUs); the log says which and why")
+                   help="autocast dtype of training (precision.compute; the weights keep backbone.dtype). Default "
+                        "auto: bf16 on GPUs with bf16 units and on CPUs with native bf16, else fp32 (fp16 on older "
+                        "GPUs); the log says which and why")
     t.add_argument("--eval-max-examples", type=positive_int, metavar="N",
                    help="score only the first N examples of each dev split during training (quick runs)")
     t.add_argument("--option", action="append", default=[], metavar="[TASK:]KEY=VALUE", help="task option")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any config key, e.g. trainer.lr=3e-5")
     t.add_argument("--plugin", action="append", default=[], metavar="MODULE", help="import a module that registers tasks")
-    t.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar (logs only; logging.progress)")
     t.add_argument("--report-to", metavar="NAME[,NAME]",
                    help="experiment trackers, comma-separated: tensorboard (the default), mlflow, wandb (offline unless "
-                        "WANDB_MODE=online), or none (trainer.report_to)")
+                        "WANDB_MODE=online), or none (logging.report_to)")
     t.add_argument("--init-from", metavar="DIR",
                    help="start from a trained checkpoint: its backbone, and the heads of tasks with the same name")
     t.add_argument("--num-processes", type=positive_int, metavar="N",
@@ -81,7 +82,7 @@ def _add_train_parser(sub: Any) -> None:
     t.add_argument("--resume", metavar="DIR|auto|never",
                    help="continue from a run folder's newest checkpoint (or a checkpoints/step-N folder); with no "
                         "--task/--recipe the checkpoint's own config is used. Default auto: resume when --output-dir "
-                        "already holds a checkpoint; never: start over")
+                        "already holds a checkpoint; never: start over (checkpoint.resume)")
 
 
 def _add_evaluate_predict_parsers(sub: Any) -> None:
@@ -208,6 +209,7 @@ def build_config(args: argparse.Namespace) -> "Any":
         data = training_config(resume, lambda msg: print(f"warning: {msg}", file=sys.stderr))
         data["output_dir"] = None  # the checkpoint's run folder (a saved relative path may point elsewhere)
         source = f"{resume} (saved config)"
+    renamed = _move_renamed_keys(data, source, reported=bool(args.recipe))
     if args.task:
         entries = []
         for spec in args.task:
@@ -229,13 +231,15 @@ def build_config(args: argparse.Namespace) -> "Any":
         by_name[task or names[0]].setdefault("options", {})[key] = _yaml_value(raw, f"--option {value!r}")
     trainer = _section(data, "trainer", where)
     for flag, key in [("epochs", "epochs"), ("max_steps", "max_steps"), ("batch_size", "batch_size"), ("lr", "lr"), ("seed", "seed"),
-                      ("precision", "precision"), ("eval_max_examples", "eval_max_examples")]:
+                      ("eval_max_examples", "eval_max_examples")]:
         if getattr(args, flag) is not None:
             trainer[key] = getattr(args, flag)
+    if args.precision is not None:
+        _section(data, "precision", where)["compute"] = args.precision
     if args.report_to is not None:
-        trainer["report_to"] = args.report_to  # a comma-separated list; checked by TrainerConfig
+        _section(data, "logging", where)["report_to"] = args.report_to  # a comma-separated list; checked there
     if args.no_progress or not sys.stderr.isatty():  # a bar in a log file is noise: print log lines
-        trainer["progress"] = False
+        _section(data, "logging", where)["progress"] = False
     data_flags = {"cache": False if args.no_cache else None, "cache_dir": args.cache_dir, "num_proc": args.num_proc}
     if any(v is not None for v in data_flags.values()):
         _section(data, "data", where).update({k: v for k, v in data_flags.items() if v is not None})
@@ -250,18 +254,32 @@ def build_config(args: argparse.Namespace) -> "Any":
     if args.init_from is not None:
         data["init_from"] = args.init_from
     if resume:
-        trainer["resume"] = resume
+        _section(data, "checkpoint", where)["resume"] = resume
     if args.plugin:
         plugins = data.get("plugins") or []
         if not isinstance(plugins, list):
             raise ConfigError(f"{where}plugins: expected a list of module names, got {show(plugins)}")
         data["plugins"] = plugins + args.plugin
     for assignment in args.set:
-        apply_override(data, assignment)
+        moved = apply_override(data, assignment)  # an old key name lands at its new place
+        renamed += [moved] if moved else []
     if recipe_data:  # after every flag: a --data file or --set path replaces the recipe's source
         recipe_data.drop_replaced_dev()
         recipe_data.require(("train", "dev"))
-    return RunConfig.from_dict(data, source)
+    return RunConfig.from_dict(data, source, renamed=renamed)
+
+
+def _move_renamed_keys(data: dict[str, Any], source: str | None, reported: bool) -> list[tuple[str, str]]:
+    """Keys under their old names (``trainer.sampler``) moved to their sections before any flag is merged, so
+    that a flag or ``--set`` overrides the recipe whichever name it used. The moves are returned for the
+    deprecation notice when the user wrote them (``reported``), not for a saved config older nlpkit wrote."""
+    from ..engine import renamed_keys
+
+    try:
+        moved = renamed_keys.upgrade(data)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}" if source else str(exc)) from exc
+    return moved if reported else []
 
 
 def check_tasks(data: dict[str, Any], where: str = "") -> list[dict[str, Any]]:

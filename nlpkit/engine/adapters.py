@@ -373,5 +373,6 @@ def enable_gradient_checkpointing(model: nn.Module) -> int:
                 module.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             count += 1
     if not count:
-        raise ConfigError("trainer.gradient_checkpointing: this backbone's model does not support gradient checkpointing")
+        raise ConfigError("performance.gradient_checkpointing: this backbone's model does not support "
+                          "gradient checkpointing")
     return count

@@ -7,11 +7,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional, Sequence
 
 from ..sdk import options
 from ..sdk.errors import ConfigError
 from ..sdk.options import Range, require
+from . import renamed_keys
 
 #: what torch, numpy and random all accept as a seed
 SEED = Annotated[int, Range(0, 2**32 - 1)]
@@ -87,7 +88,7 @@ class TaskEntry:
     #: loss weight in multi-task training
     weight: float = 1.0
     #: this task's own warm-up, as a fraction of its own steps (default: trainer.warmup_ratio); needs
-    #: trainer.schedule_per_task
+    #: multitask.schedule_per_task
     warmup_ratio: Optional[float] = None
 
     def validate(self, key: str) -> None:
@@ -100,7 +101,8 @@ class TaskEntry:
 
 @dataclass
 class TrainerConfig:
-    """Every knob of the training loop; docs/training.md explains each one."""
+    """The optimisation itself: budget, batch, learning rate and its schedule, evaluation and stopping
+    (docs/training.md explains each key; the other sections hold what used to sit here beside them)."""
 
     #: passes over the training data (fractions allowed); ignored when max_steps is set
     epochs: float = 3.0
@@ -123,9 +125,6 @@ class TrainerConfig:
     #: clip the gradient norm to this value (null: no clipping)
     max_grad_norm: Optional[float] = 1.0
     seed: SEED = 42
-    #: "auto" picks bf16 on GPUs with bf16 units, fp16 on other GPUs, bf16 on CPUs with native bf16 (AMX or
-    #: AVX512-BF16), fp32 on other CPUs (autocast via Accelerate; the log says which and why)
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     #: evaluate every N optimizer steps (default: at the end of each epoch)
     eval_every: Optional[int] = None
     #: evaluations during training score only the first N examples of each dev split (null: all); the
@@ -136,64 +135,10 @@ class TrainerConfig:
     eval_at_start: bool = False
     #: stop after this many evaluations without improvement of the selection score
     patience: Optional[int] = None
-    #: multi-task batch sampling (docs/multitask.md): proportional to the tasks' batches, temperature,
-    #: annealed (proportional at the start, close to uniform at the end), or round-robin
-    sampler: Literal["proportional", "temperature", "annealed", "round-robin"] = "proportional"
-    #: sampler "temperature": task i is drawn with p ∝ n_i^(1/T) (1 = proportional, large = uniform)
-    temperature: float = 2.0
-    #: multi-task: count each task's learning-rate schedule (warm-up, decay) in its own steps, so that its
-    #: k-th update gets the rate of its k-th update in a single-task run; false: one schedule over the run
-    schedule_per_task: bool = True
-    #: multi-task: "shared" (one AdamW state for all tasks) or "per-task" (one AdamW state per task over the
-    #: shared weights, so each task's updates follow its own gradients' moments; more optimizer memory;
-    #: not with distributed.sharding)
-    optimizer_state: Literal["shared", "per-task"] = "shared"
-    #: the heads' learning rate as a multiple of the backbone's (null: 1 in a single-task run, 10 in a
-    #: multi-task run, where each head must keep up with a backbone the other tasks move too; docs/multitask.md)
-    head_lr_scale: Optional[float] = None
-    #: multi-task loss weights: "fixed" (each task entry's weight) or "uncertainty" (Kendall et al. 2018:
-    #: each task's loss divided by its running mean, the closed-form optimum of the learned variance)
-    task_weighting: Literal["fixed", "uncertainty"] = "fixed"
-    #: multi-task: also keep each task's own best model in <run>/best-per-task/<task> (best/ holds the
-    #: checkpoint the selection score picked, one step for all tasks)
-    best_per_task: bool = False
-    #: group similar lengths into batches (less padding)
-    group_by_length: bool = True
-    #: write a log.jsonl / TensorBoard record (and refresh the progress bar) every N steps
-    log_every: int = 10
     #: consecutive non-finite losses tolerated before training stops
     max_bad_steps: int = 5
-    #: keep this many step checkpoints for resume (besides the best model)
-    keep_last: int = 1
-    #: write a resumable checkpoint every N steps (default: at each evaluation)
-    save_every: Optional[int] = None
-    #: also write one when this many minutes passed since the last (null: only by steps)
-    save_minutes: Optional[float] = 30.0
-    #: "auto": continue from the newest complete checkpoint in output_dir if there is one;
-    #: "never": start over (removing the folder's old checkpoints); or a run / checkpoint folder
-    resume: str = "auto"
-    #: experiment trackers (``--report-to``): tensorboard (event files in <run>/tensorboard), mlflow, wandb
-    #: (offline unless WANDB_MODE=online), or none; a list, or one name / a comma-separated string
-    #: (nlpkit.engine.tracking, docs/training.md "Experiment tracking")
-    report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
-    #: the older switch for TensorBoard, kept as an alias: true adds tensorboard to report_to, false removes
-    #: it, null (the default) leaves report_to as it is
-    tensorboard: Optional[bool] = None
-    #: learning-curve PNGs in <run>/curves at the end (needs matplotlib)
-    plots: bool = True
-    progress: bool = True
+    #: train on the CPU even where a CUDA GPU is visible
     cpu: bool = False
-    compile: bool = False
-    #: on CPU, dropout masks from nlpkit.engine.fast_dropout (numpy's bulk generator, seeded from torch's): the same
-    #: dropout, about 4x cheaper than F.dropout on CPU; false: torch's own dropout
-    fast_dropout: bool = True
-    #: Linux/glibc: keep freed memory in the process while training (nlpkit.engine.heap), so each step's large
-    #: buffers are not page-faulted in anew. Off by default: on the NER benchmark row it measured 1.03x the
-    #: speed, 95% interval 0.92-1.15 over 5 alternating repeats, and 2% more peak memory (docs/performance.md)
-    heap_reuse: bool = False
-    #: recompute each layer's activations in the backward pass instead of keeping them (non-reentrant
-    #: torch.utils.checkpoint): less memory for about a third more compute, on any backbone, LoRA included
-    gradient_checkpointing: bool = False
 
     def validate(self, key: str) -> None:
         require(self.epochs > 0, f"{key}.epochs", "must be positive")
@@ -207,19 +152,116 @@ class TrainerConfig:
         require(self.max_grad_norm is None or self.max_grad_norm > 0, f"{key}.max_grad_norm", "must be positive")
         require(self.eval_every is None or self.eval_every > 0, f"{key}.eval_every", "must be positive")
         require(self.patience is None or self.patience > 0, f"{key}.patience", "must be positive")
+        require(self.max_bad_steps >= 1, f"{key}.max_bad_steps", "must be >= 1")
+
+
+@dataclass
+class PrecisionConfig:
+    """The number format of training's arithmetic. The weights keep the dtype they were loaded in
+    (backbone.dtype); this only chooses the autocast dtype of the forward and backward passes."""
+
+    #: "auto" picks bf16 on GPUs with bf16 units, fp16 on other GPUs, bf16 on CPUs with native bf16 (AMX or
+    #: AVX512-BF16), fp32 on other CPUs (autocast via Accelerate; the log says which and why). ``--precision``
+    compute: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+
+
+@dataclass
+class MultitaskConfig:
+    """How several tasks share one run (docs/multitask.md); a single-task run ignores all but head_lr_scale."""
+
+    #: multi-task batch sampling: proportional to the tasks' batches, temperature, annealed (proportional at
+    #: the start, close to uniform at the end), or round-robin
+    sampler: Literal["proportional", "temperature", "annealed", "round-robin"] = "proportional"
+    #: sampler "temperature": task i is drawn with p ∝ n_i^(1/T) (1 = proportional, large = uniform)
+    temperature: float = 2.0
+    #: count each task's learning-rate schedule (warm-up, decay) in its own steps, so that its k-th update
+    #: gets the rate of its k-th update in a single-task run; false: one schedule over the run
+    schedule_per_task: bool = True
+    #: "shared" (one AdamW state for all tasks) or "per-task" (one AdamW state per task over the shared
+    #: weights, so each task's updates follow its own gradients' moments; more optimizer memory; not with
+    #: distributed.sharding)
+    optimizer_state: Literal["shared", "per-task"] = "shared"
+    #: the heads' learning rate as a multiple of the backbone's (null: 1 in a single-task run, 10 in a
+    #: multi-task run, where each head must keep up with a backbone the other tasks move too)
+    head_lr_scale: Optional[float] = None
+    #: loss weights: "fixed" (each task entry's weight) or "uncertainty" (Kendall et al. 2018: each task's
+    #: loss divided by its running mean, the closed-form optimum of the learned variance)
+    task_weighting: Literal["fixed", "uncertainty"] = "fixed"
+    #: also keep each task's own best model in <run>/best-per-task/<task> (best/ holds the checkpoint the
+    #: selection score picked, one step for all tasks)
+    best_per_task: bool = False
+
+    def validate(self, key: str) -> None:
         require(self.temperature > 0, f"{key}.temperature", "must be positive")
         require(self.head_lr_scale is None or 0 < self.head_lr_scale <= 1000, f"{key}.head_lr_scale",
                 "must be in (0, 1000]")
-        require(self.log_every > 0, f"{key}.log_every", "must be positive")
-        require(self.max_bad_steps >= 1, f"{key}.max_bad_steps", "must be >= 1")
+
+
+@dataclass
+class CheckpointConfig:
+    """Resumable checkpoints (<run>/checkpoints/step-N): how often, how many, and where a run continues from."""
+
+    #: keep this many step checkpoints for resume (besides the best model)
+    keep_last: int = 1
+    #: write a resumable checkpoint every N steps (default: at each evaluation)
+    save_every: Optional[int] = None
+    #: also write one when this many minutes passed since the last (null: only by steps)
+    save_minutes: Optional[float] = 30.0
+    #: "auto": continue from the newest complete checkpoint in output_dir if there is one;
+    #: "never": start over (removing the folder's old checkpoints); or a run / checkpoint folder. ``--resume``
+    resume: str = "auto"
+
+    def validate(self, key: str) -> None:
         require(self.keep_last >= 1, f"{key}.keep_last", "must be >= 1")
         require(self.save_every is None or self.save_every > 0, f"{key}.save_every", "must be positive")
         require(self.save_minutes is None or self.save_minutes > 0, f"{key}.save_minutes", "must be positive")
+        require(self.resume in ("auto", "never") or Path(self.resume).exists(), f"{key}.resume",
+                f"must be auto, never or an existing run/checkpoint folder; {self.resume!r} does not exist")
+
+
+@dataclass
+class LoggingConfig:
+    """What a run reports while it trains: log records, trackers, the progress bar, the curves at the end."""
+
+    #: write a log.jsonl / tracker record (and refresh the progress bar) every N steps
+    log_every: int = 10
+    #: experiment trackers (``--report-to``): tensorboard (event files in <run>/tensorboard), mlflow, wandb
+    #: (offline unless WANDB_MODE=online), or none; a list, or one name / a comma-separated string
+    #: (nlpkit.engine.tracking, docs/training.md "Experiment tracking")
+    report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
+    #: the older switch for TensorBoard, kept as an alias: true adds tensorboard to report_to, false removes
+    #: it, null (the default) leaves report_to as it is
+    tensorboard: Optional[bool] = None
+    #: learning-curve PNGs in <run>/curves at the end (needs matplotlib)
+    plots: bool = True
+    #: a progress bar on the terminal (``--no-progress``, and output that is not a terminal, turn it off)
+    progress: bool = True
+
+    def validate(self, key: str) -> None:
+        require(self.log_every > 0, f"{key}.log_every", "must be positive")
         from .tracking import check_names
 
         check_names(self.report_to, f"{key}.report_to")
-        require(self.resume in ("auto", "never") or Path(self.resume).exists(), f"{key}.resume",
-                f"must be auto, never or an existing run/checkpoint folder; {self.resume!r} does not exist")
+
+
+@dataclass
+class PerformanceConfig:
+    """Speed and memory switches that leave what is learned the same, or the same in distribution."""
+
+    #: group similar lengths into batches (less padding)
+    group_by_length: bool = True
+    #: torch.compile the model; it made a short run on 2 CPU cores slower (docs/performance.md): for long GPU runs
+    compile: bool = False
+    #: on CPU, dropout masks from nlpkit.engine.fast_dropout (numpy's bulk generator, seeded from torch's): the same
+    #: dropout, about 4x cheaper than F.dropout on CPU; false: torch's own dropout
+    fast_dropout: bool = True
+    #: Linux/glibc: keep freed memory in the process while training (nlpkit.engine.heap), so each step's large
+    #: buffers are not page-faulted in anew. Off by default: on the NER benchmark row it measured 1.03x the
+    #: speed, 95% interval 0.92-1.15 over 5 alternating repeats, and 2% more peak memory (docs/performance.md)
+    heap_reuse: bool = False
+    #: recompute each layer's activations in the backward pass instead of keeping them (non-reentrant
+    #: torch.utils.checkpoint): less memory for about a third more compute, on any backbone, LoRA included
+    gradient_checkpointing: bool = False
 
 
 @dataclass
@@ -255,6 +297,16 @@ class RunConfig:
     tasks: list[TaskEntry]
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    #: the autocast dtype of training (``--precision``)
+    precision: PrecisionConfig = field(default_factory=PrecisionConfig)
+    #: how several tasks share the run: batch sampling, schedules, optimizer state, loss weights
+    multitask: MultitaskConfig = field(default_factory=MultitaskConfig)
+    #: resumable checkpoints and where a run continues from (``--resume``)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    #: log records, experiment trackers (``--report-to``), progress bar, curves
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    #: speed and memory switches
+    performance: PerformanceConfig = field(default_factory=PerformanceConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
     #: where read and encoded data tables are cached, and how many processes encode (nlpkit.engine.tables)
     data: DataSettings = field(default_factory=DataSettings)
@@ -288,9 +340,25 @@ class RunConfig:
             check_files(self.init_from)  # cheap (no weights read): a broken start fails before any folder is touched
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], source: str | None = None) -> "RunConfig":
+    def from_dict(cls, data: dict[str, Any], source: str | None = None,
+                  renamed: Sequence[tuple[str, str]] = ()) -> "RunConfig":
+        """The checked config of a recipe, a dict of the Python API, or a saved run config.
+
+        Keys under their names before the sections were split (``trainer.sampler``) are moved to their new
+        place first (nlpkit.engine.renamed_keys), with one warning naming them all; ``renamed`` are the
+        ones a caller moved already (the CLI does so before merging its flags). Errors about such a key
+        name it as it was written.
+        """
+        moved = list(renamed)
         try:
-            return options.build(cls, data)
+            if isinstance(data, dict):
+                data = dict(data)  # upgrade replaces sections: the caller's dict stays as it was
+                moved += renamed_keys.upgrade(data)
+            renamed_keys.warn(moved, source)
+            try:
+                return options.build(cls, data)
+            except ConfigError as exc:
+                raise ConfigError(renamed_keys.as_written(str(exc), moved)) from exc
         except ConfigError as exc:
             if source:
                 raise ConfigError(f"{source}: {exc}") from exc
@@ -352,14 +420,20 @@ def load_recipe(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def apply_override(data: dict[str, Any], assignment: str) -> None:
-    """``trainer.lr=3e-5`` or ``tasks.0.options.max_length=128``; values are parsed as YAML scalars."""
+def apply_override(data: dict[str, Any], assignment: str) -> tuple[str, str] | None:
+    """``trainer.lr=3e-5`` or ``tasks.0.options.max_length=128``; values are parsed as YAML scalars.
+
+    A key under its old name (``trainer.log_every``) is written at its new place, so that it overrides a
+    recipe that uses the new name (upgrade ``data`` with ``renamed_keys.upgrade`` first); the (old, new)
+    pair is returned for the deprecation notice, None for a current key.
+    """
     import yaml
 
     if "=" not in assignment:
         raise ConfigError(f"--set {assignment!r}: expected KEY=VALUE, e.g. trainer.lr=3e-5")
     key, raw = assignment.split("=", 1)
-    parts = key.split(".")
+    place, moved = renamed_keys.new_name(key)
+    parts = place.split(".")
     if not all(parts):
         raise ConfigError(f"--set {assignment!r}: the key has an empty part; expected KEY=VALUE, e.g. trainer.lr=3e-5")
     try:
@@ -373,6 +447,7 @@ def apply_override(data: dict[str, Any], assignment: str) -> None:
         node[idx] = value
     else:
         node[last] = value
+    return moved
 
 
 def walk(data: dict[str, Any], parts: list[str], where: str = "") -> Any:

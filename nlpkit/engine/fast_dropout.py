@@ -1,4 +1,4 @@
-"""Dropout with cheaper masks on CPU (``trainer.fast_dropout``, on by default).
+"""Dropout with cheaper masks on CPU (``performance.fast_dropout``, on by default).
 
 On CPU, torch draws a dropout mask element by element from its Mersenne Twister (``bernoulli_``): about
 7 ns per element here, so the 20 masks of a MiniLM step took 16% of a bf16 step, as long as a third of

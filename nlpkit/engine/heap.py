@@ -1,4 +1,4 @@
-"""Keep freed memory in the process during training (``trainer.heap_reuse``, off by default; Linux/glibc).
+"""Keep freed memory in the process during training (``performance.heap_reuse``, off by default; Linux/glibc).
 
 glibc serves every allocation over 32 MB (and, by default, many over 128 KB) with a fresh ``mmap`` and
 returns it to the kernel on ``free``. A training step allocates the same large buffers every time (the

@@ -30,7 +30,7 @@ def no_decay(name: str, param: torch.nn.Parameter) -> bool:
     return param.ndim < 2 or "norm" in name.lower()
 
 
-#: trainer.head_lr_scale's default in a multi-task run. Measured on MiniLM-L6, 5 epochs per task
+#: multitask.head_lr_scale's default in a multi-task run. Measured on MiniLM-L6, 5 epochs per task
 #: (benchmarks/multitask_quality.py, docs/multitask.md): jointly, heads at 10x moved the smaller task from
 #: -3.07 to -1.62 points of its single-task dev score (SemEval beside CoNLL-2003) and from -1.35 to -0.22
 #: (WNUT-17 beside CoNLL-2003), while in single-task runs the same 10x changed SemEval by -0.56 and
@@ -112,7 +112,7 @@ class PerTaskAdamW(torch.optim.Optimizer):
     def load_state_dict(self, state_dict: dict) -> None:
         if "per_task" not in state_dict:
             raise ValueError("this optimizer state holds one AdamW state, not one per task "
-                             "(trainer.optimizer_state was 'shared' when it was saved)")
+                             "(multitask.optimizer_state was 'shared' when it was saved)")
         for t, o in self.inner.items():
             o.load_state_dict(state_dict["per_task"][t])
         for mine, saved in zip(self.param_groups, state_dict.get("param_groups", [])):

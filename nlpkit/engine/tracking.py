@@ -1,6 +1,6 @@
 """Experiment tracking: TensorBoard, MLflow and Weights & Biases behind one small interface.
 
-``trainer.report_to`` (``--report-to``) lists the trackers; the trainer calls, on the main process only,
+``logging.report_to`` (``--report-to``) lists the trackers; the trainer calls, on the main process only,
 ``start(params)`` once, ``log_metrics(step, values)`` at each log step, ``log_eval(step, metrics, score)``
 at each evaluation and ``finish(result)`` at the end (``close()`` always, also after an error). Each tracker
 talks to its own library, imported only when it is asked for:
@@ -36,7 +36,7 @@ from typing import Any, Sequence
 
 from ..sdk.errors import ConfigError
 
-#: the trackers trainer.report_to accepts ("none" alone: no tracker)
+#: the trackers logging.report_to accepts ("none" alone: no tracker)
 TRACKERS = ("tensorboard", "mlflow", "wandb")
 #: where a tracker's library comes from
 PACKAGES = {"mlflow": ("mlflow", "nlpkit[mlflow]"), "wandb": ("wandb", "nlpkit[wandb]")}
@@ -47,7 +47,7 @@ STATE_FILE = "tracking.json"
 
 
 def check_names(names: Sequence[str], key: str) -> None:
-    """trainer.report_to's validation: known names, and "none" only alone."""
+    """logging.report_to's validation: known names, and "none" only alone."""
     unknown = [n for n in names if n not in (*TRACKERS, "none")]
     if unknown:
         raise ConfigError(f"{key}: unknown tracker {unknown[0]!r}; expected a list of {', '.join(TRACKERS)} "
@@ -57,7 +57,7 @@ def check_names(names: Sequence[str], key: str) -> None:
 
 
 def selected(report_to: Sequence[str], tensorboard: bool | None) -> list[str]:
-    """The trackers of a run: ``report_to`` with the older ``trainer.tensorboard`` switch applied on top
+    """The trackers of a run: ``report_to`` with the older ``logging.tensorboard`` switch applied on top
     (true adds tensorboard, false removes it, null leaves report_to as it is)."""
     names = [n for n in dict.fromkeys(report_to) if n != "none"]
     if tensorboard is True and "tensorboard" not in names:
@@ -72,7 +72,7 @@ def require_libraries(names: Sequence[str]) -> None:
     default, is only a note when it is missing)."""
     for name in names:
         if name in PACKAGES and importlib.util.find_spec(PACKAGES[name][0]) is None:
-            raise ConfigError(f"trainer.report_to: {name} needs the {PACKAGES[name][0]} package: "
+            raise ConfigError(f"logging.report_to: {name} needs the {PACKAGES[name][0]} package: "
                               f"pip install '{PACKAGES[name][1]}'")
 
 
@@ -298,7 +298,8 @@ class Tracking:
                     trackers.append(WandbTracker(out, saved.get("wandb"), config))
             except Exception as exc:  # before the first step: say so rather than train a run nobody tracks
                 cls(trackers, log, out).close(failed=True)
-                raise ConfigError(f"trainer.report_to: {name} could not start a run: {type(exc).__name__}: {exc}") from exc
+                raise ConfigError(f"logging.report_to: {name} could not start a run: "
+                                  f"{type(exc).__name__}: {exc}") from exc
         self = cls(trackers, log, out)
         state = {t.name: t.saved_state() for t in trackers if t.saved_state() is not None}
         if state:  # a tracker left out of this session keeps its id for a later one

@@ -18,7 +18,7 @@ import torch
 
 from ..sdk.errors import ConfigError
 from ..sdk.task import Task
-from . import checkpoint
+from . import checkpoint, renamed_keys
 from .adapters import adapter_only
 from .config import RunConfig
 from .distributed import from_main
@@ -54,13 +54,24 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 # ---- resume compatibility ----------------------------------------------------------------------------
-#: trainer keys that decide which batch comes next: changing them makes the saved data position meaningless
-ORDER_KEYS = ("seed", "batch_size", "grad_accum", "sampler", "temperature", "group_by_length")
-#: trainer keys that decide the form of the saved optimizer state (with the behaviour of older runs, which lack them)
-STATE_FORM_KEYS = {"optimizer_state": "shared"}
-#: trainer keys that change nothing about the weights (resume stays exact when they change)
-NEUTRAL_KEYS = {"resume", "progress", "tensorboard", "report_to", "plots", "save_every", "save_minutes", "keep_last",
-                "log_every", "eval_batch_size", "heap_reuse"}
+#: run settings that decide which batch comes next: changing them makes the saved data position meaningless
+ORDER_KEYS = ("trainer.seed", "trainer.batch_size", "trainer.grad_accum", "multitask.sampler",
+              "multitask.temperature", "performance.group_by_length")
+#: run settings that decide the form of the saved optimizer state (with the behaviour of older runs, which lack them)
+STATE_FORM_KEYS = {"multitask.optimizer_state": "shared"}
+#: run settings that change nothing about the weights (resume stays exact when they change)
+NEUTRAL_KEYS = {"checkpoint.resume", "logging.progress", "logging.tensorboard", "logging.report_to", "logging.plots",
+                "checkpoint.save_every", "checkpoint.save_minutes", "checkpoint.keep_last", "logging.log_every",
+                "trainer.eval_batch_size", "performance.heap_reuse"}
+
+
+def run_settings(config: dict[str, Any]) -> dict[str, Any]:
+    """The sections that were once ``trainer:`` as dotted keys, from a saved config of any version: a
+    run folder written before the split has its keys under ``trainer:``, and is read as if it had not."""
+    config = dict(config)
+    renamed_keys.upgrade(config)
+    return {f"{section}.{key}": value for section in renamed_keys.RUN_SECTIONS
+            for key, value in (config.get(section) or {}).items()}
 
 
 def _plain(value: Any) -> Any:
@@ -80,7 +91,7 @@ def check_resume(where: Path, state: dict[str, Any], meta: dict[str, Any], confi
     def refuse(what: str) -> None:
         raise ConfigError(
             f"cannot resume from {where}: {what}. Resume with the settings the checkpoint was trained with, "
-            "or start over with --resume never (trainer.resume: never) or another --output-dir")
+            "or start over with --resume never (checkpoint.resume: never) or another --output-dir")
 
     old_cfg = state.get("config") or {}
     old_tasks = [(t["name"], t["type"]) for t in meta["tasks"]]
@@ -111,15 +122,15 @@ def check_resume(where: Path, state: dict[str, Any], meta: dict[str, Any], confi
                 kernel_changes.append(f"backbone.{key} was {old!r}, now {new_bb.get(key)!r}")
         elif old_bb.get(key) != new_bb.get(key):
             refuse(f"backbone.{key} was {old_bb.get(key)!r}, now {new_bb.get(key)!r}")
-    old_tc, new_tc = old_cfg.get("trainer") or {}, config.to_dict()["trainer"]
+    old_tc, new_tc = run_settings(old_cfg), run_settings(config.to_dict())
     for key in ORDER_KEYS:
         if old_tc.get(key) != new_tc.get(key):
-            refuse(f"trainer.{key} was {old_tc.get(key)!r}, now {new_tc.get(key)!r} (it decides the data order)")
+            refuse(f"{key} was {old_tc.get(key)!r}, now {new_tc.get(key)!r} (it decides the data order)")
     for key, before in STATE_FORM_KEYS.items():
         if len(tasks) > 1 and old_tc.get(key, before) != new_tc.get(key, before):
-            refuse(f"trainer.{key} was {old_tc.get(key, before)!r}, now {new_tc.get(key, before)!r} "
+            refuse(f"{key} was {old_tc.get(key, before)!r}, now {new_tc.get(key, before)!r} "
                    "(the checkpoint's optimizer state has the other form)")
-    warnings = kernel_changes + [f"trainer.{key} was {old_tc.get(key)!r}, now {new_tc.get(key)!r}"
+    warnings = kernel_changes + [f"{key} was {old_tc.get(key)!r}, now {new_tc.get(key)!r}"
                 for key in new_tc if key not in NEUTRAL_KEYS and key not in ORDER_KEYS and key not in STATE_FORM_KEYS
                 and old_tc.get(key) != new_tc[key]]
     old_weights = {t.get("name") or t.get("type"): t.get("weight", 1.0) for t in old_cfg.get("tasks") or []}
@@ -144,7 +155,7 @@ def run_dir_of(ckpt: Path) -> Path:
     """The run folder that holds ``<run>/checkpoints/step-N``."""
     if ckpt.parent.name == checkpoint.CHECKPOINTS_DIR:
         return ckpt.parent.parent
-    raise ConfigError(f"trainer.resume: {ckpt} is not inside a run folder's {checkpoint.CHECKPOINTS_DIR}/; "
+    raise ConfigError(f"checkpoint.resume: {ckpt} is not inside a run folder's {checkpoint.CHECKPOINTS_DIR}/; "
                       "say where the resumed run goes with output_dir (--output-dir)")
 
 
@@ -172,7 +183,7 @@ class LoopState:
     task_steps: dict[str, int] = field(default_factory=dict)
     #: multi-task: each task's best evaluation so far, {task: {"step", "score", "metrics"}}
     task_best: dict[str, dict[str, Any]] = field(default_factory=dict)
-    #: trainer.task_weighting "uncertainty": each task's running mean loss
+    #: multitask.task_weighting "uncertainty": each task's running mean loss
     loss_means: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:

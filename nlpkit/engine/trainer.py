@@ -10,7 +10,7 @@ in ``_setup_model``, an optimizer change in ``_setup_optimizer``, a new kind of 
     optim         AdamW groups and the learning-rate schedule
     train_state   resume checks, RNG states, LoopState, writing and restoring step checkpoints
     run_log       log.jsonl and stdout, learning curves
-    tracking      trainer.report_to: TensorBoard, MLflow, W&B behind one interface (main process only)
+    tracking      logging.report_to: TensorBoard, MLflow, W&B behind one interface (main process only)
     sharding      FSDP2 / ZeRO-3: wrapping, gathered evaluation and saves, sharded step checkpoints
     preemption    SIGTERM / Ctrl-C: finish the step, save, say how to resume
 
@@ -53,7 +53,7 @@ from .train_state import (LoopState, check_resume, restore_step_checkpoint, run_
 
 #: the run folder's tokenizer for a from-scratch preset (trained on the run's text, reused on resume)
 TOKENIZER_DIR = "tokenizer-scratch"
-#: trainer.best_per_task: <run>/best-per-task/<task> holds the model at that task's own best evaluation
+#: multitask.best_per_task: <run>/best-per-task/<task> holds the model at that task's own best evaluation
 BEST_PER_TASK = "best-per-task"
 
 
@@ -127,12 +127,13 @@ class Trainer:
 
     @property
     def per_task_optimizer(self) -> bool:
-        return self.tc.optimizer_state == "per-task" and len(self.config.tasks) > 1
+        return self.config.multitask.optimizer_state == "per-task" and len(self.config.tasks) > 1
 
     def run(self) -> TrainResult:
         try:
             self.setup()
-            with heap.reuse_freed_memory(self.tc.heap_reuse):  # the loop only: set-up's garbage goes back first
+            # the loop only: set-up's garbage goes back first
+            with heap.reuse_freed_memory(self.config.performance.heap_reuse):
                 result = self.fit()
         except BaseException:
             if self.tracking is not None:
@@ -164,10 +165,11 @@ class Trainer:
         check_engine(self.acc, tc.batch_size, tc.grad_accum, tc.max_grad_norm)
         self.sharding = sharding.engine(self.shard_name, self.acc)
         if self.per_task_optimizer and self.sharding.name != "none":
-            raise ConfigError(f"trainer.optimizer_state per-task does not work with {self.sharding.name} sharding "
-                              "(its optimizer state is sharded as one AdamW state): use trainer.optimizer_state=shared")
+            raise ConfigError(f"multitask.optimizer_state per-task does not work with {self.sharding.name} sharding "
+                              "(its optimizer state is sharded as one AdamW state): "
+                              "use multitask.optimizer_state=shared")
         adapters.check_quantize(cfg.backbone.quantize, self.acc.device)  # before anything is read or written
-        tracking.require_libraries(tracking.selected(tc.report_to, tc.tensorboard))
+        tracking.require_libraries(tracking.selected(cfg.logging.report_to, cfg.logging.tensorboard))
         self.main = self.acc.is_main_process
         set_seed(tc.seed)
         self.out, self.src = self._locate(self.acc)
@@ -194,7 +196,7 @@ class Trainer:
         from accelerate.utils import DistributedDataParallelKwargs
 
         check_launch()
-        precision = self.tc.precision
+        precision = self.config.precision.compute
         cuda = torch.cuda.is_available() and not self.tc.cpu
         self.precision_why = "asked for"
         if precision == "auto":
@@ -204,10 +206,10 @@ class Trainer:
             precision = "no"
         elif precision == "fp16" and not cuda:
             # Accelerate accepts fp16 on CPU but autocast then does nothing: say so instead of pretending
-            self.notes.append("trainer.precision fp16 needs a CUDA GPU; training in fp32 (bf16 works on CPU)")
+            self.notes.append("precision.compute fp16 needs a CUDA GPU; training in fp32 (bf16 works on CPU)")
             precision = "no"
         elif precision == "bf16" and cuda and not torch.cuda.is_bf16_supported():
-            self.notes.append("trainer.precision bf16 is not supported by this GPU; using fp16")
+            self.notes.append("precision.compute bf16 is not supported by this GPU; using fp16")
             precision = "fp16"
         handlers = [DistributedDataParallelKwargs(find_unused_parameters=len(self.config.tasks) > 1)]
         # Accelerate keeps its settings in a process-wide singleton and refuses a second Accelerator with
@@ -249,10 +251,11 @@ class Trainer:
 
     def _find(self, cfg: RunConfig, tc) -> tuple[str, str | None]:
         warn = lambda msg: print(f"warning: {msg}", flush=True)  # noqa: E731
-        if tc.resume not in ("auto", "never"):
-            src = checkpoint.latest_training(tc.resume, warn)
+        resume = cfg.checkpoint.resume
+        if resume not in ("auto", "never"):
+            src = checkpoint.latest_training(resume, warn)
             if src is None:
-                raise ConfigError(f"trainer.resume: no complete resumable checkpoint in {tc.resume} "
+                raise ConfigError(f"checkpoint.resume: no complete resumable checkpoint in {resume} "
                                   f"(looked for {checkpoint.CHECKPOINTS_DIR}/step-N folders)")
             out = Path(cfg.output_dir) if cfg.output_dir else run_dir_of(src)
             return str(out), str(src)
@@ -261,7 +264,7 @@ class Trainer:
         else:
             names = "+".join(t.name for t in cfg.tasks)
             out = Path("runs") / f"{names}-{time.strftime('%Y%m%d-%H%M%S')}"
-        src = checkpoint.latest_training(out, warn) if tc.resume == "auto" and out.is_dir() else None
+        src = checkpoint.latest_training(out, warn) if resume == "auto" and out.is_dir() else None
         return str(out), (str(src) if src else None)
 
     def _setup_data(self) -> None:
@@ -273,7 +276,7 @@ class Trainer:
                               f"entries ({[e.name for e in cfg.tasks]})")
         self.data: dict[str, dict[str, list[dict]]] = {}
         self.paths: dict[str, dict[str, str]] = {}
-        set_progress(self.tc.progress and self.main)
+        set_progress(self.config.logging.progress and self.main)
         for task, entry in zip(self.tasks, cfg.tasks):
             with self.acc.main_process_first():  # one process reads into the cache, the others open it
                 self.data[task.name] = read_splits(task, entry, settings=cfg.data)
@@ -310,9 +313,10 @@ class Trainer:
         model = build.build_model(cfg.backbone, self.tasks, device=self.acc.device,
                                   preset_tokenizer=lambda: self._preset_tokenizer(self.acc, self.out, texts, self.src),
                                   resume=self.src, init_from=cfg.init_from,
-                                  gradient_checkpointing=self.tc.gradient_checkpointing,
+                                  gradient_checkpointing=cfg.performance.gradient_checkpointing,
                                   check_backbone=self._check_backbone)
-        if self.tc.fast_dropout and self.acc.device.type == "cpu" and not self.tc.compile:
+        perf = cfg.performance
+        if perf.fast_dropout and self.acc.device.type == "cpu" and not perf.compile:
             fast_dropout.install(model)  # torch.compile draws its own masks; GPUs' dropout is cheap already
         self.reused_heads: list[str] = []
         if cfg.init_from and self.src is None:
@@ -359,7 +363,7 @@ class Trainer:
 
     def _setup_batches(self) -> None:
         """Features, one endless batch stream per task, the task sampler, and the step budget."""
-        tc, world = self.tc, self.acc.num_processes
+        tc, mt, world = self.tc, self.config.multitask, self.acc.num_processes
         self.features = {t.name: {} for t in self.tasks}
         for t in self.tasks:
             for split, examples in self.data[t.name].items():
@@ -370,15 +374,15 @@ class Trainer:
                     if said:
                         self.notes.append(f"{t.name} {split}: {said}")
         self.streams = {t.name: TaskStream(t, self.features[t.name]["train"], tc.batch_size, tc.seed,
-                                           tc.group_by_length, world) for t in self.tasks}
+                                           self.config.performance.group_by_length, world) for t in self.tasks}
         batches_per_epoch = sum(len(s) for s in self.streams.values())
         self.steps_per_epoch = max(1, batches_per_epoch // tc.grad_accum)
         self.total_steps = tc.max_steps or max(1, math.ceil(tc.epochs * self.steps_per_epoch))
         self.sampler = TaskSampler([t.name for t in self.tasks], [len(self.streams[t.name]) for t in self.tasks],
-                                   tc.sampler, tc.temperature, tc.seed, total=self.total_steps * tc.grad_accum)
+                                   mt.sampler, mt.temperature, tc.seed, total=self.total_steps * tc.grad_accum)
         self.weights = {e.name: e.weight for e in self.config.tasks}
         self.eval_every = tc.eval_every or self.steps_per_epoch
-        self.save_every = tc.save_every or self.eval_every
+        self.save_every = self.config.checkpoint.save_every or self.eval_every
         self.eval_batch_size = tc.eval_batch_size or tc.batch_size * 2
 
     def _setup_folder(self) -> None:
@@ -395,7 +399,8 @@ class Trainer:
                 self.notes.append(f"removed {partial}, a save that did not finish")
             if src is None and checkpoint.list_training_checkpoints(out):
                 shutil.rmtree(out / checkpoint.CHECKPOINTS_DIR)
-                why = "trainer.resume is never" if self.tc.resume == "never" else "none of them is complete"
+                why = ("checkpoint.resume is never" if self.config.checkpoint.resume == "never"
+                       else "none of them is complete")
                 self.notes.append(f"starting over in {out}: removed the previous run's "
                                   f"{checkpoint.CHECKPOINTS_DIR}/ ({why})")
             if src is not None and src.parent.name == checkpoint.CHECKPOINTS_DIR:
@@ -454,11 +459,11 @@ class Trainer:
         tc = self.tc
         self.lr = tc.lr or default_lr(self.config.backbone.spec, peft=self.config.backbone.peft is not None)
         self.model = self.sharding.shard(self.model)  # before the optimizer: sharding replaces the parameters
-        head_scale = resolve_head_lr_scale(tc.head_lr_scale, len(self.tasks))
+        head_scale = resolve_head_lr_scale(self.config.multitask.head_lr_scale, len(self.tasks))
         if head_scale != 1.0:
-            default = " (the multi-task default)" if tc.head_lr_scale is None else ""
+            default = " (the multi-task default)" if self.config.multitask.head_lr_scale is None else ""
             self.log.info(f"heads train at {head_scale:g}x the backbone's learning rate{default}; "
-                          "trainer.head_lr_scale sets it")
+                          "multitask.head_lr_scale sets it")
         optimizer = make_optimizer(self.model, self.lr, tc.weight_decay, head_scale,
                                    tasks=[t.name for t in self.tasks] if self.per_task_optimizer else None)
         self.scheduler = self._schedule(optimizer)
@@ -468,23 +473,23 @@ class Trainer:
         if said:
             self.log.info(said)
         self.raw_model = self.acc.unwrap_model(self.model)
-        if tc.compile:
+        if self.config.performance.compile:
             self.model = torch.compile(self.model)
 
     def _schedule(self, optimizer: torch.optim.Optimizer) -> TaskSchedule:
         """One clock for the run, or (multi-task, ``schedule_per_task``) one per task, each as long as the
         steps its task will make: the sampler's twin draws them in advance (TaskSampler.plan)."""
         tc = self.tc
-        if len(self.tasks) == 1 or not tc.schedule_per_task:
+        if len(self.tasks) == 1 or not self.config.multitask.schedule_per_task:
             for e in self.config.tasks:
                 if e.warmup_ratio is not None and len(self.tasks) > 1:
-                    self.log.info(f"note: tasks.{e.name}.warmup_ratio is ignored: it needs trainer.schedule_per_task")
+                    self.log.info(f"note: tasks.{e.name}.warmup_ratio is ignored: it needs multitask.schedule_per_task")
             return TaskSchedule(optimizer, tc.scheduler, {RUN: int(tc.warmup_ratio * self.total_steps)},
                                 {RUN: self.total_steps})
         totals = self.sampler.plan(self.total_steps, tc.grad_accum)
         ratios = {e.name: tc.warmup_ratio if e.warmup_ratio is None else e.warmup_ratio for e in self.config.tasks}
         warmups = {n: int(ratios[n] * totals[n]) for n in totals}
-        self.log.info("learning-rate schedule per task (trainer.schedule_per_task): "
+        self.log.info("learning-rate schedule per task (multitask.schedule_per_task): "
                       + ", ".join(f"{n} {totals[n]} steps, {warmups[n]} warm-up" for n in totals))
         return TaskSchedule(optimizer, tc.scheduler, warmups, totals)
 
@@ -497,16 +502,17 @@ class Trainer:
                                                                    self.model, self.sharding)
             if self.changed:
                 self._adopt_newer_best()
-        self.weighting = TaskWeighting(self.tc.task_weighting, self.weights, self.state.loss_means)
+        self.weighting = TaskWeighting(self.config.multitask.task_weighting, self.weights, self.state.loss_means)
         tc = self.tc
         self.log.info(f"training {self.total_steps} steps ({self.steps_per_epoch} per epoch), batch {tc.batch_size} x "
-                      f"{tc.grad_accum} accumulation, lr {self.lr:g}, sampler {tc.sampler}")
+                      f"{tc.grad_accum} accumulation, lr {self.lr:g}, sampler {self.config.multitask.sampler}")
 
     def _setup_reporting(self) -> None:
         self.tracking = tracking.Tracking()
         if self.main:
             with self.clock("tracking"):
-                self.tracking = tracking.Tracking.open(tracking.selected(self.tc.report_to, self.tc.tensorboard),
+                lg = self.config.logging
+                self.tracking = tracking.Tracking.open(tracking.selected(lg.report_to, lg.tensorboard),
                                                        self.out, self.log, self.config.to_dict(), self.state.step,
                                                        bool(self.saved))
                 self.tracking.start(self.config.to_dict())
@@ -515,7 +521,7 @@ class Trainer:
         self.window: dict[str, int] = {}  # samples per task since the last log line (per-task throughput)
         self.held_bytes: dict[str, int] | None = None  # parameter/gradient/optimizer bytes in this process
         self.window_start = self.state.train_time
-        if self.main and self.tc.progress:
+        if self.main and self.config.logging.progress:
             from tqdm.auto import tqdm
 
             self.bar = tqdm(total=self.total_steps, initial=self.state.step, desc="train", unit="step",
@@ -637,20 +643,20 @@ class Trainer:
         return None
 
     def _save_due(self) -> bool:
-        step, tc = self.state.step, self.tc
+        step = self.state.step
         if step % self.save_every == 0:
             return True
-        if tc.save_minutes and step % tc.log_every == 0:
-            return self._agree(time.time() - self.last_save > tc.save_minutes * 60)
+        if self.config.checkpoint.save_minutes and step % self.config.logging.log_every == 0:
+            return self._agree(time.time() - self.last_save > self.config.checkpoint.save_minutes * 60)
         return False
 
     def _log_step(self, result: StepResult) -> None:
-        state, tc, log, step = self.state, self.tc, self.log, self.state.step
+        state, log, step = self.state, self.log, self.state.step
         for name, count in result.samples.items():
             self.window[name] = self.window.get(name, 0) + count
         if self.bar is not None:
             self.bar.update(1)
-        if step % tc.log_every != 0 and step != self.total_steps:
+        if step % self.config.logging.log_every != 0 and step != self.total_steps:
             return
         window_time = max(state.train_time - self.window_start, 1e-9)
         record = {"step": step, "epoch": step / self.steps_per_epoch, "lr": result.lr,
@@ -736,7 +742,7 @@ class Trainer:
                 self.state.task_best[t.name] = {"step": step, "score": score, "metrics": metrics[t.name]}
                 self.log.event({"step": step, "task_best": t.name, "score": score,
                                 "task_steps": self.state.task_steps.get(t.name, 0)})
-                if self.tc.best_per_task:
+                if self.config.multitask.best_per_task:
                     self._save_best({"step": step, "selection_score": score, "selected_for": t.name,
                                      "metrics": metrics, "config": self.config.to_dict()},
                                     self.out / BEST_PER_TASK / t.name)
@@ -779,7 +785,8 @@ class Trainer:
         self.state.wall_time = self.wall_before + time.time() - self.session_start
         folder = save_step_checkpoint(self.acc, self.out, self.raw_model, self.tasks, self.optimizer, self.scheduler,
                                       self.sampler, self.streams, self.state, self.fingerprints, self.total_steps,
-                                      stop_reason, self.config.to_dict(), self.tc.keep_last, self.sharding)
+                                      stop_reason, self.config.to_dict(), self.config.checkpoint.keep_last,
+                                      self.sharding)
         self.log.event({"step": self.state.step, "checkpoint": str(folder)})
         self.last_save = time.time()
         return folder
@@ -866,7 +873,7 @@ class Trainer:
         """The closing lines; the main process only."""
         log, state = self.log, self.state
         if self.main:
-            if self.tc.plots:
+            if self.config.logging.plots:
                 with self.clock("plots"):
                     write_curves(self.out, {t.name: t.main_score for t in self.tasks}, log,
                                  {t.name: t.curve_metric for t in self.tasks if t.curve_metric})
