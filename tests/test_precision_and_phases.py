@@ -222,3 +222,16 @@ def test_bad_inference_settings_are_refused_before_loading(ner_checkpoint):
         nlpkit.load(ner_checkpoint, quantize="int4")
     with pytest.raises(ConfigError, match="not bf16"):
         nlpkit.load(ner_checkpoint, precision="bf16", quantize="int8")
+
+
+def test_training_precision_keeps_a_choice_unless_the_device_cannot_honour_it(monkeypatch):
+    from nlpkit.engine.precision import display_name, training_precision
+
+    monkeypatch.setenv("NLPKIT_CPU_BF16", "0")
+    assert training_precision("fp32", cpu=True) == ("no", "asked for", None)
+    assert training_precision("bf16", cpu=True) == ("bf16", "asked for", None)
+    precision, why, note = training_precision("fp16", cpu=True)
+    assert (precision, why) == ("no", "asked for") and "fp16 needs a CUDA GPU" in note
+    precision, why, note = training_precision("auto", cpu=True)
+    assert precision == "no" and why.startswith("auto: NLPKIT_CPU_BF16=0") and note is None
+    assert [display_name(p) for p in ("no", "bf16", "fp16")] == ["fp32", "bf16", "fp16"]

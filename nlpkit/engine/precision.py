@@ -97,6 +97,28 @@ def auto_precision(cpu: bool = False) -> str:
     return choose_precision(cpu)[0]
 
 
+def training_precision(asked: str, cpu: bool = False) -> tuple[str, str, str | None]:
+    """(Accelerate's ``mixed_precision``, why, a warning for the run log or None) for ``precision.compute``.
+
+    "auto" follows the rule; an explicit choice is kept unless the device cannot honour it: fp16 autocast does
+    nothing on a CPU (Accelerate accepts it and trains in fp32 anyway: say so instead of pretending), and a GPU
+    without bf16 gets fp16."""
+    if asked == "auto":
+        precision, why = choose_precision(cpu)
+        return precision, f"auto: {why}; --precision fp32 or bf16 to choose", None
+    cuda = torch.cuda.is_available() and not cpu
+    if asked == "fp16" and not cuda:
+        return "no", "asked for", "precision.compute fp16 needs a CUDA GPU; training in fp32 (bf16 works on CPU)"
+    if asked == "bf16" and cuda and not torch.cuda.is_bf16_supported():
+        return "fp16", "asked for", "precision.compute bf16 is not supported by this GPU; using fp16"
+    return ("no" if asked == "fp32" else asked), "asked for", None
+
+
+def display_name(mixed_precision: str) -> str:
+    """Accelerate calls full precision "no"; logs and metrics say fp32, the name users pass."""
+    return "fp32" if mixed_precision == "no" else str(mixed_precision)
+
+
 # ---- inference -------------------------------------------------------------------------------------
 def resolve(precision: str, device: torch.device) -> tuple[str, str]:
     """("fp32" or "bf16", why) for predictions on ``device``."""

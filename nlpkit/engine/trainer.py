@@ -42,7 +42,7 @@ from .distributed import check_engine, check_launch, describe, step_stats
 from .evaluation import evaluate, to_device
 from .optim import RUN, TaskSchedule, default_lr, make_optimizer, resolve_head_lr_scale
 from .phases import PhaseClock
-from .precision import choose_precision
+from .precision import display_name, training_precision
 from .preemption import Preemption, exit_code
 from .run_log import RunLog, _mean_all, peak_memory_mb, write_curves
 from .tables import encode_split, fit_task, rows_at, set_progress
@@ -55,11 +55,6 @@ from .train_state import (LoopState, check_resume, restore_step_checkpoint, run_
 TOKENIZER_DIR = "tokenizer-scratch"
 #: multitask.best_per_task: <run>/best-per-task/<task> holds the model at that task's own best evaluation
 BEST_PER_TASK = "best-per-task"
-
-
-def precision_name(accelerator: Any) -> str:
-    """Accelerate calls full precision "no"; logs and metrics say fp32, the name users pass."""
-    return "fp32" if accelerator.mixed_precision == "no" else str(accelerator.mixed_precision)
 
 
 def selection_score(metrics: dict[str, dict[str, Any]], tasks: Sequence[Task], how: str = "mean") -> float:
@@ -196,21 +191,9 @@ class Trainer:
         from accelerate.utils import DistributedDataParallelKwargs
 
         check_launch()
-        precision = self.config.precision.compute
-        cuda = torch.cuda.is_available() and not self.tc.cpu
-        self.precision_why = "asked for"
-        if precision == "auto":
-            precision, why = choose_precision(self.tc.cpu)
-            self.precision_why = f"auto: {why}; --precision fp32 or bf16 to choose"
-        elif precision == "fp32":
-            precision = "no"
-        elif precision == "fp16" and not cuda:
-            # Accelerate accepts fp16 on CPU but autocast then does nothing: say so instead of pretending
-            self.notes.append("precision.compute fp16 needs a CUDA GPU; training in fp32 (bf16 works on CPU)")
-            precision = "no"
-        elif precision == "bf16" and cuda and not torch.cuda.is_bf16_supported():
-            self.notes.append("precision.compute bf16 is not supported by this GPU; using fp16")
-            precision = "fp16"
+        precision, self.precision_why, note = training_precision(self.config.precision.compute, self.tc.cpu)
+        if note:
+            self.notes.append(note)
         handlers = [DistributedDataParallelKwargs(find_unused_parameters=len(self.config.tasks) > 1)]
         # Accelerate keeps its settings in a process-wide singleton and refuses a second Accelerator with
         # another precision: forget them (the process group, in PartialState, stays) so that one Python
@@ -433,7 +416,7 @@ class Trainer:
                      + (f"; new heads: {', '.join(new)}" if new else ""))
         log.info(f"backbone: {self.backbone.spec} ({self.backbone.describe()['parameters'] / 1e6:.1f}M parameters, "
                  f"{self.backbone.kind}); device {acc.device}; processes {acc.num_processes}; "
-                 f"precision {precision_name(acc)} ({self.precision_why})")
+                 f"precision {display_name(acc.mixed_precision)} ({self.precision_why})")
         said = adapters.summary(self.model)
         if said:
             log.info(said)
@@ -852,7 +835,7 @@ class Trainer:
                if len(self.tasks) > 1 else {}),
             "processes": acc.num_processes,
             "device": str(acc.device),
-            "precision": precision_name(acc),
+            "precision": display_name(acc.mixed_precision),
             "precision_reason": self.precision_why,
             "sharding": self.sharding.name,
             **peak_memory_mb(acc.device),
