@@ -34,6 +34,7 @@ from torch.nn import functional as F
 from nlpkit import register_task
 from nlpkit.sdk.corpus import CorpusOptions, CorpusTask
 from nlpkit.sdk.errors import ConfigError
+from nlpkit.sdk.modeling import Modeling
 from nlpkit.sdk.options import require
 
 from . import DATA_DIR
@@ -64,15 +65,55 @@ class CausalLmTask(CorpusTask):
     Options = CausalLmOptions
     main_score = "accuracy"
     curve_metric = "perplexity"
-    generative = True
     backbone_kinds = ("decoder",)
 
     def default_data(self) -> dict[str, str]:
         folder = DATA_DIR / "pretraining"
         return {"train": str(folder / "train.txt"), "dev": str(folder / "dev.txt")}
 
-    # ---- reading -------------------------------------------------------------------------------------
-    # ---- model ---------------------------------------------------------------------------------------
+    # ---- the model ------------------------------------------------------------------------------------
+    def modeling(self) -> Modeling:
+        return CausalLmModeling(self.name, self.options)
+
+    # ---- scoring -------------------------------------------------------------------------------------
+    def score(self, predictions: Sequence[dict], examples: Any) -> dict[str, Any]:
+        nll = sum(p["nll"] for p in predictions)
+        tokens = sum(p["tokens"] for p in predictions)
+        correct = sum(p["correct"] for p in predictions)
+        if not tokens:  # nothing to predict (every document a single token): no loss to report
+            return {"accuracy": 0.0, "perplexity": float("nan"), "loss": float("nan"), "tokens": 0}
+        loss = nll / tokens
+        return {"accuracy": 100.0 * correct / tokens, "perplexity": math.exp(min(loss, 700.0)), "loss": loss,
+                "tokens": tokens}
+
+    # ---- raw input -----------------------------------------------------------------------------------
+    def parse_input(self, item: str | dict) -> dict:
+        from nlpkit.sdk.data import input_text
+
+        if isinstance(item, dict):
+            field = "prompt" if "prompt" in item else self.options.text_field
+            return {"prompt": input_text(item.get(field), field)}
+        return {"prompt": input_text(item, "prompt")}
+
+    def format_prediction(self, prediction: dict) -> str:
+        """A prompt and its continuation; or, for a scored document, its perplexity and accuracy."""
+        if "prompt" in prediction:
+            return prediction["prompt"] + prediction["text"]
+        tokens = prediction["tokens"]
+        if not tokens:
+            return "no predicted tokens (the document's text lies in a block that starts in another document)"
+        return (f"perplexity {math.exp(min(prediction['nll'] / tokens, 700)):.2f}, next-token accuracy "
+                f"{100.0 * prediction['correct'] / tokens:.1f}% over {tokens} tokens")
+
+
+class CausalLmModeling(Modeling):
+    """Blocks of a corpus scored token by token, or a prompt continued."""
+
+    generates_text = True
+
+    def __init__(self, name: str, options: Any):
+        self.name, self.options = name, options
+
     def setup(self, backbone: Any) -> None:
         from nlpkit.sdk.corpus import separator_id
 
@@ -202,36 +243,6 @@ class CausalLmTask(CorpusTask):
             output["ids"], skip_special_tokens=True, clean_up_tokenization_spaces=False)
         return {"prompt": example["prompt"], "text": text, "tokens": len(output["ids"]),
                 "at_limit": output["at_limit"]}
-
-    # ---- scoring -------------------------------------------------------------------------------------
-    def score(self, predictions: Sequence[dict], examples: Any) -> dict[str, Any]:
-        nll = sum(p["nll"] for p in predictions)
-        tokens = sum(p["tokens"] for p in predictions)
-        correct = sum(p["correct"] for p in predictions)
-        if not tokens:  # nothing to predict (every document a single token): no loss to report
-            return {"accuracy": 0.0, "perplexity": float("nan"), "loss": float("nan"), "tokens": 0}
-        loss = nll / tokens
-        return {"accuracy": 100.0 * correct / tokens, "perplexity": math.exp(min(loss, 700.0)), "loss": loss,
-                "tokens": tokens}
-
-    # ---- raw input -----------------------------------------------------------------------------------
-    def parse_input(self, item: str | dict) -> dict:
-        from nlpkit.sdk.data import input_text
-
-        if isinstance(item, dict):
-            field = "prompt" if "prompt" in item else self.options.text_field
-            return {"prompt": input_text(item.get(field), field)}
-        return {"prompt": input_text(item, "prompt")}
-
-    def format_prediction(self, prediction: dict) -> str:
-        """A prompt and its continuation; or, for a scored document, its perplexity and accuracy."""
-        if "prompt" in prediction:
-            return prediction["prompt"] + prediction["text"]
-        tokens = prediction["tokens"]
-        if not tokens:
-            return "no predicted tokens (the document's text lies in a block that starts in another document)"
-        return (f"perplexity {math.exp(min(prediction['nll'] / tokens, 700)):.2f}, next-token accuracy "
-                f"{100.0 * prediction['correct'] / tokens:.1f}% over {tokens} tokens")
 
 
 class CausalLmHead(nn.Module):

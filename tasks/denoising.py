@@ -38,6 +38,7 @@ from nlpkit import register_task
 from nlpkit.sdk import options as _options
 from nlpkit.sdk.corpus import CorpusOptions, CorpusTask
 from nlpkit.sdk.errors import BackboneError
+from nlpkit.sdk.modeling import Modeling
 
 from . import DATA_DIR
 
@@ -298,7 +299,6 @@ class DenoisingTask(CorpusTask):
     Options = DenoisingOptions
     main_score = "accuracy"
     curve_metric = "perplexity"
-    generative = True
     backbone_kinds = ("encoder-decoder", "encoder")
 
     # ---- data -------------------------------------------------------------------------------------
@@ -306,9 +306,49 @@ class DenoisingTask(CorpusTask):
         folder = DATA_DIR / "pretraining"
         return {"train": str(folder / "train.txt"), "dev": str(folder / "dev.txt")}
 
-    # ---- model ------------------------------------------------------------------------------------
+    # ---- the model ------------------------------------------------------------------------------------
     def special_tokens(self) -> list[str]:
         return [self.options.mask_token] if self.options.mask_token else []
+
+    def modeling(self) -> Modeling:
+        return DenoisingModeling(self.name, self.options)
+
+    # ---- metrics ----------------------------------------------------------------------------------
+    def score(self, predictions: Sequence[dict], examples: Any) -> dict[str, Any]:
+        """Teacher-forced perplexity of the original blocks given their corrupted copies, and the share of
+        target tokens predicted exactly (percent; the main score: bounded, higher is better)."""
+        nll = sum(p["nll"] for p in predictions)
+        tokens = sum(p["tokens"] for p in predictions)
+        correct = sum(p["correct"] for p in predictions)
+        if not tokens:
+            return {"accuracy": 0.0, "perplexity": None, "loss": None, "tokens": 0}
+        loss = nll / tokens
+        return {"accuracy": 100.0 * correct / tokens, "perplexity": math.exp(min(loss, 700.0)), "loss": loss,
+                "tokens": tokens}
+
+    # ---- raw input --------------------------------------------------------------------------------
+    def parse_input(self, item: str | dict) -> dict:
+        """A text with mask tokens (the tokenizer's, or written <mask> / [MASK]); predict fills them."""
+        from nlpkit.sdk.data import input_text
+
+        field = self.options.text_field
+        if isinstance(item, dict):
+            item = item.get(field, item.get("text"))
+        return {"text": input_text(item, field), "predict": True}
+
+    def format_prediction(self, prediction: dict) -> str:
+        if "text" in prediction:
+            return prediction["text"]
+        return super().format_prediction(prediction)
+
+
+class DenoisingModeling(Modeling):
+    """Clean blocks of a corpus corrupted by the head (text infilling) and restored, or the masks of a text filled."""
+
+    generates_text = True
+
+    def __init__(self, name: str, options: Any):
+        self.name, self.options = name, options
 
     def setup(self, backbone: Any) -> None:
         from nlpkit.sdk.heads.seq2seq import target_tokens
@@ -399,34 +439,6 @@ class DenoisingTask(CorpusTask):
             for key in doc:
                 doc[key] += out[key]
         return totals
-
-    # ---- metrics ----------------------------------------------------------------------------------
-    def score(self, predictions: Sequence[dict], examples: Any) -> dict[str, Any]:
-        """Teacher-forced perplexity of the original blocks given their corrupted copies, and the share of
-        target tokens predicted exactly (percent; the main score: bounded, higher is better)."""
-        nll = sum(p["nll"] for p in predictions)
-        tokens = sum(p["tokens"] for p in predictions)
-        correct = sum(p["correct"] for p in predictions)
-        if not tokens:
-            return {"accuracy": 0.0, "perplexity": None, "loss": None, "tokens": 0}
-        loss = nll / tokens
-        return {"accuracy": 100.0 * correct / tokens, "perplexity": math.exp(min(loss, 700.0)), "loss": loss,
-                "tokens": tokens}
-
-    # ---- raw input --------------------------------------------------------------------------------
-    def parse_input(self, item: str | dict) -> dict:
-        """A text with mask tokens (the tokenizer's, or written <mask> / [MASK]); predict fills them."""
-        from nlpkit.sdk.data import input_text
-
-        field = self.options.text_field
-        if isinstance(item, dict):
-            item = item.get(field, item.get("text"))
-        return {"text": input_text(item, field), "predict": True}
-
-    def format_prediction(self, prediction: dict) -> str:
-        if "text" in prediction:
-            return prediction["text"]
-        return super().format_prediction(prediction)
 
 
 def _inputs(examples: Any) -> bool:

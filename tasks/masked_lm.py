@@ -39,6 +39,7 @@ from torch.nn import functional as F
 from nlpkit import ConfigError, DataError, register_task
 from nlpkit.sdk.corpus import CorpusOptions, CorpusTask
 from nlpkit.sdk.data import input_text, pad, pad_encodings
+from nlpkit.sdk.modeling import Modeling
 from nlpkit.sdk.options import require
 
 from . import DATA_DIR
@@ -269,7 +270,46 @@ class MaskedLmTask(CorpusTask):
         folder = DATA_DIR / "pretraining"
         return {"train": str(folder / "train.txt"), "dev": str(folder / "dev.txt")}
 
-    # ---- model ---------------------------------------------------------------------------------------
+    # ---- the model ------------------------------------------------------------------------------------
+    def modeling(self) -> Modeling:
+        return MaskedLmModeling(self.name, self.options)
+
+    def score(self, predictions: Sequence[dict], examples: Sequence[dict]) -> dict[str, Any]:
+        nll = sum(p["nll"] for p in predictions)
+        tokens = sum(p["tokens"] for p in predictions)
+        correct = sum(p["correct"] for p in predictions)
+        if tokens == 0:
+            return {"accuracy": 0.0, "perplexity": math.nan, "loss": math.nan, "tokens": 0}
+        mean = nll / tokens
+        return {"accuracy": 100.0 * correct / tokens, "perplexity": math.exp(mean) if mean < 700 else math.inf,
+                "loss": mean, "tokens": tokens}
+
+    # ---- raw input -----------------------------------------------------------------------------------
+    def parse_input(self, item: str | dict) -> dict:
+        """A text with the tokenizer's mask token where a word should be predicted."""
+        text = input_text(item.get("text") if isinstance(item, dict) else item, "text")
+        mask = self.tokenizer.mask_token if self.tokenizer is not None else "[MASK]"
+        if mask not in text:
+            raise DataError(f"the input has no {mask}: masked-LM predicts the token at each {mask}, e.g. "
+                            f"\"Paris is the {mask} of France.\"")
+        return {"text": text, "fill_mask": True}
+
+    def format_prediction(self, prediction: dict) -> str:
+        if "masks" not in prediction:
+            return f"perplexity over {prediction['tokens']} masked tokens: nll {prediction['nll']:.3f}"
+        lines = [prediction["filled"]]
+        for k, options in enumerate(prediction["masks"], 1):
+            shown = "  ".join(f"{o['token']} ({o['probability']:.2f})" for o in options)
+            lines.append(f"  {self.tokenizer.mask_token if self.tokenizer else 'mask'} {k}: {shown}")
+        return "\n".join(lines)
+
+
+class MaskedLmModeling(Modeling):
+    """Blocks of a corpus masked by the head (15%, 80/10/10) and scored, or the masks of a text filled."""
+
+    def __init__(self, name: str, options: Any):
+        self.name, self.options = name, options
+
     def setup(self, backbone: Any) -> None:
         super().setup(backbone)
         if self.tokenizer.mask_token_id is None:
@@ -397,35 +437,6 @@ class MaskedLmTask(CorpusTask):
     def _token_text(self, token_id: int) -> str:
         """A token as text ("capital", not "Ġcapital"); one that is only white space as the token itself."""
         return self.tokenizer.decode([token_id]).strip() or self.tokenizer.convert_ids_to_tokens(int(token_id))
-
-    def score(self, predictions: Sequence[dict], examples: Sequence[dict]) -> dict[str, Any]:
-        nll = sum(p["nll"] for p in predictions)
-        tokens = sum(p["tokens"] for p in predictions)
-        correct = sum(p["correct"] for p in predictions)
-        if tokens == 0:
-            return {"accuracy": 0.0, "perplexity": math.nan, "loss": math.nan, "tokens": 0}
-        mean = nll / tokens
-        return {"accuracy": 100.0 * correct / tokens, "perplexity": math.exp(mean) if mean < 700 else math.inf,
-                "loss": mean, "tokens": tokens}
-
-    # ---- raw input -----------------------------------------------------------------------------------
-    def parse_input(self, item: str | dict) -> dict:
-        """A text with the tokenizer's mask token where a word should be predicted."""
-        text = input_text(item.get("text") if isinstance(item, dict) else item, "text")
-        mask = self.tokenizer.mask_token if self.tokenizer is not None else "[MASK]"
-        if mask not in text:
-            raise DataError(f"the input has no {mask}: masked-LM predicts the token at each {mask}, e.g. "
-                            f"\"Paris is the {mask} of France.\"")
-        return {"text": text, "fill_mask": True}
-
-    def format_prediction(self, prediction: dict) -> str:
-        if "masks" not in prediction:
-            return f"perplexity over {prediction['tokens']} masked tokens: nll {prediction['nll']:.3f}"
-        lines = [prediction["filled"]]
-        for k, options in enumerate(prediction["masks"], 1):
-            shown = "  ".join(f"{o['token']} ({o['probability']:.2f})" for o in options)
-            lines.append(f"  {self.tokenizer.mask_token if self.tokenizer else 'mask'} {k}: {shown}")
-        return "\n".join(lines)
 
 
 def _are_queries(examples: Any) -> bool:

@@ -203,7 +203,7 @@ def test_blocks_start_with_bos_and_respect_documents():
     no_bos = gpt2_style_tokenizer(bos=False)
     qwen = Backbone(tiny_model("qwen2", no_bos), no_bos, "qwen")
     task = ready_task(qwen, max_length=8)
-    assert task.prefix_ids == () and task.stop_ids == [no_bos.eos_token_id]
+    assert task.strategy.prefix_ids == () and task.strategy.stop_ids == [no_bos.eos_token_id]
 
 
 def test_predictions_are_per_document_and_scores_add_up():

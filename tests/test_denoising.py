@@ -155,12 +155,12 @@ def test_eval_noise_is_fixed_per_block_and_training_noise_follows_torch_rng(mini
     task, head = pipe.task(), pipe.model.heads["denoising"]
     blocks = task.encode(task.read(data["train"]))
     batch = task.collate([blocks[i] for i in range(6)])
-    mask_id = task.noise.mask_id
+    mask_id = task.strategy.noise.mask_id
     head.eval()
     first, second = head.corrupt(batch), head.corrupt(batch)
     assert torch.equal(first["input_ids"], second["input_ids"])
     row = blocks[3]["input_ids"]
-    expected = task.noise(row, eval_rng(blocks[3]["block_index"]))
+    expected = task.strategy.noise(row, eval_rng(blocks[3]["block_index"]))
     assert first["input_ids"][3, : len(expected)].tolist() == expected.tolist()
     assert (first["input_ids"] == mask_id).any()
     # labels: the original block without its frame, then [EOS] (the built decoder's target convention)
@@ -272,7 +272,7 @@ def test_bart_trains_through_its_own_decoder_and_reloads(data, tmp_path):
     pipe = nlpkit.load(result.output_dir)
     task, head = pipe.task(), pipe.model.heads["denoising"]
     assert pipe.model.backbone.kind == "encoder-decoder" and head.seq2seq.decoder is None
-    assert task.mask_token == "<mask>" and task.frame == ((0,), (2,))
+    assert task.strategy.mask_token == "<mask>" and task.strategy.frame == ((0,), (2,))
     assert pipe.evaluate(data["dev"]) == pytest.approx(scores)
     # labels are the tokenizer's own target format, <s> x </s>: the clean framed block
     blocks = task.encode(task.read(data["dev"]))
@@ -280,10 +280,10 @@ def test_bart_trains_through_its_own_decoder_and_reloads(data, tmp_path):
     head.eval()
     noisy = head.corrupt(batch)
     assert noisy["labels"][0, : len(blocks[0]["input_ids"])].tolist() == blocks[0]["input_ids"].tolist()
-    assert (noisy["input_ids"] == task.noise.mask_id).any()
+    assert (noisy["input_ids"] == task.strategy.noise.mask_id).any()
     # predict: [MASK] is read as this tokenizer's <mask>
     feature = task.encode([task.parse_input("The Owls [MASK] the Ravens.")])[0]
-    assert task.noise.mask_id in feature["input_ids"]
+    assert task.strategy.noise.mask_id in feature["input_ids"]
     assert isinstance(pipe.predict("The Owls <mask> the Ravens.")["text"], str)
 
 
@@ -319,7 +319,7 @@ def test_t5_without_a_mask_token_gets_the_one_the_option_names(data, tmp_path):
     result = nlpkit.train(config)
     pipe = nlpkit.load(result.output_dir)
     task = pipe.task()
-    assert task.frame == ((), (1,)) and task.tokenizer.convert_tokens_to_ids("<mask>") == task.noise.mask_id
+    assert task.strategy.frame == ((), (1,)) and task.tokenizer.convert_tokens_to_ids("<mask>") == task.strategy.noise.mask_id
     assert pipe.model.backbone.model.get_input_embeddings().weight.shape[0] == len(task.tokenizer)
     assert pipe.evaluate(data["dev"]) == pytest.approx(result.metrics["tasks"]["denoising"])
 
