@@ -48,8 +48,10 @@ def build_model(source: BackboneConfig | str | Path, tasks: Sequence[Any] | None
     """
     if not isinstance(source, BackboneConfig):
         folder = resolve(source)
-        tasks = saved_tasks(folder) if tasks is None else tasks
-        return _assemble(_saved_backbone(folder, weights=False), tasks, weights=folder, damaged=folder / META_FILE)
+        meta = read_meta(folder)  # once: it also checks the sizes of every file the checkpoint lists
+        tasks = saved_tasks(folder, meta) if tasks is None else tasks
+        return _assemble(_saved_backbone(folder, weights=False, meta=meta), tasks, weights=folder,
+                         damaged=folder / META_FILE)
     if tasks is None:
         raise ConfigError("build_model from a backbone config needs the tasks whose heads it builds")
     backbone = _configured_backbone(source, device or torch.device("cpu"), texts, preset_tokenizer,
@@ -116,10 +118,11 @@ def _configured_backbone(config: BackboneConfig, device: torch.device, texts: It
     return Backbone.from_scratch(preset, tokenizer, spec)
 
 
-def adapters_of(folder: str | Path) -> AdapterSpec | None:
-    """The adapters a checkpoint's backbone carries, read from its nlpkit.json (None: a plain backbone)."""
+def adapters_of(folder: str | Path, meta: dict[str, Any] | None = None) -> AdapterSpec | None:
+    """The adapters a checkpoint's backbone carries, read from its nlpkit.json (``meta``, when the caller read it
+    already; None: a plain backbone)."""
     folder = resolve(folder)
-    saved = read_meta(folder)["backbone"]
+    saved = (meta or read_meta(folder))["backbone"]
     if not saved.get("peft"):
         return None
     try:
@@ -147,10 +150,10 @@ def _task_class(entry: dict[str, Any]):
         return get_task_class(entry["type"])
 
 
-def saved_tasks(folder: str | Path) -> list[Any]:
+def saved_tasks(folder: str | Path, meta: dict[str, Any] | None = None) -> list[Any]:
     """The task objects a checkpoint saved, with their options and label state."""
     folder = resolve(folder)
-    return [_saved_task(entry, folder / META_FILE) for entry in read_meta(folder)["tasks"]]
+    return [_saved_task(entry, folder / META_FILE) for entry in (meta or read_meta(folder))["tasks"]]
 
 
 def load(folder: str | Path, only: Sequence[str] | None = None):
@@ -161,7 +164,7 @@ def load(folder: str | Path, only: Sequence[str] | None = None):
     """
     folder = resolve(folder)
     meta = read_meta(folder)
-    tasks = saved_tasks(folder)
+    tasks = saved_tasks(folder, meta)
     model = build_model(folder, tasks)
     model.eval()
     if only:
@@ -175,12 +178,13 @@ def load_backbone(path: str | Path, weights: bool = True) -> Any:
     return _saved_backbone(resolve(path), weights)
 
 
-def _saved_backbone(folder: Path, weights: bool) -> Backbone:
-    spec = adapters_of(folder)
+def _saved_backbone(folder: Path, weights: bool, meta: dict[str, Any] | None = None) -> Backbone:
+    meta = meta or read_meta(folder)
+    spec = adapters_of(folder, meta)
     if spec is not None and spec.storage == "adapter":  # the base from its source, then the adapters
         backbone = _adapter_backbone(folder, spec)
     else:
-        backbone = Backbone.from_saved(folder, read_meta(folder)["backbone"]["spec"])
+        backbone = Backbone.from_saved(folder, meta["backbone"]["spec"])
         if spec is not None:
             adapters.apply(backbone, spec)
     if weights:
