@@ -251,7 +251,7 @@ def test_the_activation_of_the_backbone_goes_into_the_export(tmp_path):
     from transformers import BertConfig, BertModel
 
     from nlpkit.engine.backbone import Backbone, train_tokenizer
-    from nlpkit.apps.export import _compare_logits
+    from nlpkit.apps.export.transformers import _compare_logits
 
     tokenizer = train_tokenizer(sentences(100), 300)
     config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,

@@ -37,7 +37,6 @@ from .merge import MERGE_TOLERANCE
 from .onnx import export_onnx, require_onnx_extra
 from .result import TOLERANCE, ExportResult
 from .transformers import PIPELINES, export_transformers, standard_model
-from .transformers import _compare_logits  # noqa: F401 - the pretraining tests check it from here
 
 if TYPE_CHECKING:  # annotations only: importing the Pipeline would load torch for `nlpkit tasks`
     from ..predict import Pipeline
